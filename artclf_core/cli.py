@@ -1,0 +1,299 @@
+"""The ``artclf`` command line: the whole product without Airflow.
+
+    artclf stack up | down | env | status   the embedded PostgreSQL + S3
+    artclf db migrate                       apply sql/ migrations
+    artclf drop PATH...                     upload files/folders to incoming/
+    artclf ingest                           process what is waiting
+    artclf similar ID [-k 5]                nearest artworks
+    artclf report                           where every dropped object ended
+    artclf train / evaluate                 the model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".jfif"}
+
+
+def _settings():
+    from artclf_core.config import Settings
+
+    return Settings.from_env()
+
+
+# ---------------------------------------------------------------------------- stack
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from artclf_core.stack import Stack, format_env
+
+    stack = Stack.default()
+    if args.action == "up":
+        env = stack.up()
+        print(f"artclf stack is up (state in {stack.home})", file=sys.stderr)
+        print(f"  PostgreSQL: {_redact(env['ARTCLF_DB_URL'])}", file=sys.stderr)
+        print(f"  S3:         {env['ARTCLF_S3_ENDPOINT']}  bucket {env['ARTCLF_BUCKET']}",
+              file=sys.stderr)
+        print("  eval \"$(artclf stack env)\" to export the connection settings", file=sys.stderr)
+    elif args.action == "down":
+        stack.down()
+        print("artclf stack is down", file=sys.stderr)
+    elif args.action == "env":
+        if not stack.env_file.exists():
+            print("no embedded stack is running here: artclf stack up", file=sys.stderr)
+            return 1
+        from artclf_core.config import read_env_file
+
+        sys.stdout.write(format_env(read_env_file(stack.env_file)))
+    else:
+        for name, running in stack.status().items():
+            print(f"{name}: {'running' if running else 'stopped'}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from artclf_core import db
+
+    applied = db.migrate(_settings().db_url)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+# ---------------------------------------------------------------------------- lake
+
+
+def iter_files(paths: list[str]) -> list[tuple[Path, str]]:
+    """(file, key suffix) for every image under the given files/folders, folders kept."""
+    out: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and not f.name.startswith("."):
+                    out.append((f, f"{path.name}/{f.relative_to(path).as_posix()}"))
+        elif path.is_file():
+            out.append((path, path.name))
+        else:
+            raise SystemExit(f"artclf drop: {raw}: no such file or folder")
+    return out
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from artclf_core import s3 as s3lib
+
+    settings = _settings()
+    client = s3lib.client(settings)
+    files = iter_files(args.paths)
+    prefix = args.prefix if args.prefix.endswith("/") else args.prefix + "/"
+
+    def upload(item: tuple[Path, str]) -> None:
+        client.upload_file(str(item[0]), settings.bucket, prefix + item[1])
+
+    show = len(files) > 20 and sys.stderr.isatty() or args.progress
+    with ThreadPoolExecutor(8) as pool, tqdm(total=len(files), unit="file", disable=not show,
+                                            desc="drop") as bar:
+        for _ in pool.map(upload, files):
+            bar.update()
+    print(f"dropped {len(files)} file(s) into s3://{settings.bucket}/{prefix}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from artclf_core.pipeline import Ingestor
+
+    settings = _settings()
+    if args.model:
+        settings = settings.with_(model_path=args.model)
+
+    def progress(summary) -> None:
+        if args.verbose:
+            print("  " + summary.line(), file=sys.stderr)
+
+    with Ingestor(settings, workers=args.workers) as ingestor:
+        summary = ingestor.ingest_prefix(
+            args.prefix, batch_size=args.batch_size, retry_failed=args.retry_failed,
+            progress=progress,
+        )
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(summary.line())
+        for reason, n in sorted(summary.reasons.items()):
+            print(f"  {reason}: {n}")
+    return 1 if summary.failed and args.strict else 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from artclf_core import db
+
+    settings = _settings()
+    with db.connect(settings.db_url) as conn:
+        rows = conn.execute(
+            "SELECT rank, artwork_id, location, label, distance"
+            " FROM artclf.similar_artworks(%s, %s, %s)",
+            (args.id, args.k, not args.any_label),
+        ).fetchall()
+        if not rows and not conn.execute(
+            "SELECT 1 FROM artclf.artworks WHERE id = %s", (args.id,)
+        ).fetchone():
+            print(f"artclf similar: no artwork with id {args.id}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps([dict(zip(("rank", "artwork_id", "location", "label", "distance"), r))
+                          for r in rows]))
+        return 0
+    for rank, aid, location, label, distance in rows:
+        print(f"{rank:>3}  {aid:>8}  {distance:8.4f}  {label:<12} {location}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from artclf_core import db
+
+    settings = _settings()
+    with db.connect(settings.db_url) as conn:
+        rows = conn.execute(
+            "SELECT state, coalesce(reason, ''), count(*) FROM artclf.ingest_log"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        if args.state:
+            detail = conn.execute(
+                "SELECT id, key, coalesce(final_key, ''), coalesce(reason, ''),"
+                " coalesce(message, ''), attempts FROM artclf.ingest_log WHERE state = %s"
+                " ORDER BY id DESC LIMIT %s",
+                (args.state, args.limit),
+            ).fetchall()
+    for state, reason, n in rows:
+        print(f"{state:<12} {reason:<24} {n}")
+    if args.state:
+        print()
+        for lid, key, final, reason, message, attempts in detail:
+            print(f"{lid:>7} {key} -> {final or '(in place)'} [{reason}] {message}"
+                  f" (attempts {attempts})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from artclf_core import training
+
+    kwargs = {"val": args.val, "seed": args.seed}
+    if args.epochs:
+        kwargs["epochs"] = args.epochs
+    result = training.train(args.data, args.out, **kwargs)
+    report = result.get("report") or result.get("validation")
+    if report:
+        print(training.format_report(report))
+    print(f"saved {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from artclf_core import training
+
+    report = training.evaluate(args.data, args.model)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(training.format_report(report))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="artclf", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="start/stop the embedded PostgreSQL + S3")
+    p.add_argument("action", choices=["up", "down", "env", "status"])
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("db", help="database schema")
+    p.add_argument("action", choices=["migrate"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("drop", help="upload images or folders to incoming/")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--prefix", default="incoming/")
+    p.add_argument("--progress", action="store_true", help="always show the progress bar")
+    p.set_defaults(func=cmd_drop)
+
+    p = sub.add_parser("ingest", help="process every object waiting under a prefix")
+    p.add_argument("--prefix", default="incoming/")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=8, help="I/O and decoding threads")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also retry objects that used up their attempts")
+    p.add_argument("--model", help="a .keras model (default: ARTCLF_MODEL or the shipped one)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any object failed")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("similar", help="the k artworks most similar to one")
+    p.add_argument("id", type=int)
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--any-label", action="store_true", help="do not restrict to its label")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("report", help="counts of objects by final state and reason")
+    p.add_argument("--state", choices=["pending", "processing", "catalogued", "duplicate",
+                                       "quarantined", "failed"])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", help="train a model on DIR/<label>/*")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--val", default="source", choices=["source", "random", "none"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on DIR/<label>/*")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (RuntimeError, ValueError) as exc:
+        print(f"artclf {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""The catalogue in PostgreSQL: migrations and the bulk reads/writes of the pipeline.
+
+Every write here is bulk (COPY into a temporary table, then one INSERT ... SELECT, or one
+UPDATE ... FROM unnest(...)) and idempotent (ON CONFLICT on natural keys), so re-running a
+batch changes nothing and a batch costs a handful of round trips whatever its size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg.rows import dict_row
+
+MIGRATION_LOCK = 0x61727463  # pg_advisory_lock key: "artc"
+
+
+def sql_dir() -> Path:
+    """Where the ordered migrations live (``ARTCLF_SQL_DIR`` or the repository's ``sql/``)."""
+    override = os.environ.get("ARTCLF_SQL_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "sql"
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a connection with pgvector's adapters when the extension is there."""
+    conn = psycopg.connect(url, autocommit=autocommit)
+    try:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        # Before the first migration the vector type may not exist yet.
+        conn.rollback() if not autocommit else None
+    return conn
+
+
+def migrate(url: str) -> list[str]:
+    """Apply the migrations in ``sql/`` that are not applied yet, each in its own transaction.
+
+    Safe to call concurrently (an advisory lock serialises runners) and repeatedly (applied
+    versions are recorded in ``artclf.schema_migrations`` with their checksum; a changed
+    applied file is an error, since it would mean two databases with the same version differ).
+    """
+    applied_now: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS artclf")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS artclf.schema_migrations ("
+                " version text PRIMARY KEY, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM artclf.schema_migrations"))
+            for path in sorted(sql_dir().glob("[0-9][0-9][0-9]_*.sql")):
+                text = path.read_text()
+                checksum = hashlib.sha256(text.encode()).hexdigest()
+                if path.stem in done:
+                    if done[path.stem] != checksum:
+                        raise RuntimeError(
+                            f"migration {path.name} changed after it was applied; "
+                            "add a new migration instead of editing an applied one"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(text)
+                    conn.execute(
+                        "INSERT INTO artclf.schema_migrations (version, checksum) VALUES (%s, %s)",
+                        (path.stem, checksum),
+                    )
+                applied_now.append(path.stem)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied_now
+
+
+# --------------------------------------------------------------------------- models
+
+
+def register_model(
+    conn: psycopg.Connection,
+    *,
+    version: str,
+    arch: str,
+    classes: Sequence[str],
+    artifact: str | None,
+    metrics: dict | None = None,
+    activate: bool = False,
+) -> None:
+    """Record a model version (idempotent); optionally make it the active one."""
+    conn.execute(
+        "INSERT INTO artclf.model_versions (version, arch, classes, artifact, metrics)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING",
+        (version, arch, list(classes), artifact, json.dumps(metrics) if metrics else None),
+    )
+    if activate:
+        active = conn.execute(
+            "SELECT version FROM artclf.model_versions WHERE is_active"
+        ).fetchone()
+        if not active or active[0] != version:
+            conn.execute("UPDATE artclf.model_versions SET is_active = false WHERE is_active")
+            conn.execute(
+                "UPDATE artclf.model_versions SET is_active = true, activated_at = now()"
+                " WHERE version = %s",
+                (version,),
+            )
+
+
+# --------------------------------------------------------------------------- ingest log
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One version of one S3 object, as listed or announced."""
+
+    bucket: str
+    key: str
+    etag: str
+    last_modified: datetime
+    size: int
+
+
+@dataclass
+class LogRow:
+    id: int
+    bucket: str
+    key: str
+    etag: str
+    last_modified: datetime
+    size: int
+    state: str
+    attempts: int
+    final_key: str | None
+    finalized: bool
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.bucket, self.key, self.etag, self.last_modified, self.size)
+
+
+_LOG_COLS = "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized"
+
+
+def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> list[LogRow]:
+    """Insert the objects into the ingest log if new; return their log rows (new or not)."""
+    if not objects:
+        return []
+    cols = list(zip(*[(o.bucket, o.key, o.etag, o.last_modified, o.size) for o in objects],
+                    strict=True))
+    rows = conn.execute(
+        f"""
+        WITH input AS (
+            SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],
+                                 %s::bigint[]) AS t(bucket, key, etag, last_modified, size)
+        ), ins AS (
+            INSERT INTO artclf.ingest_log (bucket, key, etag, last_modified, size)
+            SELECT * FROM input
+            ON CONFLICT (bucket, key, etag, last_modified) DO NOTHING
+            RETURNING {_LOG_COLS}
+        )
+        SELECT {_LOG_COLS} FROM ins
+        UNION ALL
+        SELECT {", ".join("l." + c.strip() for c in _LOG_COLS.split(","))}
+        FROM artclf.ingest_log l JOIN input i USING (bucket, key, etag, last_modified)
+        """,
+        [list(c) for c in cols],
+    ).fetchall()
+    # The UNION's second half cannot see rows the first half inserted (same snapshot), so
+    # each object appears exactly once.
+    return [LogRow(*r) for r in rows]
+
+
+def claim(
+    conn: psycopg.Connection,
+    ids: Sequence[int],
+    *,
+    worker: str,
+    max_attempts: int,
+    lease_seconds: int = 900,
+    retry_failed: bool = False,
+) -> list[LogRow]:
+    """Take the given log rows for processing, skipping rows another worker holds.
+
+    Claimable: pending rows; failed rows with attempts left (or all failed rows when an
+    operator asks to retry them); processing rows whose claim is older than the lease (the
+    worker died). ``FOR UPDATE SKIP LOCKED`` keeps concurrent workers off each other's rows.
+    """
+    if not ids:
+        return []
+    rows = conn.execute(
+        f"""
+        UPDATE artclf.ingest_log AS l
+        SET state = 'processing', attempts = l.attempts + 1, claimed_at = now(),
+            claimed_by = %(worker)s, updated_at = now()
+        FROM (
+            SELECT id FROM artclf.ingest_log
+            WHERE id = ANY(%(ids)s)
+              AND (state = 'pending'
+                   OR (state = 'failed' AND (attempts < %(max)s OR %(retry)s))
+                   OR (state = 'processing'
+                       AND claimed_at < now() - make_interval(secs => %(lease)s)))
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        WHERE l.id = c.id
+        RETURNING {", ".join("l." + c.strip() for c in _LOG_COLS.split(","))}
+        """,
+        {"worker": worker, "ids": list(ids), "max": max_attempts, "retry": retry_failed,
+         "lease": lease_seconds},
+    ).fetchall()
+    conn.commit()
+    return [LogRow(*r) for r in rows]
+
+
+@dataclass
+class Outcome:
+    """The final state of one claimed object, written by ``record_outcomes``."""
+
+    log_id: int
+    state: str
+    final_key: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    artwork_id: int | None = None
+    duplicate_of: int | None = None
+    duplicate_kind: str | None = None
+    distance: int | None = None
+    finalized: bool = False
+
+
+def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome]) -> None:
+    """Write final states for many log rows in one statement (no commit)."""
+    if not outcomes:
+        return
+    fields = ["log_id", "state", "final_key", "reason", "message", "artwork_id",
+              "duplicate_of", "duplicate_kind", "distance", "finalized"]
+    types = ["bigint", "text", "text", "text", "text", "bigint", "bigint", "text", "integer",
+             "boolean"]
+    columns = [[getattr(o, f) for o in outcomes] for f in fields]
+    unnest = ", ".join(f"%s::{t}[]" for t in types)
+    conn.execute(
+        f"""
+        UPDATE artclf.ingest_log AS l
+        SET state = o.state, final_key = o.final_key, reason = o.reason, message = o.message,
+            artwork_id = o.artwork_id, duplicate_of = o.duplicate_of,
+            duplicate_kind = o.duplicate_kind, distance = o.distance,
+            finalized = o.finalized, claimed_at = NULL, claimed_by = NULL, updated_at = now()
+        FROM unnest({unnest}) AS o({", ".join(fields)})
+        WHERE l.id = o.log_id
+        """,
+        columns,
+    )
+
+
+def mark_finalized(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
+    ids = list(log_ids)
+    if ids:
+        conn.execute(
+            "UPDATE artclf.ingest_log SET finalized = true, updated_at = now()"
+            " WHERE id = ANY(%s)",
+            (ids,),
+        )
+
+
+def unfinalized(conn: psycopg.Connection, ids: Sequence[int]) -> list[LogRow]:
+    """Rows decided in an earlier run whose object was not moved yet (crash in between)."""
+    rows = conn.execute(
+        f"SELECT {_LOG_COLS} FROM artclf.ingest_log WHERE id = ANY(%s)"
+        " AND state IN ('catalogued', 'duplicate', 'quarantined') AND NOT finalized",
+        (list(ids),),
+    ).fetchall()
+    return [LogRow(*r) for r in rows]
+
+
+# --------------------------------------------------------------------------- de-duplication
+
+
+def find_exact(conn: psycopg.Connection, sha256s: Sequence[str]) -> dict[str, int]:
+    """Catalogued artworks with these SHA-256 digests: {sha256: artwork id}."""
+    if not sha256s:
+        return {}
+    rows = conn.execute(
+        "SELECT sha256, id FROM artclf.artworks WHERE sha256 = ANY(%s::char(64)[])",
+        (list(sha256s),),
+    ).fetchall()
+    return {sha: aid for sha, aid in rows}
+
+
+def find_near(
+    conn: psycopg.Connection,
+    phashes: Sequence[int],
+    probes: Sequence[Sequence[int]],
+    max_distance: int,
+) -> dict[int, tuple[int, int]]:
+    """For each query hash, the closest catalogued artwork within ``max_distance``.
+
+    Returns {query index: (artwork id, Hamming distance)}. The GIN index on ``phash_bands``
+    finds the candidates that share a band key with the query's probe keys (multi-index
+    hashing, see docs/dedup.md), so the cost depends on the matches, not on the catalogue size.
+    """
+    if not phashes:
+        return {}
+    probe_text = ["{" + ",".join(map(str, p)) + "}" for p in probes]
+    rows = conn.execute(
+        """
+        SELECT q.i, m.id, m.d
+        FROM unnest(%s::int[], %s::bigint[], %s::text[]) AS q(i, h, p)
+        CROSS JOIN LATERAL (
+            SELECT a.id, bit_count((a.phash # q.h)::bit(64))::int AS d
+            FROM artclf.artworks AS a
+            WHERE a.phash_bands && q.p::int[]
+              AND bit_count((a.phash # q.h)::bit(64)) <= %s
+            ORDER BY d, a.id
+            LIMIT 1
+        ) AS m
+        """,
+        (list(range(len(phashes))), list(phashes), probe_text, max_distance),
+    ).fetchall()
+    return {i: (aid, d) for i, aid, d in rows}
+
+
+# --------------------------------------------------------------------------- artworks
+
+
+@dataclass
+class ArtworkRow:
+    bucket: str
+    key: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    embedding: np.ndarray
+    model_version: str
+    sha256: str
+    phash: int
+    phash_bands: list[int]
+    width: int
+    height: int
+    format: str
+    byte_size: int
+    source_key: str
+    source_etag: str | None
+    curated_label: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+_ART_COLS = ["location", "bucket", "key", "label", "probability", "probabilities", "embedding",
+             "model_version", "sha256", "phash", "phash_bands", "width", "height", "format",
+             "byte_size", "source_key", "source_etag", "curated_label"]
+
+
+def insert_artworks(
+    conn: psycopg.Connection, rows: Sequence[ArtworkRow]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Bulk-insert artworks (COPY into a temp table, then one INSERT ... ON CONFLICT).
+
+    Returns ``(inserted, existing)``, both {sha256: id}: rows created now, and rows whose
+    content was already catalogued (by a concurrent worker), which callers turn into exact
+    duplicates. No commit: the caller commits artworks and log outcomes together.
+    """
+    if not rows:
+        return {}, {}
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS _artworks_in ON COMMIT DELETE ROWS AS"
+        f" SELECT {', '.join(_ART_COLS)} FROM artclf.artworks WITH NO DATA"
+    )
+    with conn.cursor().copy(
+        f"COPY _artworks_in ({', '.join(_ART_COLS)}) FROM STDIN"
+    ) as copy:
+        for r in rows:
+            copy.write_row([
+                r.location, r.bucket, r.key, r.label, float(r.probability),
+                json.dumps({k: round(float(v), 6) for k, v in r.probabilities.items()}),
+                "[" + ",".join(f"{x:.7g}" for x in np.asarray(r.embedding, dtype=np.float32)) + "]",
+                r.model_version, r.sha256, int(r.phash),
+                "{" + ",".join(map(str, r.phash_bands)) + "}",
+                int(r.width), int(r.height), r.format, int(r.byte_size), r.source_key,
+                r.source_etag, r.curated_label,
+            ])
+    inserted = dict(conn.execute(
+        f"INSERT INTO artclf.artworks ({', '.join(_ART_COLS)})"
+        f" SELECT {', '.join(_ART_COLS)} FROM _artworks_in"
+        " ON CONFLICT DO NOTHING RETURNING sha256, id"
+    ).fetchall())
+    existing = {
+        sha: aid
+        for sha, aid in conn.execute(
+            "SELECT a.sha256, a.id FROM artclf.artworks a JOIN _artworks_in i USING (sha256)"
+        ).fetchall()
+        if sha not in inserted
+    }
+    conn.execute("TRUNCATE _artworks_in")
+    return inserted, existing
+
+
+def fetch_dicts(conn: psycopg.Connection, query: str, params: Sequence | dict = ()) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()

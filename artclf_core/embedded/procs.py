@@ -1,0 +1,108 @@
+"""Small process helpers shared by the embedded servers: free ports, pid files, stopping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(preferred: int | None, *, also_free: tuple[int, ...] = (), avoid: set[int] = frozenset()) -> int:  # noqa: B006
+    """Return ``preferred`` if it (and ``preferred + o`` for each offset) is free, else another.
+
+    SeaweedFS opens a gRPC port at ``http port + 10000`` for each of its servers, hence the
+    offsets. Candidates stay below 55535 so that the offset port is valid too.
+    """
+    candidates = ([preferred] if preferred else []) + list(range(20000, 55000, 7))
+    for port in candidates:
+        ports = [port] + [port + off for off in also_free]
+        if any(p in avoid for p in ports):
+            continue
+        if all(port_is_free(p) for p in ports):
+            return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop_group(pid: int, *, timeout: float = 20.0, first: int = signal.SIGINT) -> None:
+    """Stop a process started in its own session, with everything it spawned.
+
+    Sends ``first`` (SIGINT: what Ctrl+C does, which SeaweedFS and Airflow handle cleanly)
+    to the whole process group, waits, then SIGKILLs whatever is left.
+    """
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((first, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        # fields: state ppid pgrp ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def wait_until(check, *, timeout: float, interval: float = 0.1, what: str = "service") -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - we report the last one on timeout
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} did not become ready in {timeout:.0f} s" + (f": {last}" if last else ""))

