@@ -139,42 +139,66 @@ class LogRow:
     attempts: int
     final_key: str | None
     finalized: bool
+    generation: int = 0
 
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef(self.bucket, self.key, self.etag, self.last_modified, self.size)
 
 
-_LOG_COLS = "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized"
+_LOG_COLS = (
+    "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized,"
+    " generation"
+)
 
 
 def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> list[LogRow]:
-    """Insert the objects into the ingest log if new; return their log rows (new or not)."""
+    """Insert the objects into the ingest log if new; return their current log rows.
+
+    An object version whose latest row says it was already moved away (finalised, final key
+    elsewhere) but that is listed again is a new drop of identical bytes within S3's
+    one-second ``LastModified`` resolution: it gets a new row, one generation up.
+    """
     if not objects:
         return []
     cols = list(zip(*[(o.bucket, o.key, o.etag, o.last_modified, o.size) for o in objects],
                     strict=True))
+    ident = "bucket, key, etag, last_modified"
+    prefixed = ", ".join("l." + c.strip() for c in _LOG_COLS.split(","))
     rows = conn.execute(
         f"""
         WITH input AS (
-            SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],
-                                 %s::bigint[]) AS t(bucket, key, etag, last_modified, size)
+            SELECT DISTINCT * FROM unnest(%s::text[], %s::text[], %s::text[],
+                                          %s::timestamptz[], %s::bigint[])
+                AS t(bucket, key, etag, last_modified, size)
+        ), latest AS (
+            SELECT DISTINCT ON ({ident}) {prefixed},
+                   (l.finalized AND l.final_key IS DISTINCT FROM l.key) AS moved_away
+            FROM artclf.ingest_log l JOIN input i USING ({ident})
+            ORDER BY {ident}, l.generation DESC
         ), ins AS (
-            INSERT INTO artclf.ingest_log (bucket, key, etag, last_modified, size)
-            SELECT * FROM input
-            ON CONFLICT (bucket, key, etag, last_modified) DO NOTHING
+            INSERT INTO artclf.ingest_log ({ident}, size, generation)
+            SELECT i.bucket, i.key, i.etag, i.last_modified, i.size,
+                   coalesce(lt.generation + 1, 0)
+            FROM input i LEFT JOIN latest lt USING ({ident})
+            WHERE lt.id IS NULL OR lt.moved_away
+            ON CONFLICT DO NOTHING
             RETURNING {_LOG_COLS}
         )
         SELECT {_LOG_COLS} FROM ins
         UNION ALL
-        SELECT {", ".join("l." + c.strip() for c in _LOG_COLS.split(","))}
-        FROM artclf.ingest_log l JOIN input i USING (bucket, key, etag, last_modified)
+        SELECT {_LOG_COLS} FROM latest WHERE NOT moved_away
         """,
         [list(c) for c in cols],
     ).fetchall()
-    # The UNION's second half cannot see rows the first half inserted (same snapshot), so
-    # each object appears exactly once.
     return [LogRow(*r) for r in rows]
+
+
+def forget(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
+    """Drop log rows that never stood for a real object (a stale listing of a moved one)."""
+    ids = list(log_ids)
+    if ids:
+        conn.execute("DELETE FROM artclf.ingest_log WHERE id = ANY(%s) AND generation > 0", (ids,))
 
 
 def claim(

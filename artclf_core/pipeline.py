@@ -291,7 +291,9 @@ class Ingestor:
             return
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404"):
+            if code in ("NoSuchKey", "404") and row.generation > 0:
+                item.state = "phantom"  # a stale listing of an object already moved away
+            elif code in ("NoSuchKey", "404"):
                 item.fail("object_missing", "the object was deleted before it was processed")
             else:
                 item.fail("s3_error", f"S3 GET failed: {code or exc}")
@@ -403,7 +405,8 @@ class Ingestor:
     def _commit(self, items: list[_Item], new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
         """Artworks and every outcome in one transaction."""
         conn = self.conn
-        with conn.transaction():
+        conn.commit()  # end the read-only transaction of the de-duplication queries
+        with conn.transaction():  # outermost block: commits on exit, rolls back on error
             inserted, existing = db.insert_artworks(conn, [row for _, row in new_rows])
             for it, _row in new_rows:
                 if it.sha256 in inserted:
@@ -417,6 +420,7 @@ class Ingestor:
                         it.duplicate_of = it.origin.artwork_id
                     else:  # its original failed to land: both are retried next run
                         it.fail("origin_failed", "the artwork it copies was not catalogued")
+            db.forget(conn, [it.row.id for it in items if it.state == "phantom"])
             db.record_outcomes(conn, [
                 db.Outcome(
                     log_id=it.row.id, state=it.state, final_key=it.final_key,
@@ -424,7 +428,7 @@ class Ingestor:
                     duplicate_of=it.duplicate_of, duplicate_kind=it.duplicate_kind,
                     distance=it.distance, finalized=it.in_place and it.state in TERMINAL,
                 )
-                for it in items
+                for it in items if it.state != "phantom"
             ])
 
     def _delete_sources(self, moved: list[_Item]) -> None:
@@ -464,7 +468,9 @@ class Ingestor:
 def _summarise(items: Sequence[_Item]) -> Summary:
     s = Summary()
     for it in items:
-        if it.state == "catalogued":
+        if it.state == "phantom":
+            s.seen -= 1
+        elif it.state == "catalogued":
             s.catalogued += 1
         elif it.state == "duplicate":
             s.duplicates += 1

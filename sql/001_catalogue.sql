@@ -66,6 +66,9 @@ CREATE TABLE artclf.ingest_log (
     etag           text NOT NULL,
     last_modified  timestamptz NOT NULL,
     size           bigint NOT NULL,
+    -- A re-upload of identical bytes under the same key within S3's one-second
+    -- LastModified resolution looks like the same version: it becomes generation n+1.
+    generation     integer NOT NULL DEFAULT 0,
     state          text NOT NULL DEFAULT 'pending'
                    CHECK (state IN ('pending', 'processing', 'catalogued', 'duplicate',
                                     'quarantined', 'failed')),
@@ -82,7 +85,7 @@ CREATE TABLE artclf.ingest_log (
     claimed_by     text,
     first_seen     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (bucket, key, etag, last_modified),
+    UNIQUE (bucket, key, etag, last_modified, generation),
     CHECK (state <> 'catalogued' OR artwork_id IS NOT NULL),
     CHECK (state <> 'duplicate' OR duplicate_of IS NOT NULL),
     CHECK (state NOT IN ('quarantined', 'failed') OR reason IS NOT NULL)

@@ -55,4 +55,4 @@ def clean(settings):
 def model():
     from artclf_core.model import ArtModel
 
-    return ArtModel.load()
+    return ArtModel.load(os.environ.get("ARTCLF_MODEL") or None)

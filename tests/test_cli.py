@@ -1,0 +1,56 @@
+"""The `artclf` commands a user types, against the session's real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import imagegen
+
+
+def run(settings_env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "artclf_core.cli", *args],
+                          env={**os.environ, **settings_env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_drop_ingest_similar_report(stack, clean, tmp_path):
+    _, env = stack
+    folder = tmp_path / "my-collection"
+    folder.mkdir()
+    for i in range(8):
+        imagegen.make_artwork(400 + i).save(folder / f"work{i}.jpg", quality=90)
+    (folder / "notes.jpg").write_text("<html>not a picture</html>")
+
+    dropped = run(env, "drop", str(folder))
+    assert dropped.returncode == 0, dropped.stderr
+    assert "dropped 9 file(s)" in dropped.stdout
+
+    ingested = run(env, "ingest", "--json")
+    assert ingested.returncode == 0, ingested.stderr
+    summary = json.loads(ingested.stdout)
+    assert summary["catalogued"] == 8 and summary["quarantined"] == 1
+    assert summary["reasons"] == {"not_an_image": 1}
+
+    report = run(env, "report", "--state", "quarantined")
+    assert report.returncode == 0
+    assert "not_an_image" in report.stdout and "my-collection/notes.jpg" in report.stdout
+
+    first_id = _first_artwork_id(env)
+    similar = run(env, "similar", str(first_id), "-k", "3", "--any-label", "--json")
+    assert similar.returncode == 0, similar.stderr
+    rows = json.loads(similar.stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert first_id not in [r["artwork_id"] for r in rows]
+
+    missing = run(env, "similar", "999999")
+    assert missing.returncode == 1 and "no artwork with id 999999" in missing.stderr
+
+
+def _first_artwork_id(env: dict) -> int:
+    import psycopg
+
+    with psycopg.connect(env["ARTCLF_DB_URL"]) as conn:
+        return conn.execute("SELECT min(id) FROM artclf.artworks").fetchone()[0]

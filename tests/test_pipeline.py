@@ -1,0 +1,256 @@
+"""End to end: objects in a real S3 bucket -> rows in a real PostgreSQL, with the real model.
+
+Every object dropped must end in exactly one recorded state and one place in the lake:
+catalogued (catalog/<label>/), duplicate of N (duplicates/), quarantined with a reason
+(quarantine/), or failed and retryable (still in incoming/).
+"""
+
+from __future__ import annotations
+
+import imagegen
+import pytest
+
+from artclf_core import db
+from artclf_core import s3 as s3lib
+from artclf_core.images import Limits
+from artclf_core.pipeline import Ingestor, Summary
+
+#: Larger than every good fixture, smaller than imagegen's oversized file.
+LIMITS = Limits(max_bytes=260_000)
+N_GOOD = 24
+
+
+def put(client, bucket: str, objects: dict[str, bytes]) -> None:
+    for key, data in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def keys(client, bucket: str, prefix: str) -> list[str]:
+    return [r.key for page in s3lib.iter_pages(client, bucket, prefix) for r in page]
+
+
+def log_by_key(settings) -> dict[str, dict]:
+    with db.connect(settings.db_url) as conn:
+        rows = db.fetch_dicts(conn, "SELECT * FROM artclf.ingest_log ORDER BY id")
+    return {r["key"]: r for r in rows}
+
+
+def table_counts(settings) -> tuple[int, int]:
+    with db.connect(settings.db_url) as conn:
+        return (conn.execute("SELECT count(*) FROM artclf.artworks").fetchone()[0],
+                conn.execute("SELECT count(*) FROM artclf.ingest_log").fetchone()[0])
+
+
+@pytest.fixture
+def mixed_drop(clean, model):
+    """A mixed batch: good images, exact and near copies, and every kind of bad input."""
+    settings = clean
+    client = s3lib.client(settings)
+    good = {f"incoming/a/art{i:02d}.jpg": imagegen.encode(imagegen.make_artwork(i), quality=90)
+            for i in range(N_GOOD)}
+    exact = {"incoming/copies/exact_of_00.jpg": good["incoming/a/art00.jpg"],
+             "incoming/copies/exact_of_01.jpg": good["incoming/a/art01.jpg"]}
+    near = {f"incoming/copies/near_{name}.img": data
+            for name, data in imagegen.near_copies(imagegen.make_artwork(2)).items()}
+    bad = {f"incoming/bad/{name}.jpg": data for name, (data, _) in imagegen.bad_inputs().items()}
+    put(client, settings.bucket, {**good, **exact, **near, **bad})
+    return settings, client, good, exact, near, bad
+
+
+def test_mixed_batch_lands_every_object_in_its_place(mixed_drop, model):
+    settings, client, good, exact, near, bad = mixed_drop
+    with Ingestor(settings, model=model, limits=LIMITS) as ingestor:
+        summary = ingestor.ingest_prefix("incoming/", batch_size=64)
+    total = len(good) + len(exact) + len(near) + len(bad)
+    assert summary.seen == total
+    assert summary.failed == 0, summary.reasons
+    assert summary.catalogued == len(good)
+    assert summary.duplicates == len(exact) + len(near)
+    assert summary.quarantined == len(bad)
+
+    log = log_by_key(settings)
+    assert len(log) == total
+    expected_reasons = {f"incoming/bad/{n}.jpg": r for n, (_, r) in imagegen.bad_inputs().items()}
+    with db.connect(settings.db_url) as conn:
+        artworks = {r["source_key"]: r for r in db.fetch_dicts(
+            conn, "SELECT id, source_key, location, key, label, embedding, model_version,"
+                  " sha256, width, height FROM artclf.artworks")}
+    for key, row in log.items():
+        assert row["finalized"], key
+        if key in good:
+            assert row["state"] == "catalogued"
+            art = artworks[key]
+            assert row["artwork_id"] == art["id"]
+            assert art["key"] == row["final_key"]
+            assert art["key"].startswith(f"catalog/{art['label']}/")
+            assert art["model_version"] == model.version
+            assert len(art["embedding"].to_numpy()) == 128
+            assert (art["width"], art["height"]) == (320, 240)
+        elif key in exact:
+            origin = key.replace("copies/exact_of_", "a/art")
+            assert row["state"] == "duplicate" and row["duplicate_kind"] == "exact"
+            assert row["duplicate_of"] == artworks[origin]["id"]
+            assert row["final_key"].startswith("duplicates/")
+        elif key in near:
+            assert row["state"] == "duplicate", (key, row["reason"])
+            assert row["duplicate_of"] == artworks["incoming/a/art02.jpg"]["id"], key
+            assert row["duplicate_kind"] in ("near", "exact")
+        else:
+            assert row["state"] == "quarantined"
+            assert row["reason"] == expected_reasons[key], key
+            assert row["message"]
+            assert row["final_key"].startswith("quarantine/")
+
+    # The lake: nothing left in incoming/, every object exactly once in its place.
+    assert keys(client, settings.bucket, "incoming/") == []
+    assert len(keys(client, settings.bucket, "catalog/")) == len(good)
+    assert len(keys(client, settings.bucket, "duplicates/")) == len(exact) + len(near)
+    assert len(keys(client, settings.bucket, "quarantine/")) == len(bad)
+    # The trace travels with a quarantined object.
+    qkey = log["incoming/bad/html_named_jpg.jpg"]["final_key"]
+    meta = client.head_object(Bucket=settings.bucket, Key=qkey)["Metadata"]
+    assert meta["artclf-state"] == "quarantined" and meta["artclf-reason"] == "not_an_image"
+
+
+def test_rerun_is_a_no_op(mixed_drop, model):
+    settings, client, *_ = mixed_drop
+    with Ingestor(settings, model=model, limits=LIMITS) as ingestor:
+        ingestor.ingest_prefix("incoming/")
+        before = table_counts(settings)
+        lake = sorted(keys(client, settings.bucket, ""))
+        again = ingestor.ingest_prefix("incoming/")
+    assert again.seen == 0 and again.processed == 0
+    assert table_counts(settings) == before
+    assert sorted(keys(client, settings.bucket, "")) == lake
+
+
+def test_redrop_of_a_catalogued_image_is_an_exact_duplicate(clean, model):
+    settings = clean
+    client = s3lib.client(settings)
+    data = imagegen.encode(imagegen.make_artwork(50))
+    put(client, settings.bucket, {"incoming/a.jpg": data})
+    with Ingestor(settings, model=model) as ingestor:
+        assert ingestor.ingest_prefix().catalogued == 1
+        put(client, settings.bucket, {"incoming/a.jpg": data})  # same key, same bytes, later
+        second = ingestor.ingest_prefix()
+    assert second.duplicates == 1
+    states = sorted(r["state"] for r in log_by_key_rows(settings))
+    assert states == ["catalogued", "duplicate"]
+
+
+def log_by_key_rows(settings) -> list[dict]:
+    with db.connect(settings.db_url) as conn:
+        return db.fetch_dicts(conn, "SELECT * FROM artclf.ingest_log ORDER BY id")
+
+
+def test_failed_batch_is_not_committed_and_is_retried(clean, model):
+    """A batch that fails its quality checks writes no artwork; the objects stay in
+    incoming/ as failed (retryable) and the next run catalogues them."""
+    from artclf_core.quality import QualityResult
+
+    settings = clean
+    client = s3lib.client(settings)
+    put(client, settings.bucket, {f"incoming/r{i}.png": imagegen.encode(
+        imagegen.make_artwork(100 + i), "PNG") for i in range(5)})
+    put(client, settings.bucket, {"incoming/bad.jpg": b"<html></html>"})
+
+    def reject(rows):
+        return QualityResult(False, ["expect_something(label): unexpected ['x']"])
+
+    with Ingestor(settings, model=model, validate=reject) as ingestor:
+        first = ingestor.ingest_prefix()
+    assert first.failed == 5 and first.quarantined == 1 and first.catalogued == 0
+    assert table_counts(settings)[0] == 0
+    assert len(keys(client, settings.bucket, "incoming/")) == 5
+    failed = [r for r in log_by_key_rows(settings) if r["state"] == "failed"]
+    assert {r["reason"] for r in failed} == {"quality_check_failed"}
+    assert all(r["attempts"] == 1 for r in failed)
+
+    with Ingestor(settings, model=model) as ingestor:
+        second = ingestor.ingest_prefix()
+    assert second.catalogued == 5 and second.seen == 5
+    assert keys(client, settings.bucket, "incoming/") == []
+    assert all(r["attempts"] == 2 for r in log_by_key_rows(settings) if r["key"] != "incoming/bad.jpg")
+
+
+def test_failed_objects_are_parked_after_max_attempts(clean, model):
+    from artclf_core.quality import QualityResult
+
+    settings = clean.with_(max_attempts=2)
+    client = s3lib.client(settings)
+    put(client, settings.bucket, {"incoming/p.png": imagegen.encode(imagegen.make_artwork(7), "PNG")})
+    with Ingestor(settings, model=model,
+                  validate=lambda rows: QualityResult(False, ["nope"])) as ingestor:
+        assert ingestor.ingest_prefix().failed == 1
+        assert ingestor.ingest_prefix().failed == 1
+        parked = ingestor.ingest_prefix()
+        assert parked.failed == 0 and parked.skipped == 1
+    with Ingestor(settings, model=model) as ingestor:
+        assert ingestor.ingest_prefix(retry_failed=True).catalogued == 1
+
+
+def test_crash_between_commit_and_delete_is_repaired(clean, model):
+    """Kill the run after the catalogue commit, before the sources are deleted: the next run
+    finishes the moves and writes nothing twice."""
+    settings = clean
+    client = s3lib.client(settings)
+    put(client, settings.bucket, {f"incoming/c{i}.jpg": imagegen.encode(
+        imagegen.make_artwork(200 + i)) for i in range(6)})
+
+    class Crash(Exception):
+        pass
+
+    class CrashingIngestor(Ingestor):
+        def _delete_sources(self, moved):
+            raise Crash()
+
+    with CrashingIngestor(settings, model=model) as ingestor, pytest.raises(Crash):
+        ingestor.ingest_prefix()
+    assert table_counts(settings) == (6, 6)
+    assert len(keys(client, settings.bucket, "incoming/")) == 6  # copied, not yet deleted
+    with Ingestor(settings, model=model) as ingestor:
+        summary = ingestor.ingest_prefix()
+    assert summary.repaired == 6 and summary.processed == 0
+    assert table_counts(settings) == (6, 6)
+    assert keys(client, settings.bucket, "incoming/") == []
+    assert len(keys(client, settings.bucket, "catalog/")) == 6
+    assert all(r["finalized"] for r in log_by_key_rows(settings))
+
+
+def test_training_images_are_catalogued_in_place_with_their_label(clean, model):
+    settings = clean
+    client = s3lib.client(settings)
+    put(client, settings.bucket, {
+        "training/painting/t1.jpg": imagegen.encode(imagegen.make_artwork(300)),
+        "training/sculpture/t2.jpg": imagegen.encode(imagegen.make_artwork(301)),
+        "training/sculpture/broken.jpg": b"",
+    })
+    with Ingestor(settings, model=model) as ingestor:
+        summary = ingestor.ingest_prefix("training/")
+        assert ingestor.ingest_prefix("training/").processed == 0
+    assert summary.catalogued == 2 and summary.quarantined == 1
+    with db.connect(settings.db_url) as conn:
+        rows = dict(conn.execute("SELECT key, curated_label FROM artclf.artworks").fetchall())
+    assert rows == {"training/painting/t1.jpg": "painting", "training/sculpture/t2.jpg": "sculpture"}
+    assert len(keys(client, settings.bucket, "training/")) == 3  # nothing moved
+
+
+def test_odd_but_valid_images_are_accepted(clean, model):
+    settings = clean
+    client = s3lib.client(settings)
+    odd = {f"incoming/odd/{n}": d for n, d in imagegen.odd_but_good().items()}
+    put(client, settings.bucket, odd)
+    with Ingestor(settings, model=model) as ingestor:
+        summary = ingestor.ingest_prefix()
+    assert summary.quarantined == 0 and summary.failed == 0, summary.reasons
+    assert summary.catalogued + summary.duplicates == len(odd)
+
+
+def test_ingest_refuses_output_prefixes(settings, model):
+    with Ingestor(settings, model=model) as ingestor, pytest.raises(ValueError, match="incoming"):
+        ingestor.ingest_prefix("catalog/")
+
+
+def test_summary_line():
+    s = Summary(seen=3, catalogued=1, duplicates=1, quarantined=1, seconds=1.0)
+    assert "catalogued 1 / duplicates 1 / quarantined 1 / failed 0" in s.line()

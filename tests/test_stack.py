@@ -1,0 +1,77 @@
+"""`artclf stack up|env|down`: real servers started and stopped by the project's own code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import psycopg
+
+from artclf_core.config import read_env_file
+from artclf_core.embedded.procs import pid_alive, read_pid
+
+
+def artclf(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ARTCLF_HOME": str(home)}
+    for var in ("ARTCLF_DB_URL", "ARTCLF_S3_ENDPOINT", "ARTCLF_BUCKET"):
+        env.pop(var, None)
+    return subprocess.run([sys.executable, "-m", "artclf_core.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
+    home = tmp_path / "state"
+    up = artclf("stack", "up", home=home)
+    assert up.returncode == 0, up.stderr
+    try:
+        env_out = artclf("stack", "env", home=home)
+        assert env_out.returncode == 0
+        for var in ("ARTCLF_DB_URL", "ARTCLF_S3_ENDPOINT", "ARTCLF_BUCKET", "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY"):
+            assert f"export {var}=" in env_out.stdout
+        env = read_env_file(home / "stack.env")
+        # Both servers answer, on loopback only, with the printed credentials.
+        assert "127.0.0.1" in env["ARTCLF_DB_URL"] and "127.0.0.1" in env["ARTCLF_S3_ENDPOINT"]
+        with psycopg.connect(env["ARTCLF_DB_URL"]) as conn:
+            assert conn.execute("SELECT count(*) FROM artclf.schema_migrations").fetchone()[0] >= 3
+        s3 = boto3.client("s3", endpoint_url=env["ARTCLF_S3_ENDPOINT"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                          region_name="us-east-1")
+        s3.put_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt", Body=b"x")
+        # A second `up` is a no-op that keeps the same servers and data.
+        pg_pid = read_pid(home / "pg" / "data" / "postmaster.pid")
+        weed_pid = read_pid(home / "s3" / "weed.pid")
+        assert pg_pid and weed_pid
+        again = artclf("stack", "up", home=home)
+        assert again.returncode == 0, again.stderr
+        assert read_pid(home / "pg" / "data" / "postmaster.pid") == pg_pid
+        assert read_pid(home / "s3" / "weed.pid") == weed_pid
+        assert "running" in artclf("stack", "status", home=home).stdout
+        # Credentials are not in the world-readable files.
+        assert oct((home / "secrets.json").stat().st_mode)[-3:] == "600"
+    finally:
+        down = artclf("stack", "down", home=home)
+    assert down.returncode == 0, down.stderr
+    assert not pid_alive(pg_pid) and not pid_alive(weed_pid)
+    assert not (home / "stack.env").exists()
+    # Data survives a restart.
+    assert artclf("stack", "up", home=home).returncode == 0
+    try:
+        env = read_env_file(home / "stack.env")
+        s3 = boto3.client("s3", endpoint_url=env["ARTCLF_S3_ENDPOINT"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                          region_name="us-east-1")
+        assert s3.get_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt")["Body"].read() == b"x"
+    finally:
+        assert artclf("stack", "down", home=home).returncode == 0
+
+
+def test_commands_without_a_stack_say_what_to_do(tmp_path):
+    out = artclf("ingest", home=tmp_path / "nothing")
+    assert out.returncode == 2
+    assert "artclf stack up" in out.stderr
