@@ -1,12 +1,12 @@
 """The ``artclf`` command line: the whole product without Airflow.
 
-    artclf stack up | down | env | status   the embedded PostgreSQL + S3
-    artclf db migrate                       apply sql/ migrations
-    artclf drop PATH...                     upload files/folders to incoming/
-    artclf ingest                           process what is waiting
-    artclf similar ID [-k 5]                nearest artworks
-    artclf report                           where every dropped object ended
-    artclf train / evaluate                 the model
+artclf stack up | down | env | status   the embedded PostgreSQL + S3
+artclf db migrate                       apply sql/ migrations
+artclf drop PATH...                     upload files/folders to incoming/
+artclf ingest                           process what is waiting
+artclf similar ID [-k 5]                nearest artworks
+artclf report                           where every dropped object ended
+artclf train / evaluate                 the model
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
         env = stack.up()
         print(f"artclf stack is up (state in {stack.home})", file=sys.stderr)
         print(f"  PostgreSQL: {_redact(env['ARTCLF_DB_URL'])}", file=sys.stderr)
-        print(f"  S3:         {env['ARTCLF_S3_ENDPOINT']}  bucket {env['ARTCLF_BUCKET']}",
-              file=sys.stderr)
-        print("  eval \"$(artclf stack env)\" to export the connection settings", file=sys.stderr)
+        print(
+            f"  S3:         {env['ARTCLF_S3_ENDPOINT']}  bucket {env['ARTCLF_BUCKET']}",
+            file=sys.stderr,
+        )
+        print('  eval "$(artclf stack env)" to export the connection settings', file=sys.stderr)
     elif args.action == "down":
         stack.down()
         print("artclf stack is down", file=sys.stderr)
@@ -111,8 +113,10 @@ def cmd_drop(args: argparse.Namespace) -> int:
         client.upload_file(str(item[0]), settings.bucket, prefix + item[1])
 
     show = len(files) > 20 and sys.stderr.isatty() or args.progress
-    with ThreadPoolExecutor(8) as pool, tqdm(total=len(files), unit="file", disable=not show,
-                                            desc="drop") as bar:
+    with (
+        ThreadPoolExecutor(8) as pool,
+        tqdm(total=len(files), unit="file", disable=not show, desc="drop") as bar,
+    ):
         for _ in pool.map(upload, files):
             bar.update()
     print(f"dropped {len(files)} file(s) into s3://{settings.bucket}/{prefix}")
@@ -132,7 +136,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     with Ingestor(settings, workers=args.workers) as ingestor:
         summary = ingestor.ingest_prefix(
-            args.prefix, batch_size=args.batch_size, retry_failed=args.retry_failed,
+            args.prefix,
+            batch_size=args.batch_size,
+            retry_failed=args.retry_failed,
             progress=progress,
         )
     if args.json:
@@ -154,14 +160,25 @@ def cmd_similar(args: argparse.Namespace) -> int:
             " FROM artclf.similar_artworks(%s, %s, %s)",
             (args.id, args.k, not args.any_label),
         ).fetchall()
-        if not rows and not conn.execute(
-            "SELECT 1 FROM artclf.artworks WHERE id = %s", (args.id,)
-        ).fetchone():
+        if (
+            not rows
+            and not conn.execute(
+                "SELECT 1 FROM artclf.artworks WHERE id = %s", (args.id,)
+            ).fetchone()
+        ):
             print(f"artclf similar: no artwork with id {args.id}", file=sys.stderr)
             return 1
     if args.json:
-        print(json.dumps([dict(zip(("rank", "artwork_id", "location", "label", "distance"), r))
-                          for r in rows]))
+        print(
+            json.dumps(
+                [
+                    dict(
+                        zip(("rank", "artwork_id", "location", "label", "distance"), r, strict=True)
+                    )
+                    for r in rows
+                ]
+            )
+        )
         return 0
     for rank, aid, location, label, distance in rows:
         print(f"{rank:>3}  {aid:>8}  {distance:8.4f}  {label:<12} {location}")
@@ -189,8 +206,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.state:
         print()
         for lid, key, final, reason, message, attempts in detail:
-            print(f"{lid:>7} {key} -> {final or '(in place)'} [{reason}] {message}"
-                  f" (attempts {attempts})")
+            print(
+                f"{lid:>7} {key} -> {final or '(in place)'} [{reason}] {message}"
+                f" (attempts {attempts})"
+            )
     return 0
 
 
@@ -248,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="incoming/")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=8, help="I/O and decoding threads")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="also retry objects that used up their attempts")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="also retry objects that used up their attempts"
+    )
     p.add_argument("--model", help="a .keras model (default: ARTCLF_MODEL or the shipped one)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any object failed")
@@ -264,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("report", help="counts of objects by final state and reason")
-    p.add_argument("--state", choices=["pending", "processing", "catalogued", "duplicate",
-                                       "quarantined", "failed"])
+    p.add_argument(
+        "--state",
+        choices=["pending", "processing", "catalogued", "duplicate", "quarantined", "failed"],
+    )
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_report)
 

@@ -147,8 +147,7 @@ class LogRow:
 
 
 _LOG_COLS = (
-    "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized,"
-    " generation"
+    "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized, generation"
 )
 
 
@@ -161,8 +160,9 @@ def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> 
     """
     if not objects:
         return []
-    cols = list(zip(*[(o.bucket, o.key, o.etag, o.last_modified, o.size) for o in objects],
-                    strict=True))
+    cols = list(
+        zip(*[(o.bucket, o.key, o.etag, o.last_modified, o.size) for o in objects], strict=True)
+    )
     ident = "bucket, key, etag, last_modified"
     prefixed = ", ".join("l." + c.strip() for c in _LOG_COLS.split(","))
     rows = conn.execute(
@@ -235,8 +235,13 @@ def claim(
         WHERE l.id = c.id
         RETURNING {", ".join("l." + c.strip() for c in _LOG_COLS.split(","))}
         """,
-        {"worker": worker, "ids": list(ids), "max": max_attempts, "retry": retry_failed,
-         "lease": lease_seconds},
+        {
+            "worker": worker,
+            "ids": list(ids),
+            "max": max_attempts,
+            "retry": retry_failed,
+            "lease": lease_seconds,
+        },
     ).fetchall()
     conn.commit()
     return [LogRow(*r) for r in rows]
@@ -262,10 +267,30 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome]) -> No
     """Write final states for many log rows in one statement (no commit)."""
     if not outcomes:
         return
-    fields = ["log_id", "state", "final_key", "reason", "message", "artwork_id",
-              "duplicate_of", "duplicate_kind", "distance", "finalized"]
-    types = ["bigint", "text", "text", "text", "text", "bigint", "bigint", "text", "integer",
-             "boolean"]
+    fields = [
+        "log_id",
+        "state",
+        "final_key",
+        "reason",
+        "message",
+        "artwork_id",
+        "duplicate_of",
+        "duplicate_kind",
+        "distance",
+        "finalized",
+    ]
+    types = [
+        "bigint",
+        "text",
+        "text",
+        "text",
+        "text",
+        "bigint",
+        "bigint",
+        "text",
+        "integer",
+        "boolean",
+    ]
     columns = [[getattr(o, f) for o in outcomes] for f in fields]
     unnest = ", ".join(f"%s::{t}[]" for t in types)
     conn.execute(
@@ -286,8 +311,7 @@ def mark_finalized(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
     ids = list(log_ids)
     if ids:
         conn.execute(
-            "UPDATE artclf.ingest_log SET finalized = true, updated_at = now()"
-            " WHERE id = ANY(%s)",
+            "UPDATE artclf.ingest_log SET finalized = true, updated_at = now() WHERE id = ANY(%s)",
             (ids,),
         )
 
@@ -377,9 +401,26 @@ class ArtworkRow:
         return f"s3://{self.bucket}/{self.key}"
 
 
-_ART_COLS = ["location", "bucket", "key", "label", "probability", "probabilities", "embedding",
-             "model_version", "sha256", "phash", "phash_bands", "width", "height", "format",
-             "byte_size", "source_key", "source_etag", "curated_label"]
+_ART_COLS = [
+    "location",
+    "bucket",
+    "key",
+    "label",
+    "probability",
+    "probabilities",
+    "embedding",
+    "model_version",
+    "sha256",
+    "phash",
+    "phash_bands",
+    "width",
+    "height",
+    "format",
+    "byte_size",
+    "source_key",
+    "source_etag",
+    "curated_label",
+]
 
 
 def insert_artworks(
@@ -397,24 +438,39 @@ def insert_artworks(
         "CREATE TEMP TABLE IF NOT EXISTS _artworks_in ON COMMIT DELETE ROWS AS"
         f" SELECT {', '.join(_ART_COLS)} FROM artclf.artworks WITH NO DATA"
     )
-    with conn.cursor().copy(
-        f"COPY _artworks_in ({', '.join(_ART_COLS)}) FROM STDIN"
-    ) as copy:
+    with conn.cursor().copy(f"COPY _artworks_in ({', '.join(_ART_COLS)}) FROM STDIN") as copy:
         for r in rows:
-            copy.write_row([
-                r.location, r.bucket, r.key, r.label, float(r.probability),
-                json.dumps({k: round(float(v), 6) for k, v in r.probabilities.items()}),
-                "[" + ",".join(f"{x:.7g}" for x in np.asarray(r.embedding, dtype=np.float32)) + "]",
-                r.model_version, r.sha256, int(r.phash),
-                "{" + ",".join(map(str, r.phash_bands)) + "}",
-                int(r.width), int(r.height), r.format, int(r.byte_size), r.source_key,
-                r.source_etag, r.curated_label,
-            ])
-    inserted = dict(conn.execute(
-        f"INSERT INTO artclf.artworks ({', '.join(_ART_COLS)})"
-        f" SELECT {', '.join(_ART_COLS)} FROM _artworks_in"
-        " ON CONFLICT DO NOTHING RETURNING sha256, id"
-    ).fetchall())
+            copy.write_row(
+                [
+                    r.location,
+                    r.bucket,
+                    r.key,
+                    r.label,
+                    float(r.probability),
+                    json.dumps({k: round(float(v), 6) for k, v in r.probabilities.items()}),
+                    "["
+                    + ",".join(f"{x:.7g}" for x in np.asarray(r.embedding, dtype=np.float32))
+                    + "]",
+                    r.model_version,
+                    r.sha256,
+                    int(r.phash),
+                    "{" + ",".join(map(str, r.phash_bands)) + "}",
+                    int(r.width),
+                    int(r.height),
+                    r.format,
+                    int(r.byte_size),
+                    r.source_key,
+                    r.source_etag,
+                    r.curated_label,
+                ]
+            )
+    inserted = dict(
+        conn.execute(
+            f"INSERT INTO artclf.artworks ({', '.join(_ART_COLS)})"
+            f" SELECT {', '.join(_ART_COLS)} FROM _artworks_in"
+            " ON CONFLICT DO NOTHING RETURNING sha256, id"
+        ).fetchall()
+    )
     existing = {
         sha: aid
         for sha, aid in conn.execute(

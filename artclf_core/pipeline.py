@@ -65,10 +65,21 @@ class Summary:
     repaired: int = 0
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
+    #: Wall seconds spent per stage (fetch+decode, model, dedup, quality, copy, commit, delete).
+    stages: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Summary) -> None:
-        for name in ("seen", "catalogued", "duplicates", "quarantined", "failed", "skipped",
-                     "repaired"):
+        for stage, secs in other.stages.items():
+            self.stages[stage] = self.stages.get(stage, 0.0) + secs
+        for name in (
+            "seen",
+            "catalogued",
+            "duplicates",
+            "quarantined",
+            "failed",
+            "skipped",
+            "repaired",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for reason, n in other.reasons.items():
             self.reasons[reason] = self.reasons.get(reason, 0) + n
@@ -91,10 +102,16 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {
-            "seen": self.seen, "catalogued": self.catalogued, "duplicates": self.duplicates,
-            "quarantined": self.quarantined, "failed": self.failed, "skipped": self.skipped,
-            "repaired": self.repaired, "seconds": round(self.seconds, 3),
+            "seen": self.seen,
+            "catalogued": self.catalogued,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "repaired": self.repaired,
+            "seconds": round(self.seconds, 3),
             "reasons": dict(self.reasons),
+            "stages": {k: round(v, 3) for k, v in self.stages.items()},
         }
 
 
@@ -133,7 +150,7 @@ class _Item:
         """``training/<label>/...`` objects carry their label in the key."""
         if not self.in_place:
             return None
-        parts = self.row.key[len(TRAINING_PREFIX):].split("/", 1)
+        parts = self.row.key[len(TRAINING_PREFIX) :].split("/", 1)
         return parts[0] if len(parts) == 2 and parts[0] in CLASSES else None
 
     def fail(self, reason: str, message: str) -> None:
@@ -191,6 +208,8 @@ class Ingestor:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
         self.validate = validate or quality.validate_rows
+        if validate is None:  # import Great Expectations while the first batch downloads
+            self.pool.submit(quality.warm_up)
         self.conn = db.connect(settings.db_url)
         db.register_model(
             self.conn,
@@ -240,7 +259,9 @@ class Ingestor:
         total.seconds = time.perf_counter() - started
         return total
 
-    def ingest_objects(self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False) -> Summary:
+    def ingest_objects(
+        self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False
+    ) -> Summary:
         """Register, claim and process one batch of object versions (any source of events)."""
         summary = Summary(seen=len(refs))
         rows = db.register_objects(self.conn, refs)
@@ -250,24 +271,35 @@ class Ingestor:
         )
         candidates = [r.id for r in rows if r.state in CLAIMABLE]
         claimed = db.claim(
-            self.conn, candidates, worker=self.worker_id,
-            max_attempts=self.settings.max_attempts, retry_failed=retry_failed,
+            self.conn,
+            candidates,
+            worker=self.worker_id,
+            max_attempts=self.settings.max_attempts,
+            retry_failed=retry_failed,
         )
         summary.skipped = len(rows) - len(claimed) - summary.repaired
         if claimed:
+            # Key order, so that within a batch the first of a group of copies (in listing
+            # order) is the one catalogued, whatever order the database returned rows in.
+            claimed.sort(key=lambda r: (r.key, r.id))
             summary.add(self._process([_Item(row=r) for r in claimed]))
         return summary
 
     # ------------------------------------------------------------------ one batch
 
     def _process(self, items: list[_Item]) -> Summary:
+        clock = _Clock()
         list(self.pool.map(self._prepare, items))
+        clock.lap("fetch_decode")
         valid = [it for it in items if not it.state]
         if valid:
             self._classify(valid)
+            clock.lap("model")
             self._deduplicate(valid)
+            clock.lap("dedup")
         new_rows = self._plan(items)
         verdict = self.validate([row for _, row in new_rows])
+        clock.lap("quality")
         if not verdict.success:
             log.error("batch failed its quality checks, not committed: %s", verdict.summary())
             for it in items:
@@ -275,10 +307,15 @@ class Ingestor:
                     it.fail("quality_check_failed", verdict.summary()[:2000])
             new_rows = []
         self._copy_all([it for it in items if it.state in TERMINAL and not it.in_place], new_rows)
+        clock.lap("copy")
         self._commit(items, new_rows)
+        clock.lap("commit")
         moved = [it for it in items if it.state in TERMINAL and not it.in_place]
         self._delete_sources(moved)
-        return _summarise(items)
+        clock.lap("delete")
+        summary = _summarise(items)
+        summary.stages = clock.laps
+        return summary
 
     def _prepare(self, item: _Item) -> None:
         """Fetch, validate and hash one object (runs on the I/O thread pool)."""
@@ -286,8 +323,10 @@ class Ingestor:
         try:
             data = s3lib.get_bytes(self.s3, row.bucket, row.key, max_bytes=self.limits.max_bytes)
         except s3lib.ObjectTooLarge as exc:
-            item.quarantine("too_large_file", f"file is {exc.size} bytes, the limit is "
-                            f"{self.limits.max_bytes} bytes")
+            item.quarantine(
+                "too_large_file",
+                f"file is {exc.size} bytes, the limit is {self.limits.max_bytes} bytes",
+            )
             return
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -373,17 +412,33 @@ class Ingestor:
             key = it.row.key
             if it.state == "catalogued":
                 it.final_key = key if it.in_place else catalog_key(it.label, it.sha256, key)
-                probs = {c: float(p) for c, p in zip(self.model.classes, it.probabilities,
-                                                      strict=True)}
-                new_rows.append((it, db.ArtworkRow(
-                    bucket=it.row.bucket, key=it.final_key, label=it.label,
-                    probability=float(np.max(it.probabilities)), probabilities=probs,
-                    embedding=it.embedding, model_version=self.model.version,
-                    sha256=it.sha256, phash=it.phash, phash_bands=dedup.band_keys(it.phash),
-                    width=it.width, height=it.height, format=it.format,
-                    byte_size=it.data_size, source_key=key, source_etag=it.row.etag,
-                    curated_label=it.curated_label,
-                )))
+                probs = {
+                    c: float(p) for c, p in zip(self.model.classes, it.probabilities, strict=True)
+                }
+                new_rows.append(
+                    (
+                        it,
+                        db.ArtworkRow(
+                            bucket=it.row.bucket,
+                            key=it.final_key,
+                            label=it.label,
+                            probability=float(np.max(it.probabilities)),
+                            probabilities=probs,
+                            embedding=it.embedding,
+                            model_version=self.model.version,
+                            sha256=it.sha256,
+                            phash=it.phash,
+                            phash_bands=dedup.band_keys(it.phash),
+                            width=it.width,
+                            height=it.height,
+                            format=it.format,
+                            byte_size=it.data_size,
+                            source_key=key,
+                            source_etag=it.row.etag,
+                            curated_label=it.curated_label,
+                        ),
+                    )
+                )
             elif it.state == "duplicate":
                 it.final_key = key if it.in_place else side_key(DUPLICATES_PREFIX, it.row.id, key)
             elif it.state == "quarantined":
@@ -412,8 +467,10 @@ class Ingestor:
                 if it.sha256 in inserted:
                     it.artwork_id = inserted[it.sha256]
                 else:  # another worker catalogued the same bytes meanwhile: retry as a copy
-                    it.fail("concurrent_duplicate",
-                            f"artwork {existing.get(it.sha256)} was catalogued concurrently")
+                    it.fail(
+                        "concurrent_duplicate",
+                        f"artwork {existing.get(it.sha256)} was catalogued concurrently",
+                    )
             for it in items:
                 if it.state == "duplicate" and it.duplicate_of is None:
                     if it.origin is not None and it.origin.artwork_id is not None:
@@ -421,15 +478,25 @@ class Ingestor:
                     else:  # its original failed to land: both are retried next run
                         it.fail("origin_failed", "the artwork it copies was not catalogued")
             db.forget(conn, [it.row.id for it in items if it.state == "phantom"])
-            db.record_outcomes(conn, [
-                db.Outcome(
-                    log_id=it.row.id, state=it.state, final_key=it.final_key,
-                    reason=it.reason, message=it.message, artwork_id=it.artwork_id,
-                    duplicate_of=it.duplicate_of, duplicate_kind=it.duplicate_kind,
-                    distance=it.distance, finalized=it.in_place and it.state in TERMINAL,
-                )
-                for it in items if it.state != "phantom"
-            ])
+            db.record_outcomes(
+                conn,
+                [
+                    db.Outcome(
+                        log_id=it.row.id,
+                        state=it.state,
+                        final_key=it.final_key,
+                        reason=it.reason,
+                        message=it.message,
+                        artwork_id=it.artwork_id,
+                        duplicate_of=it.duplicate_of,
+                        duplicate_kind=it.duplicate_kind,
+                        distance=it.distance,
+                        finalized=it.in_place and it.state in TERMINAL,
+                    )
+                    for it in items
+                    if it.state != "phantom"
+                ],
+            )
 
     def _delete_sources(self, moved: list[_Item]) -> None:
         def delete_one(it: _Item) -> bool:
@@ -440,8 +507,9 @@ class Ingestor:
                 log.warning("could not delete %s (next run finishes it): %s", it.row.key, exc)
                 return False
 
-        done = [it.row.id for it, ok in zip(moved, self.pool.map(delete_one, moved),
-                                             strict=True) if ok]
+        done = [
+            it.row.id for it, ok in zip(moved, self.pool.map(delete_one, moved), strict=True) if ok
+        ]
         db.mark_finalized(self.conn, done)
         self.conn.commit()
 
@@ -451,18 +519,38 @@ class Ingestor:
 
         def finish(row: db.LogRow) -> bool:
             try:
-                s3lib.copy(self.s3, row.bucket, row.key, row.final_key,
-                           {"artclf-log-id": str(row.id), "artclf-state": row.state,
-                            "artclf-source-key": urllib.parse.quote(row.key)})
+                s3lib.copy(
+                    self.s3,
+                    row.bucket,
+                    row.key,
+                    row.final_key,
+                    {
+                        "artclf-log-id": str(row.id),
+                        "artclf-state": row.state,
+                        "artclf-source-key": urllib.parse.quote(row.key),
+                    },
+                )
                 s3lib.delete(self.s3, row.bucket, row.key)
                 return True
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 return code in ("NoSuchKey", "404")  # already moved
+
         done = [r.id for r, ok in zip(rows, self.pool.map(finish, rows), strict=True) if ok]
         db.mark_finalized(self.conn, done)
         self.conn.commit()
         return len(done)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _summarise(items: Sequence[_Item]) -> Summary:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,9 +41,17 @@ class QualityResult:
 def batch_frame(rows: Sequence) -> pd.DataFrame:
     """The columns the suite checks, from ``db.ArtworkRow`` objects."""
     data: dict[str, list] = {
-        "label": [], "probability": [], "prob_sum": [], "embedding_dim": [],
-        "embedding_norm": [], "sha256": [], "location": [], "width": [], "height": [],
-        "byte_size": [], "model_version": [],
+        "label": [],
+        "probability": [],
+        "prob_sum": [],
+        "embedding_dim": [],
+        "embedding_norm": [],
+        "sha256": [],
+        "location": [],
+        "width": [],
+        "height": [],
+        "byte_size": [],
+        "model_version": [],
         **{f"prob_{c}": [] for c in CLASSES},
     }
     for r in rows:
@@ -64,8 +73,21 @@ def batch_frame(rows: Sequence) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-@lru_cache(maxsize=1)
+_LOCK = threading.Lock()
+
+
+def warm_up() -> None:
+    """Import Great Expectations and build the suite (~2 s) ahead of the first batch."""
+    _validator()
+
+
 def _validator():
+    with _LOCK:
+        return _build_validator()
+
+
+@lru_cache(maxsize=1)
+def _build_validator():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
@@ -76,9 +98,9 @@ def _validator():
     except Exception:  # noqa: BLE001 - cosmetic only
         pass
     source = context.data_sources.add_pandas("artclf")
-    batch_definition = source.add_dataframe_asset("artworks_batch").add_batch_definition_whole_dataframe(
-        "whole"
-    )
+    batch_definition = source.add_dataframe_asset(
+        "artworks_batch"
+    ).add_batch_definition_whole_dataframe("whole")
     spec = json.loads((expectations_dir() / f"{SUITE_NAME}.json").read_text())
     suite = context.suites.add(gx.ExpectationSuite(**spec))
     return batch_definition, suite

@@ -9,6 +9,7 @@ generated on first start, mode 600, never printed unless asked) and ``stack.env`
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from artclf_core.embedded.seaweed import EmbeddedSeaweed
 DB_NAME = "artclf"
 DB_USER = "artclf"
 READER_USER = "artclf_analyst"
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 @dataclass
@@ -66,7 +68,19 @@ class Stack:
 
     def up(self) -> dict[str, str]:
         """Start PostgreSQL and S3 (idempotent), create bucket and roles, apply migrations."""
+        if not BUCKET_NAME.fullmatch(self.bucket):
+            raise ValueError(
+                f"invalid S3 bucket name {self.bucket!r}: 3-63 characters of "
+                "lowercase letters, digits, '.' and '-'"
+            )
         self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._up()
+        except BaseException:
+            self.down()  # never leave half a stack running
+            raise
+
+    def _up(self) -> dict[str, str]:
         creds = self._secrets()
         pg = self.postgres
         pg.start(tuning=self.pg_tuning)
@@ -74,7 +88,8 @@ class Stack:
         db.migrate(db_url)
         reader_url = self._ensure_reader(db_url, creds["reader_password"])
         endpoint = self.seaweed.start(
-            access_key=creds["s3_access_key"], secret_key=creds["s3_secret_key"],
+            access_key=creds["s3_access_key"],
+            secret_key=creds["s3_secret_key"],
             bucket=self.bucket,
         )
         env = {
@@ -102,8 +117,11 @@ class Stack:
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_USER,)
             ).fetchone()
             verb = sql.SQL("ALTER" if exists else "CREATE")
-            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                verb, sql.Identifier(READER_USER), sql.Literal(password)))
+            conn.execute(
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    verb, sql.Identifier(READER_USER), sql.Literal(password)
+                )
+            )
             conn.execute(sql.SQL("GRANT artclf_reader TO {}").format(sql.Identifier(READER_USER)))
         host = db_url.rsplit("@", 1)[1]
         return f"postgresql://{READER_USER}:{password}@{host}"

@@ -19,8 +19,11 @@ def stack(tmp_path_factory):
     from artclf_core.stack import Stack
 
     home = tmp_path_factory.mktemp("artclf-home")
-    s = Stack(home, bucket="artclf-test",
-              pg_tuning={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+    s = Stack(
+        home,
+        bucket="artclf-test",
+        pg_tuning={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
     env = s.up()
     yield s, env
     s.down()

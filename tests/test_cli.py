@@ -11,9 +11,13 @@ import imagegen
 
 
 def run(settings_env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "artclf_core.cli", *args],
-                          env={**os.environ, **settings_env}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "artclf_core.cli", *args],
+        env={**os.environ, **settings_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_drop_ingest_similar_report(stack, clean, tmp_path):

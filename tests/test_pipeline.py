@@ -37,8 +37,10 @@ def log_by_key(settings) -> dict[str, dict]:
 
 def table_counts(settings) -> tuple[int, int]:
     with db.connect(settings.db_url) as conn:
-        return (conn.execute("SELECT count(*) FROM artclf.artworks").fetchone()[0],
-                conn.execute("SELECT count(*) FROM artclf.ingest_log").fetchone()[0])
+        return (
+            conn.execute("SELECT count(*) FROM artclf.artworks").fetchone()[0],
+            conn.execute("SELECT count(*) FROM artclf.ingest_log").fetchone()[0],
+        )
 
 
 @pytest.fixture
@@ -46,12 +48,18 @@ def mixed_drop(clean, model):
     """A mixed batch: good images, exact and near copies, and every kind of bad input."""
     settings = clean
     client = s3lib.client(settings)
-    good = {f"incoming/a/art{i:02d}.jpg": imagegen.encode(imagegen.make_artwork(i), quality=90)
-            for i in range(N_GOOD)}
-    exact = {"incoming/copies/exact_of_00.jpg": good["incoming/a/art00.jpg"],
-             "incoming/copies/exact_of_01.jpg": good["incoming/a/art01.jpg"]}
-    near = {f"incoming/copies/near_{name}.img": data
-            for name, data in imagegen.near_copies(imagegen.make_artwork(2)).items()}
+    good = {
+        f"incoming/a/art{i:02d}.jpg": imagegen.encode(imagegen.make_artwork(i), quality=90)
+        for i in range(N_GOOD)
+    }
+    exact = {
+        "incoming/copies/exact_of_00.jpg": good["incoming/a/art00.jpg"],
+        "incoming/copies/exact_of_01.jpg": good["incoming/a/art01.jpg"],
+    }
+    near = {
+        f"incoming/copies/near_{name}.img": data
+        for name, data in imagegen.near_copies(imagegen.make_artwork(2)).items()
+    }
     bad = {f"incoming/bad/{name}.jpg": data for name, (data, _) in imagegen.bad_inputs().items()}
     put(client, settings.bucket, {**good, **exact, **near, **bad})
     return settings, client, good, exact, near, bad
@@ -72,9 +80,14 @@ def test_mixed_batch_lands_every_object_in_its_place(mixed_drop, model):
     assert len(log) == total
     expected_reasons = {f"incoming/bad/{n}.jpg": r for n, (_, r) in imagegen.bad_inputs().items()}
     with db.connect(settings.db_url) as conn:
-        artworks = {r["source_key"]: r for r in db.fetch_dicts(
-            conn, "SELECT id, source_key, location, key, label, embedding, model_version,"
-                  " sha256, width, height FROM artclf.artworks")}
+        artworks = {
+            r["source_key"]: r
+            for r in db.fetch_dicts(
+                conn,
+                "SELECT id, source_key, location, key, label, embedding, model_version,"
+                " sha256, width, height FROM artclf.artworks",
+            )
+        }
     for key, row in log.items():
         assert row["finalized"], key
         if key in good:
@@ -150,8 +163,14 @@ def test_failed_batch_is_not_committed_and_is_retried(clean, model):
 
     settings = clean
     client = s3lib.client(settings)
-    put(client, settings.bucket, {f"incoming/r{i}.png": imagegen.encode(
-        imagegen.make_artwork(100 + i), "PNG") for i in range(5)})
+    put(
+        client,
+        settings.bucket,
+        {
+            f"incoming/r{i}.png": imagegen.encode(imagegen.make_artwork(100 + i), "PNG")
+            for i in range(5)
+        },
+    )
     put(client, settings.bucket, {"incoming/bad.jpg": b"<html></html>"})
 
     def reject(rows):
@@ -170,7 +189,9 @@ def test_failed_batch_is_not_committed_and_is_retried(clean, model):
         second = ingestor.ingest_prefix()
     assert second.catalogued == 5 and second.seen == 5
     assert keys(client, settings.bucket, "incoming/") == []
-    assert all(r["attempts"] == 2 for r in log_by_key_rows(settings) if r["key"] != "incoming/bad.jpg")
+    assert all(
+        r["attempts"] == 2 for r in log_by_key_rows(settings) if r["key"] != "incoming/bad.jpg"
+    )
 
 
 def test_failed_objects_are_parked_after_max_attempts(clean, model):
@@ -178,9 +199,14 @@ def test_failed_objects_are_parked_after_max_attempts(clean, model):
 
     settings = clean.with_(max_attempts=2)
     client = s3lib.client(settings)
-    put(client, settings.bucket, {"incoming/p.png": imagegen.encode(imagegen.make_artwork(7), "PNG")})
-    with Ingestor(settings, model=model,
-                  validate=lambda rows: QualityResult(False, ["nope"])) as ingestor:
+    put(
+        client,
+        settings.bucket,
+        {"incoming/p.png": imagegen.encode(imagegen.make_artwork(7), "PNG")},
+    )
+    with Ingestor(
+        settings, model=model, validate=lambda rows: QualityResult(False, ["nope"])
+    ) as ingestor:
         assert ingestor.ingest_prefix().failed == 1
         assert ingestor.ingest_prefix().failed == 1
         parked = ingestor.ingest_prefix()
@@ -194,8 +220,11 @@ def test_crash_between_commit_and_delete_is_repaired(clean, model):
     finishes the moves and writes nothing twice."""
     settings = clean
     client = s3lib.client(settings)
-    put(client, settings.bucket, {f"incoming/c{i}.jpg": imagegen.encode(
-        imagegen.make_artwork(200 + i)) for i in range(6)})
+    put(
+        client,
+        settings.bucket,
+        {f"incoming/c{i}.jpg": imagegen.encode(imagegen.make_artwork(200 + i)) for i in range(6)},
+    )
 
     class Crash(Exception):
         pass
@@ -220,18 +249,25 @@ def test_crash_between_commit_and_delete_is_repaired(clean, model):
 def test_training_images_are_catalogued_in_place_with_their_label(clean, model):
     settings = clean
     client = s3lib.client(settings)
-    put(client, settings.bucket, {
-        "training/painting/t1.jpg": imagegen.encode(imagegen.make_artwork(300)),
-        "training/sculpture/t2.jpg": imagegen.encode(imagegen.make_artwork(301)),
-        "training/sculpture/broken.jpg": b"",
-    })
+    put(
+        client,
+        settings.bucket,
+        {
+            "training/painting/t1.jpg": imagegen.encode(imagegen.make_artwork(300)),
+            "training/sculpture/t2.jpg": imagegen.encode(imagegen.make_artwork(301)),
+            "training/sculpture/broken.jpg": b"",
+        },
+    )
     with Ingestor(settings, model=model) as ingestor:
         summary = ingestor.ingest_prefix("training/")
         assert ingestor.ingest_prefix("training/").processed == 0
     assert summary.catalogued == 2 and summary.quarantined == 1
     with db.connect(settings.db_url) as conn:
         rows = dict(conn.execute("SELECT key, curated_label FROM artclf.artworks").fetchall())
-    assert rows == {"training/painting/t1.jpg": "painting", "training/sculpture/t2.jpg": "sculpture"}
+    assert rows == {
+        "training/painting/t1.jpg": "painting",
+        "training/sculpture/t2.jpg": "sculpture",
+    }
     assert len(keys(client, settings.bucket, "training/")) == 3  # nothing moved
 
 

@@ -19,14 +19,26 @@ def _rows(n: int, seed: int = 7) -> list[db.ArtworkRow]:
     for i in range(n):
         emb = centres[i % 20] + 0.6 * rng.normal(size=128)
         label = CLASSES[(i * 7 + i // 3) % len(CLASSES)]
-        rows.append(db.ArtworkRow(
-            bucket="b", key=f"catalog/{label}/{i:06d}.jpg", label=label, probability=0.9,
-            probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
-            embedding=emb.astype(np.float32), model_version="test-model",
-            sha256=f"{i:064x}", phash=int(rng.integers(-2**63, 2**63 - 1)), phash_bands=[i],
-            width=100, height=100, format="JPEG", byte_size=1000, source_key=f"incoming/{i}.jpg",
-            source_etag=None,
-        ))
+        rows.append(
+            db.ArtworkRow(
+                bucket="b",
+                key=f"catalog/{label}/{i:06d}.jpg",
+                label=label,
+                probability=0.9,
+                probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
+                embedding=emb.astype(np.float32),
+                model_version="test-model",
+                sha256=f"{i:064x}",
+                phash=int(rng.integers(-(2**63), 2**63 - 1)),
+                phash_bands=[i],
+                width=100,
+                height=100,
+                format="JPEG",
+                byte_size=1000,
+                source_key=f"incoming/{i}.jpg",
+                source_etag=None,
+            )
+        )
     return rows
 
 
@@ -39,7 +51,9 @@ def catalogue(stack, settings):
         inserted, existing = db.insert_artworks(conn, rows)
         conn.commit()
         assert len(inserted) == N and not existing
-        got = conn.execute("SELECT id, label, embedding FROM artclf.artworks ORDER BY id").fetchall()
+        got = conn.execute(
+            "SELECT id, label, embedding FROM artclf.artworks ORDER BY id"
+        ).fetchall()
     ids = np.array([r[0] for r in got])
     labels = np.array([r[1] for r in got])
     embs = np.stack([np.asarray(r[2].to_numpy(), dtype=np.float64) for r in got])
@@ -65,7 +79,9 @@ def test_similar_artworks_returns_k_excludes_query_and_respects_label(settings, 
             qid, qlabel = int(ids[qi]), labels[qi]
             rows = conn.execute(
                 "SELECT rank, artwork_id, location, label, distance"
-                " FROM artclf.similar_artworks(%s)", (qid,)).fetchall()
+                " FROM artclf.similar_artworks(%s)",
+                (qid,),
+            ).fetchall()
             assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
             assert qid not in [r[1] for r in rows]
             assert all(r[3] == qlabel for r in rows)
@@ -83,11 +99,13 @@ def test_similar_artworks_agrees_with_exact_search(settings, catalogue):
         for qi in range(0, N, 31):
             qid = int(ids[qi])
             for same in (True, False):
-                want, want_d = _exact(ids, labels, embs, embs[qi], 5,
-                                      labels[qi] if same else None, qid)
+                want, want_d = _exact(
+                    ids, labels, embs, embs[qi], 5, labels[qi] if same else None, qid
+                )
                 rows = conn.execute(
                     "SELECT artwork_id, distance FROM artclf.similar_artworks(%s, 5, %s)",
-                    (qid, same)).fetchall()
+                    (qid, same),
+                ).fetchall()
                 got = [r[0] for r in rows]
                 hits += len(set(got) & set(want.tolist()))
                 total += 5
@@ -95,8 +113,9 @@ def test_similar_artworks_agrees_with_exact_search(settings, catalogue):
                 for aid, d in rows:
                     j = int(np.searchsorted(ids, aid))
                     u, v = embs[j], embs[qi]
-                    assert d == pytest.approx(1 - u @ v / np.linalg.norm(u) / np.linalg.norm(v),
-                                              abs=1e-5)
+                    assert d == pytest.approx(
+                        1 - u @ v / np.linalg.norm(u) / np.linalg.norm(v), abs=1e-5
+                    )
     assert hits / total >= 0.95, f"recall@5 {hits / total:.3f} against exact search"
 
 
@@ -111,7 +130,8 @@ def test_same_label_still_returns_k_for_a_rare_label(settings, catalogue):
         qid = int(ids[labels == rare][0])
         k = min(150, n_rare - 1)
         rows = conn.execute(
-            "SELECT artwork_id, label FROM artclf.similar_artworks(%s, %s)", (qid, k)).fetchall()
+            "SELECT artwork_id, label FROM artclf.similar_artworks(%s, %s)", (qid, k)
+        ).fetchall()
         assert len(rows) == k and {r[1] for r in rows} == {rare}
 
 
@@ -121,20 +141,27 @@ def test_similar_to_embedding(settings, catalogue):
     with db.connect(settings.db_url) as conn:
         rows = conn.execute(
             "SELECT artwork_id, label FROM artclf.similar_to_embedding(%s::vector, 5, %s)",
-            (str(q.astype(np.float32).tolist()), labels[5])).fetchall()
+            (str(q.astype(np.float32).tolist()), labels[5]),
+        ).fetchall()
         assert len(rows) == 5 and rows[0][0] == int(ids[5])
         assert {r[1] for r in rows} == {labels[5]}
         rows = conn.execute(
             "SELECT count(*) FROM artclf.similar_to_embedding(%s::vector)",
-            (str(q.astype(np.float32).tolist()),)).fetchone()
+            (str(q.astype(np.float32).tolist()),),
+        ).fetchone()
         assert rows[0] == 5
 
 
 def test_reader_role_reads_but_cannot_write(stack, catalogue):
     _, env = stack
     with psycopg.connect(env["ARTCLF_READER_DB_URL"]) as conn:
-        assert conn.execute("SELECT count(*) FROM artclf.similar_artworks("
-                            "(SELECT min(id) FROM artclf.artworks))").fetchone()[0] == 5
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM artclf.similar_artworks("
+                "(SELECT min(id) FROM artclf.artworks))"
+            ).fetchone()[0]
+            == 5
+        )
         for statement in (
             "DELETE FROM artclf.artworks",
             "UPDATE artclf.artworks SET label = 'painting'",

@@ -18,8 +18,13 @@ def artclf(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "ARTCLF_HOME": str(home)}
     for var in ("ARTCLF_DB_URL", "ARTCLF_S3_ENDPOINT", "ARTCLF_BUCKET"):
         env.pop(var, None)
-    return subprocess.run([sys.executable, "-m", "artclf_core.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "artclf_core.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
@@ -29,18 +34,26 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
     try:
         env_out = artclf("stack", "env", home=home)
         assert env_out.returncode == 0
-        for var in ("ARTCLF_DB_URL", "ARTCLF_S3_ENDPOINT", "ARTCLF_BUCKET", "AWS_ACCESS_KEY_ID",
-                    "AWS_SECRET_ACCESS_KEY"):
+        for var in (
+            "ARTCLF_DB_URL",
+            "ARTCLF_S3_ENDPOINT",
+            "ARTCLF_BUCKET",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ):
             assert f"export {var}=" in env_out.stdout
         env = read_env_file(home / "stack.env")
         # Both servers answer, on loopback only, with the printed credentials.
         assert "127.0.0.1" in env["ARTCLF_DB_URL"] and "127.0.0.1" in env["ARTCLF_S3_ENDPOINT"]
         with psycopg.connect(env["ARTCLF_DB_URL"]) as conn:
             assert conn.execute("SELECT count(*) FROM artclf.schema_migrations").fetchone()[0] >= 3
-        s3 = boto3.client("s3", endpoint_url=env["ARTCLF_S3_ENDPOINT"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                          region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["ARTCLF_S3_ENDPOINT"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
         s3.put_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt", Body=b"x")
         # A second `up` is a no-op that keeps the same servers and data.
         pg_pid = read_pid(home / "pg" / "data" / "postmaster.pid")
@@ -62,11 +75,16 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
     assert artclf("stack", "up", home=home).returncode == 0
     try:
         env = read_env_file(home / "stack.env")
-        s3 = boto3.client("s3", endpoint_url=env["ARTCLF_S3_ENDPOINT"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                          region_name="us-east-1")
-        assert s3.get_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt")["Body"].read() == b"x"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["ARTCLF_S3_ENDPOINT"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        assert (
+            s3.get_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt")["Body"].read() == b"x"
+        )
     finally:
         assert artclf("stack", "down", home=home).returncode == 0
 

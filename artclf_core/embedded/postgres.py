@@ -125,10 +125,22 @@ class EmbeddedPostgres:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             _chown_tree(pg, user)
             result = subprocess.run(
-                [str(bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                 "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8",
-                 "--locale=C", "--no-instructions"],
-                capture_output=True, text=True, cwd=pg, **_as_user(user),
+                [
+                    str(bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=pg,
+                **_as_user(user),
             )
             if result.returncode != 0:
                 raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
@@ -148,9 +160,24 @@ class EmbeddedPostgres:
         }
         opts = " ".join(f"-c {k}={v}" for k, v in options.items())
         result = subprocess.run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-             "-w", "-t", "60", "-o", opts, "start"],
-            capture_output=True, text=True, cwd=pg, start_new_session=True, **_as_user(user),
+            [
+                str(bin_dir() / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                opts,
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=pg,
+            start_new_session=True,
+            **_as_user(user),
         )
         if result.returncode != 0:
             log = self.log_file.read_text()[-3000:] if self.log_file.exists() else ""
@@ -166,7 +193,9 @@ class EmbeddedPostgres:
             return
         subprocess.run(
             [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-            capture_output=True, cwd=self.home / "pg", **_as_user(_run_as()),
+            capture_output=True,
+            cwd=self.home / "pg",
+            **_as_user(_run_as()),
         )
 
     def ensure_database(self, dbname: str, owner: str, password: str) -> str:
@@ -180,7 +209,8 @@ class EmbeddedPostgres:
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
                 psycopg.sql.SQL("{} ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
-                    psycopg.sql.SQL(verb), psycopg.sql.Identifier(owner),
+                    psycopg.sql.SQL(verb),
+                    psycopg.sql.Identifier(owner),
                     psycopg.sql.Literal(password),
                 )
             )

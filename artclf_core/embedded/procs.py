@@ -19,7 +19,9 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def pick_port(preferred: int | None, *, also_free: tuple[int, ...] = (), avoid: set[int] = frozenset()) -> int:  # noqa: B006
+def pick_port(
+    preferred: int | None, *, also_free: tuple[int, ...] = (), avoid: set[int] = frozenset()
+) -> int:  # noqa: B006
     """Return ``preferred`` if it (and ``preferred + o`` for each offset) is free, else another.
 
     SeaweedFS opens a gRPC port at ``http port + 10000`` for each of its servers, hence the
@@ -105,4 +107,6 @@ def wait_until(check, *, timeout: float, interval: float = 0.1, what: str = "ser
         except Exception as exc:  # noqa: BLE001 - we report the last one on timeout
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"{what} did not become ready in {timeout:.0f} s" + (f": {last}" if last else ""))
+    raise TimeoutError(
+        f"{what} did not become ready in {timeout:.0f} s" + (f": {last}" if last else "")
+    )

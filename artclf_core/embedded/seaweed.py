@@ -59,24 +59,41 @@ class EmbeddedSeaweed:
         (self.dir / "data").mkdir(exist_ok=True)
         used: set[int] = set()
         ports = {}
-        for name, preferred in (("s3", self.port or 8333), ("master", 9333), ("volume", 9340),
-                                ("filer", 8888)):
+        for name, preferred in (
+            ("s3", self.port or 8333),
+            ("master", 9333),
+            ("volume", 9340),
+            ("filer", 8888),
+        ):
             ports[name] = pick_port(preferred, also_free=(10000,), avoid=used)
             used |= {ports[name], ports[name] + 10000}
         args = [
-            weed_binary(), "mini", f"-dir={self.dir / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            weed_binary(),
+            "mini",
+            f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
-            f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
-            f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.port={ports['s3']}",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-bucket={bucket}",
         ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
         log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            args, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            args,
+            cwd=self.dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         self.pid_file.write_text(str(proc.pid))
@@ -85,11 +102,18 @@ class EmbeddedSeaweed:
 
         def bucket_ready() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {proc.returncode}; see {self.dir/'weed.log'}")
+                raise RuntimeError(
+                    f"weed exited with {proc.returncode}; see {self.dir / 'weed.log'}"
+                )
             import boto3
 
-            s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
-                              aws_secret_access_key=secret_key, region_name="us-east-1")
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                region_name="us-east-1",
+            )
             s3.head_bucket(Bucket=bucket)
             return True
 

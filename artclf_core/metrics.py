@@ -1,0 +1,117 @@
+"""Classification metrics in plain numpy.
+
+Kept free of scikit-learn and TensorFlow so that the evaluation report can be produced (and
+tested) anywhere, and so its exact definitions are visible here: the classes are imbalanced
+(63 icons vs ~500 paintings), so balanced accuracy and per-class F1 matter more than accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _to_indices(values: Sequence[Any] | np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Accept labels either as class names or as integer indices into ``classes``."""
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() >= len(classes):
+            raise ValueError(f"label index out of range 0..{len(classes) - 1}")
+        return arr.astype(np.int64).ravel()
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        return np.array([index[str(v)] for v in arr.ravel()], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"label {exc.args[0]!r} is not one of {classes}") from None
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts with rows = true class and columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def classification_report(
+    y_true: Sequence[Any] | np.ndarray,
+    y_pred: Sequence[Any] | np.ndarray,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """Return accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    ``y_true``/``y_pred`` are class names or indices into ``classes``. Conventions (the same as
+    scikit-learn's with ``zero_division=0``): a precision, recall or F1 whose denominator is
+    zero is 0.0; balanced accuracy is the mean recall over the classes that have at least one
+    true sample, so a class missing from an evaluation folder does not drag it to zero.
+    All values are plain Python types so the dict can be dumped as JSON as it is.
+    """
+    classes = tuple(classes)
+    t = _to_indices(y_true, classes)
+    p = _to_indices(y_pred, classes)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}")
+    k = len(classes)
+    cm = confusion_matrix(t, p, k)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        denom = precision + recall
+        f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
+    n = int(t.size)
+    present = support > 0
+    return {
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
+        "confusion": cm.tolist(),
+        "n": n,
+        "classes": list(classes),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Render a report from :func:`classification_report` as a fixed-width text table.
+
+    Macro F1 (over classes with support) is shown as well, computed here from ``per_class`` so
+    the report dict itself keeps exactly its documented keys.
+    """
+    classes = list(report["classes"])
+    per = report["per_class"]
+    width = max([len(c) for c in classes] + [len("macro F1")])
+    supported = [per[c]["f1"] for c in classes if per[c]["support"] > 0]
+    macro_f1 = sum(supported) / len(supported) if supported else 0.0
+    lines = [
+        f"images:            {report['n']}",
+        f"accuracy:          {report['accuracy']:.3f}",
+        f"balanced accuracy: {report['balanced_accuracy']:.3f}",
+        f"macro F1:          {macro_f1:.3f}",
+        "",
+        f"{'class':<{width}}  precision  recall     f1  support",
+    ]
+    for c in classes:
+        m = per[c]
+        lines.append(
+            f"{c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}"
+            f"  {m['support']:7d}"
+        )
+    cell = max(6, *(len(c[:10]) for c in classes)) + 1
+    lines += ["", "confusion matrix (rows = true, columns = predicted):"]
+    lines.append(" " * (width + 2) + "".join(f"{c[:10]:>{cell}}" for c in classes))
+    for c, row in zip(classes, report["confusion"], strict=True):
+        lines.append(f"{c:<{width}}  " + "".join(f"{v:>{cell}d}" for v in row))
+    return "\n".join(lines)

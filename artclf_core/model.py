@@ -1,0 +1,279 @@
+"""The classifier/embedder: its architecture, how it is saved with its metadata, and inference.
+
+One Keras model returns both the class probabilities and the 128-d embedding from a single
+forward pass, because ingestion needs both for every image and running the convolutions twice
+would double the CPU cost of the lake.
+
+The saved ``.keras`` file is the ordinary Keras zip with one extra member, ``artclf.json``,
+holding the class order, version, architecture name, input size and validation metrics. Keeping
+the metadata *inside* the model file means a model can never be paired with the wrong class
+list (a sidecar file can be lost or mixed up when models are copied between machines), and
+Keras ignores zip members it does not know, so ``keras.saving.load_model`` still reads it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artclf_core import CLASSES, EMBEDDING_DIM, IMAGE_SIZE
+
+# Imported lazily by the functions below would be nicer for start-up time, but every public
+# function here needs TensorFlow anyway, so import it once, quietly.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+#: Zip member of the ``.keras`` file that carries artclf's metadata.
+METADATA_MEMBER = "artclf.json"
+#: Version of the layout of :data:`METADATA_MEMBER`, bumped if its keys change meaning.
+METADATA_FORMAT = 1
+#: Architecture names :func:`build_model` knows.
+ARCHS: tuple[str, ...] = ("cnn",)
+#: Largest batch sent through the network at once: bounds peak memory (activations of the
+#: first conv layer are ~1.4 MB per image) while keeping the per-call overhead negligible.
+PREDICT_CHUNK = 64
+
+
+def build_model(
+    num_classes: int = len(CLASSES), seed: int = 0, *, arch: str = "cnn"
+) -> keras.Model:
+    """Build the prototype's CNN as one inference model with two named outputs.
+
+    The input is raw 0-255 pixels (float32; uint8 arrays are cast by :meth:`ArtModel.predict`)
+    and the ``Rescaling(1/255)`` lives inside the model, so every caller feeds the same thing
+    that :func:`artclf_core.preprocess.to_model_input` produces. Augmentation is deliberately
+    *not* part of this model (it is wrapped around it only while training), so inference is
+    deterministic.
+
+    The embedding is the linear 128-unit layer just before the softmax: a linear layer keeps
+    the geometry the classifier uses (no ReLU zeroing half of the space), which is what a
+    nearest-neighbour search in pgvector wants.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    init = keras.initializers.GlorotUniform
+
+    def glorot(i: int) -> keras.initializers.Initializer:
+        # Distinct but reproducible seeds per layer: one shared seed would give every layer of
+        # the same shape identical initial weights.
+        return init(seed=seed * 1000 + i)
+
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for i, filters in enumerate((16, 32, 64, 128, 256)):
+        x = keras.layers.Conv2D(
+            filters, 3, activation="relu", kernel_initializer=glorot(i), name=f"conv{i + 1}"
+        )(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    for i in range(3):
+        x = keras.layers.Dense(
+            128, activation="relu", kernel_initializer=glorot(10 + i), name=f"dense{i + 1}"
+        )(x)
+    embedding = keras.layers.Dense(
+        EMBEDDING_DIM, activation=None, kernel_initializer=glorot(20), name="embedding"
+    )(x)
+    probabilities = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=glorot(21), name="probabilities"
+    )(embedding)
+    return keras.Model(
+        inputs,
+        {"probabilities": probabilities, "embedding": embedding},
+        name=f"artclf_{arch}",
+    )
+
+
+def default_model_path() -> Path:
+    """Where the shipped default model lives inside the installed package."""
+    return Path(__file__).resolve().parent / "models" / "default.keras"
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 over all weights, so two files with the same digest compute the same function."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        arr = np.ascontiguousarray(w)
+        h.update(str(arr.dtype).encode())
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def make_version(
+    arch: str, model: keras.Model | None = None, *, date: _dt.date | None = None
+) -> str:
+    """Return a model version such as ``"cnn-20261125-1a2b3c4d"``.
+
+    The date says when it was trained and the 8 hex digits identify the weights, so rows in the
+    database tagged with a version can be traced to exactly one model file. Without a model the
+    suffix is random (still unique, but not reproducible).
+    """
+    day = (date or _dt.datetime.now(_dt.UTC).date()).strftime("%Y%m%d")
+    suffix = weights_digest(model)[:8] if model is not None else os.urandom(4).hex()
+    return f"{arch}-{day}-{suffix}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays nested in ``value`` into plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_model(
+    model: keras.Model,
+    path: str | os.PathLike[str],
+    *,
+    version: str,
+    classes: tuple[str, ...] | list[str],
+    arch: str,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` as a ``.keras`` file with artclf's metadata appended as ``artclf.json``.
+
+    The file is written to a temporary name in the same folder and renamed into place, so a
+    reader (an ingestion worker reloading the default model) never sees a half-written zip.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"model path must end with .keras, got {path}")
+    classes = tuple(classes)
+    n_out = int(model.output["probabilities"].shape[-1]) if isinstance(model.output, dict) else -1
+    if n_out != len(classes):
+        raise ValueError(f"model has {n_out} probability outputs but {len(classes)} classes")
+    meta = {
+        "format": METADATA_FORMAT,
+        "version": version,
+        "classes": list(classes),
+        "arch": arch,
+        "image_size": IMAGE_SIZE,
+        "embedding_dim": EMBEDDING_DIM,
+        "weights_sha256": weights_digest(model),
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "metrics": _jsonable(metrics) if metrics is not None else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: its 0600 mode would make the shipped model unreadable to others.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.keras")
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(METADATA_MEMBER, json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``artclf.json`` from a saved model without loading TensorFlow weights."""
+    with zipfile.ZipFile(path) as zf:
+        try:
+            raw = zf.read(METADATA_MEMBER)
+        except KeyError:
+            raise ValueError(
+                f"{path} is a Keras file without artclf metadata ({METADATA_MEMBER}); "
+                "save it with artclf_core.model.save_model"
+            ) from None
+    return json.loads(raw)
+
+
+class ArtModel:
+    """A loaded model plus the metadata needed to interpret its outputs.
+
+    :meth:`predict` is the only inference entry point: it runs one traced ``tf.function`` with
+    a batch dimension of ``None`` in its signature, so batches of any size reuse the same graph
+    (no retracing, which costs seconds per new shape on CPU), and it returns probabilities and
+    embeddings from the same forward pass.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        version: str,
+        classes: tuple[str, ...],
+        arch: str,
+        image_size: int = IMAGE_SIZE,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.classes = tuple(classes)
+        self.arch = arch
+        self.image_size = int(image_size)
+        self.metrics = metrics
+        #: Where the model was loaded from (None when built in memory).
+        self.path: Path | None = None
+        self.embedding_dim = int(model.output["embedding"].shape[-1])
+        spec = tf.TensorSpec(shape=(None, self.image_size, self.image_size, 3), dtype=tf.uint8)
+
+        # The images travel as uint8 (4x less memory than float32) and are cast in the graph.
+        @tf.function(input_signature=[spec])
+        def _forward(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            out = self.model(tf.cast(x, tf.float32), training=False)
+            return out["probabilities"], out["embedding"]
+
+        self._forward = _forward
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> ArtModel:
+        """Load a model saved by :func:`save_model` (the shipped default when ``path`` is None)."""
+        path = Path(path) if path is not None else default_model_path()
+        meta = read_metadata(path)
+        model = keras.saving.load_model(path, compile=False)
+        loaded = cls(
+            model,
+            version=str(meta["version"]),
+            classes=tuple(meta["classes"]),
+            arch=str(meta.get("arch", "cnn")),
+            image_size=int(meta.get("image_size", IMAGE_SIZE)),
+            metrics=meta.get("metrics"),
+        )
+        loaded.path = path
+        return loaded
+
+    def __repr__(self) -> str:
+        return f"ArtModel(version={self.version!r}, arch={self.arch!r}, classes={self.classes})"
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(probabilities (N, C) float32, embeddings (N, 128) float32)`` for a batch.
+
+        ``batch`` is uint8 of shape (N, 150, 150, 3), as stacked from
+        :func:`artclf_core.preprocess.to_model_input`. Large batches are cut into chunks of
+        :data:`PREDICT_CHUNK` to bound memory; each image still goes through the network once.
+        """
+        arr = np.asarray(batch)
+        size = self.image_size
+        if arr.ndim != 4 or arr.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected a batch of shape (N, {size}, {size}, 3), got {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise TypeError(f"expected uint8 pixels (0-255), got {arr.dtype}")
+        n = arr.shape[0]
+        probs = np.empty((n, len(self.classes)), dtype=np.float32)
+        embs = np.empty((n, self.embedding_dim), dtype=np.float32)
+        for start in range(0, n, PREDICT_CHUNK):
+            p, e = self._forward(tf.constant(arr[start : start + PREDICT_CHUNK]))
+            probs[start : start + PREDICT_CHUNK] = p.numpy()
+            embs[start : start + PREDICT_CHUNK] = e.numpy()
+        return probs, embs
+
+    def labels(self, probabilities: np.ndarray) -> list[str]:
+        """Map rows of probabilities to class names (argmax), in the model's class order."""
+        return [self.classes[i] for i in np.argmax(probabilities, axis=1)]

@@ -1,0 +1,253 @@
+"""Tests of the model, its saved format, the source-disjoint split, training and the metrics.
+
+Real TensorFlow, no mocks, and no dependency on ``../shared``: the images are small coloured
+shapes drawn here, so the suite runs in a user's clone. Training happens once per module, for
+one epoch on ~40 tiny images, to keep the file well under a minute of CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from artclf_core import CLASSES, EMBEDDING_DIM, IMAGE_SIZE  # noqa: E402
+from artclf_core.metrics import classification_report, format_report  # noqa: E402
+from artclf_core.model import (  # noqa: E402
+    METADATA_MEMBER,
+    ArtModel,
+    build_model,
+    default_model_path,
+    make_version,
+    read_metadata,
+    save_model,
+)
+from artclf_core.training import (  # noqa: E402
+    Sample,
+    evaluate,
+    scan_labelled_folder,
+    split_by_source,
+    train,
+)
+
+REPORT_KEYS = {"accuracy", "balanced_accuracy", "per_class", "confusion", "n", "classes"}
+
+
+def _draw(label: str, i: int) -> Image.Image:
+    """A tiny picture whose colours/shapes differ by class, so one epoch can learn something."""
+    rng = np.random.default_rng([zlib.crc32(label.encode()), i])
+    w, h = 96 + 8 * (i % 3), 80
+    background = {
+        "drawings": (236, 224, 196),
+        "engraving": (250, 250, 250),
+        "iconography": (200, 160, 40),
+        "painting": tuple(int(v) for v in rng.integers(0, 255, 3)),
+        "sculpture": (40, 40, 40),
+    }[label]
+    img = Image.new("RGB", (w, h), background)
+    d = ImageDraw.Draw(img)
+    x0, y0 = int(rng.integers(5, 30)), int(rng.integers(5, 30))
+    if label == "drawings":
+        for _ in range(6):
+            ends = [tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(2)]
+            d.line(ends, fill=(60, 50, 40))
+    elif label == "engraving":
+        for y in range(0, h, 3):
+            d.line([(0, y), (w, y + 10)], fill=(0, 0, 0))
+    elif label == "iconography":
+        d.ellipse([x0, y0, x0 + 40, y0 + 40], fill=(120, 30, 30))
+    elif label == "painting":
+        for _ in range(5):
+            c = tuple(int(v) for v in rng.integers(0, 255, 3))
+            box = [*rng.integers(0, 50, 2), *rng.integers(50, 96, 2)]
+            d.rectangle([int(v) for v in box], fill=c)
+    else:
+        d.ellipse([x0, y0, x0 + 30, y0 + 50], fill=(180, 180, 180))
+    # A little noise makes every file unique, so only the deliberate copy is a duplicate.
+    noise = rng.integers(-6, 7, (h, w, 3))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype("uint8"))
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``DIR/<class>/<source>__NNN.ext``: two sources for three classes, one for the others,
+    a README to skip, and one exact duplicate (copied bytes) under another name."""
+    root = tmp_path_factory.mktemp("artworks")
+    (root / "README.md").write_text("not an image\n")
+    for label in CLASSES:
+        folder = root / label
+        folder.mkdir()
+        (folder / "MANIFEST.csv").write_text("file\n")
+        sources = ["solo"] if label in ("drawings", "iconography") else ["bookA", "bookB"]
+        for j, source in enumerate(sources):
+            for i in range(8 if len(sources) == 1 else (5, 3)[j]):
+                ext = "png" if i % 3 == 0 else "jpg"
+                _draw(label, 100 * j + i).save(folder / f"{source}__{i:03d}.{ext}")
+    icons = root / "iconography"
+    shutil.copyfile(icons / "solo__001.jpg", icons / "solo__017.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tiny_folder: Path) -> np.ndarray:
+    from artclf_core.training import load_images
+
+    return load_images(scan_labelled_folder(tiny_folder)[:10])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("model") / "tiny.keras"
+    result = train(tiny_folder, out, epochs=2, batch_size=8, seed=0, verbose=0)
+    return result
+
+
+def test_one_forward_pass_returns_both_outputs() -> None:
+    model = build_model(seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    out = model(x, training=False)
+    assert set(out) == {"probabilities", "embedding"}
+    assert tuple(out["probabilities"].shape) == (3, len(CLASSES))
+    assert tuple(out["embedding"].shape) == (3, EMBEDDING_DIM)
+    assert model.get_layer("embedding").activation.__name__ == "linear"
+    # Augmentation must not live in the inference model.
+    assert not any("random" in layer.name.lower() for layer in model.layers)
+
+
+def test_predict_shapes_sum_and_determinism(images: np.ndarray) -> None:
+    am = ArtModel(build_model(seed=1), version="cnn-test", classes=CLASSES, arch="cnn")
+    probs, embs = am.predict(images)
+    assert probs.shape == (len(images), len(CLASSES)) and probs.dtype == np.float32
+    assert embs.shape == (len(images), EMBEDDING_DIM) and embs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    probs2, embs2 = am.predict(images)
+    np.testing.assert_array_equal(probs, probs2)
+    np.testing.assert_array_equal(embs, embs2)
+    # A batch of one gives the same answer as the same image inside a bigger batch.
+    p1, e1 = am.predict(images[3:4])
+    np.testing.assert_allclose(p1[0], probs[3], atol=1e-5)
+    np.testing.assert_allclose(e1[0], embs[3], rtol=1e-4, atol=1e-4)
+    p0, e0 = am.predict(images[:0])
+    assert p0.shape == (0, len(CLASSES)) and e0.shape == (0, EMBEDDING_DIM)
+    with pytest.raises(TypeError):
+        am.predict(images.astype(np.float32))
+    with pytest.raises(ValueError):
+        am.predict(images[:, :100])
+
+
+def test_save_load_round_trip(tmp_path: Path, images: np.ndarray) -> None:
+    model = build_model(seed=2)
+    version = make_version("cnn", model)
+    assert re.fullmatch(r"cnn-\d{8}-[0-9a-f]{8}", version)
+    assert make_version("cnn", model) == version  # the suffix identifies the weights
+    classes = tuple(reversed(CLASSES))  # a non-default order must survive the round trip
+    path = save_model(
+        model,
+        tmp_path / "m.keras",
+        version=version,
+        classes=classes,
+        arch="cnn",
+        metrics={"validation": {"accuracy": np.float64(0.5)}},
+    )
+    assert METADATA_MEMBER in zipfile.ZipFile(path).namelist()
+    keras.saving.load_model(path, compile=False)  # still an ordinary .keras file
+    before = ArtModel(model, version=version, classes=classes, arch="cnn").predict(images)
+    loaded = ArtModel.load(path)
+    assert loaded.version == version and loaded.classes == classes and loaded.arch == "cnn"
+    assert loaded.image_size == IMAGE_SIZE
+    assert loaded.metrics == {"validation": {"accuracy": 0.5}}
+    after = loaded.predict(images)
+    np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+    np.testing.assert_allclose(after[1], before[1], atol=1e-5)
+    assert read_metadata(path)["version"] == version
+    assert default_model_path().name == "default.keras"
+
+
+def test_save_and_load_refuse_inconsistent_files(tmp_path: Path) -> None:
+    model = build_model(seed=0)
+    with pytest.raises(ValueError):
+        save_model(model, tmp_path / "m.keras", version="v", classes=("a", "b"), arch="cnn")
+    plain = tmp_path / "plain.keras"
+    model.save(plain)
+    with pytest.raises(ValueError, match="artclf metadata"):
+        ArtModel.load(plain)
+
+
+def test_scan_skips_non_images_and_reads_sources(tiny_folder: Path, tmp_path: Path) -> None:
+    samples = scan_labelled_folder(tiny_folder)
+    assert all(s.path.suffix in (".jpg", ".png") for s in samples)
+    assert {s.label for s in samples} == set(CLASSES)
+    assert {s.source for s in samples if s.label == "engraving"} == {"bookA", "bookB"}
+    bad = tmp_path / "bad"
+    (bad / "paintings").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a class"):
+        scan_labelled_folder(bad)
+
+
+def test_split_is_source_disjoint_and_keeps_duplicates_together(tiny_folder: Path) -> None:
+    samples = scan_labelled_folder(tiny_folder)
+    train_s, val_s = split_by_source(samples, 0.3, seed=0)
+    assert sorted(train_s + val_s) == sorted(samples)
+    assert {s.label for s in val_s} == set(CLASSES)  # every class is validated
+    for label in ("engraving", "painting", "sculpture"):
+        tr = {s.source for s in train_s if s.label == label}
+        va = {s.source for s in val_s if s.label == label}
+        assert tr and va and not tr & va, label
+    dup = {"solo__001.jpg", "solo__017.jpg"}
+    sides = {s in val_s for s in samples if s.path.name in dup}
+    assert len(sides) == 1
+    assert split_by_source(samples, 0.3, seed=0) == (train_s, val_s)  # deterministic
+
+
+def test_train_writes_loadable_model_and_evaluate_reports(trained: dict, tiny_folder: Path) -> None:
+    path = Path(trained["model_path"])
+    assert path.is_file()
+    assert set(trained["report"]) == REPORT_KEYS
+    assert trained["epochs_run"] in (1, 2) and "loss" in trained["history"]
+    model = ArtModel.load(path)
+    assert model.version == trained["version"] and model.classes == CLASSES
+    assert model.metrics["split"]["mode"] == "source"
+    report = evaluate(tiny_folder, path)
+    assert set(report) == REPORT_KEYS
+    assert report["n"] == len(scan_labelled_folder(tiny_folder))
+    assert sum(map(sum, report["confusion"])) == report["n"]
+    json.dumps(report)  # the CLI prints it with --json
+
+
+def test_metrics_on_hand_made_labels() -> None:
+    classes = ("a", "b", "c")
+    y_true = ["a", "a", "a", "a", "b", "b", "c", "c"]
+    y_pred = ["a", "a", "a", "b", "b", "a", "a", "c"]
+    r = classification_report(y_true, y_pred, classes)
+    assert set(r) == REPORT_KEYS
+    assert r["n"] == 8 and r["classes"] == list(classes)
+    assert r["accuracy"] == pytest.approx(5 / 8)
+    assert r["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2 + 1 / 2) / 3)
+    assert r["confusion"] == [[3, 1, 0], [1, 1, 0], [1, 0, 1]]
+    a = r["per_class"]["a"]
+    assert a["precision"] == pytest.approx(3 / 5) and a["recall"] == pytest.approx(3 / 4)
+    assert a["f1"] == pytest.approx(2 * 0.6 * 0.75 / 1.35) and a["support"] == 4
+    assert r["per_class"]["c"]["precision"] == 1.0
+    # Integer labels give the same report; an absent class is left out of balanced accuracy.
+    assert classification_report([0, 0, 1], [0, 1, 1], classes)["balanced_accuracy"] == 0.75
+    text = format_report(r)
+    assert "balanced accuracy" in text and "confusion matrix" in text
+    with pytest.raises(ValueError):
+        classification_report(["a", "z"], ["a", "a"], classes)
+
+
+def test_sample_is_hashable_and_ordered(tiny_folder: Path) -> None:
+    s = Sample(tiny_folder / "x", "painting", "src")
+    assert {s: 1}[Sample(tiny_folder / "x", "painting", "src")] == 1
