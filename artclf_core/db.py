@@ -123,7 +123,7 @@ class ObjectRef:
     bucket: str
     key: str
     etag: str
-    last_modified: datetime
+    last_modified: datetime | None
     size: int
 
 
@@ -154,22 +154,23 @@ _LOG_COLS = (
 def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> list[LogRow]:
     """Insert the objects into the ingest log if new; return their current log rows.
 
-    An object version whose latest row says it was already moved away (finalised, final key
-    elsewhere) but that is listed again is a new drop of identical bytes within S3's
-    one-second ``LastModified`` resolution: it gets a new row, one generation up.
+    An object version is (bucket, key, etag). One whose latest row says it was already moved
+    away (finalised, final key elsewhere) but that is listed or announced again is a new drop
+    of the same bytes under the same key: it gets a new row, one generation up. (If it was a
+    stale listing instead, the object is gone and the pipeline forgets that row.)
     """
     if not objects:
         return []
     cols = list(
         zip(*[(o.bucket, o.key, o.etag, o.last_modified, o.size) for o in objects], strict=True)
     )
-    ident = "bucket, key, etag, last_modified"
+    ident = "bucket, key, etag"
     prefixed = ", ".join("l." + c.strip() for c in _LOG_COLS.split(","))
     rows = conn.execute(
         f"""
         WITH input AS (
-            SELECT DISTINCT * FROM unnest(%s::text[], %s::text[], %s::text[],
-                                          %s::timestamptz[], %s::bigint[])
+            SELECT DISTINCT ON (bucket, key, etag) *
+            FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[])
                 AS t(bucket, key, etag, last_modified, size)
         ), latest AS (
             SELECT DISTINCT ON ({ident}) {prefixed},
@@ -177,7 +178,7 @@ def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> 
             FROM artclf.ingest_log l JOIN input i USING ({ident})
             ORDER BY {ident}, l.generation DESC
         ), ins AS (
-            INSERT INTO artclf.ingest_log ({ident}, size, generation)
+            INSERT INTO artclf.ingest_log (bucket, key, etag, last_modified, size, generation)
             SELECT i.bucket, i.key, i.etag, i.last_modified, i.size,
                    coalesce(lt.generation + 1, 0)
             FROM input i LEFT JOIN latest lt USING ({ident})

@@ -64,10 +64,12 @@ CREATE TABLE artclf.ingest_log (
     bucket         text NOT NULL,
     key            text NOT NULL,
     etag           text NOT NULL,
-    last_modified  timestamptz NOT NULL,
+    last_modified  timestamptz,              -- as listed or announced (informational)
     size           bigint NOT NULL,
-    -- A re-upload of identical bytes under the same key within S3's one-second
-    -- LastModified resolution looks like the same version: it becomes generation n+1.
+    -- An object version is (bucket, key, etag). The same bytes dropped again under the same
+    -- key after the first drop was moved away is a new drop: generation n+1. (LastModified
+    -- is no part of the identity: S3 lists it to the second and notifications carry an
+    -- event time instead, so the two sources would disagree.)
     generation     integer NOT NULL DEFAULT 0,
     state          text NOT NULL DEFAULT 'pending'
                    CHECK (state IN ('pending', 'processing', 'catalogued', 'duplicate',
@@ -85,7 +87,7 @@ CREATE TABLE artclf.ingest_log (
     claimed_by     text,
     first_seen     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (bucket, key, etag, last_modified, generation),
+    UNIQUE (bucket, key, etag, generation),
     CHECK (state <> 'catalogued' OR artwork_id IS NOT NULL),
     CHECK (state <> 'duplicate' OR duplicate_of IS NOT NULL),
     CHECK (state NOT IN ('quarantined', 'failed') OR reason IS NOT NULL)
