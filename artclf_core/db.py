@@ -195,6 +195,41 @@ def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> 
     return [LogRow(*r) for r in rows]
 
 
+def rows_by_ids(conn: psycopg.Connection, ids: Sequence[int]) -> list[LogRow]:
+    rows = conn.execute(
+        f"SELECT {_LOG_COLS} FROM artclf.ingest_log WHERE id = ANY(%s) ORDER BY id", (list(ids),)
+    ).fetchall()
+    return [LogRow(*r) for r in rows]
+
+
+def open_ids(
+    conn: psycopg.Connection,
+    *,
+    max_attempts: int,
+    retry_failed: bool = False,
+    limit: int = 100_000,
+    lease_seconds: int = 900,
+) -> list[int]:
+    """Ids of the rows that need work: claimable ones and decided-but-not-moved ones.
+
+    What an orchestrator splits into batches; the claim itself happens in each batch.
+    """
+    rows = conn.execute(
+        """
+        SELECT id FROM artclf.ingest_log
+        WHERE state = 'pending'
+           OR (state = 'failed' AND (attempts < %(max)s OR %(retry)s))
+           OR (state = 'processing' AND claimed_at < now() - make_interval(secs => %(lease)s))
+           OR (state IN ('catalogued', 'duplicate', 'quarantined') AND NOT finalized)
+        ORDER BY id
+        LIMIT %(limit)s
+        """,
+        {"max": max_attempts, "retry": retry_failed, "lease": lease_seconds, "limit": limit},
+    ).fetchall()
+    conn.commit()
+    return [r[0] for r in rows]
+
+
 def forget(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
     """Drop log rows that never stood for a real object (a stale listing of a moved one)."""
     ids = list(log_ids)

@@ -263,9 +263,20 @@ class Ingestor:
         self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False
     ) -> Summary:
         """Register, claim and process one batch of object versions (any source of events)."""
-        summary = Summary(seen=len(refs))
         rows = db.register_objects(self.conn, refs)
         self.conn.commit()
+        return self._ingest_rows(rows, retry_failed=retry_failed)
+
+    def ingest_log_ids(self, ids: Sequence[int], *, retry_failed: bool = False) -> Summary:
+        """Process ingest-log rows already queued (by a sweep or a bucket notification).
+
+        This is what an Airflow mapped task runs: the queue hands out ids, each task takes its
+        share; rows another worker holds are skipped, finished rows are left alone.
+        """
+        return self._ingest_rows(db.rows_by_ids(self.conn, ids), retry_failed=retry_failed)
+
+    def _ingest_rows(self, rows: Sequence[db.LogRow], *, retry_failed: bool) -> Summary:
+        summary = Summary(seen=len(rows))
         summary.repaired = self._finish_moves(
             db.unfinalized(self.conn, [r.id for r in rows if r.state in TERMINAL])
         )
@@ -540,6 +551,22 @@ class Ingestor:
         db.mark_finalized(self.conn, done)
         self.conn.commit()
         return len(done)
+
+
+def sweep(s3, conn, bucket: str, prefix: str = INCOMING_PREFIX, page_size: int = 1000) -> int:
+    """Landing-zone sweep: queue every object under ``prefix`` not queued yet.
+
+    For S3 stores without notifications (SeaweedFS, plain AWS S3 without an event bus), and to
+    repair lost notifications. Processed objects leave ``incoming/``, so a sweep costs what is
+    pending, not the size of the lake. Returns how many rows are waiting to be processed.
+    """
+    prefix = check_prefix(prefix)
+    waiting = 0
+    for refs in s3lib.iter_pages(s3, bucket, prefix, page_size=page_size):
+        rows = db.register_objects(conn, refs)
+        conn.commit()
+        waiting += sum(1 for r in rows if r.state in CLAIMABLE)
+    return waiting
 
 
 class _Clock:

@@ -290,3 +290,28 @@ def test_ingest_refuses_output_prefixes(settings, model):
 def test_summary_line():
     s = Summary(seen=3, catalogued=1, duplicates=1, quarantined=1, seconds=1.0)
     assert "catalogued 1 / duplicates 1 / quarantined 1 / failed 0" in s.line()
+
+
+def test_sweep_then_ingest_queued_ids(clean, model):
+    """The event-driven path: a sweep queues objects, workers process queued ids."""
+    from artclf_core.pipeline import sweep
+
+    settings = clean
+    client = s3lib.client(settings)
+    put(
+        client,
+        settings.bucket,
+        {f"incoming/q{i}.jpg": imagegen.encode(imagegen.make_artwork(500 + i)) for i in range(6)},
+    )
+    with db.connect(settings.db_url) as conn:
+        assert sweep(client, conn, settings.bucket) == 6
+        assert sweep(client, conn, settings.bucket) == 6  # idempotent: still 6 waiting
+        ids = db.open_ids(conn, max_attempts=3)
+    assert len(ids) == 6
+    with Ingestor(settings, model=model) as ingestor:
+        first = ingestor.ingest_log_ids(ids[:3])
+        second = ingestor.ingest_log_ids(ids)  # overlapping: the first three are done
+    assert first.catalogued == 3 and second.catalogued == 3 and second.skipped == 3
+    with db.connect(settings.db_url) as conn:
+        assert db.open_ids(conn, max_attempts=3) == []
+        assert sweep(client, conn, settings.bucket) == 0
