@@ -376,37 +376,83 @@ def find_exact(conn: psycopg.Connection, sha256s: Sequence[str]) -> dict[str, in
     return {sha: aid for sha, aid in rows}
 
 
+#: Candidates taken from the embedding index per query (see :func:`find_near`).
+NEAR_EMBEDDING_CANDIDATES = 5
+#: HNSW search breadth for that lookup.
+NEAR_EF_SEARCH = 16
+
+
 def find_near(
     conn: psycopg.Connection,
     phashes: Sequence[int],
-    probes: Sequence[Sequence[int]],
+    embeddings: Sequence[np.ndarray],
     max_distance: int,
+    *,
+    bands: Sequence[Sequence[int]] | None = None,
+    k: int = NEAR_EMBEDDING_CANDIDATES,
 ) -> dict[int, tuple[int, int]]:
-    """For each query hash, the closest catalogued artwork within ``max_distance``.
+    """For each query, the closest catalogued artwork within ``max_distance`` pHash bits.
 
-    Returns {query index: (artwork id, Hamming distance)}. The GIN index on ``phash_bands``
-    finds the candidates that share a band key with the query's probe keys (multi-index
-    hashing, see docs/dedup.md), so the cost depends on the matches, not on the catalogue size.
+    Returns {query index: (artwork id, Hamming distance)}. Candidates come from two indexes,
+    never from a scan, so the cost stays flat as the catalogue grows:
+
+    * the ``k`` nearest artworks by embedding (the HNSW cosine index that similarity search
+      uses anyway): a re-encoded, resized or slightly cropped copy keeps its CNN embedding
+      almost exactly, so its original is among its nearest neighbours;
+    * every artwork sharing one of the query's four 16-bit pHash bands exactly (the GIN index
+      on ``phash_bands``): by the pigeonhole principle this alone finds every hash within
+      3 bits, whatever the embedding says.
+
+    Each candidate is then checked with the exact Hamming distance. Measured recall and
+    latency: docs/dedup.md and docs/benchmarks.md.
     """
     if not phashes:
         return {}
-    probe_text = ["{" + ",".join(map(str, p)) + "}" for p in probes]
+    bands = bands if bands is not None else [_band_keys(h) for h in phashes]
+    band_text = ["{" + ",".join(map(str, b)) + "}" for b in bands]
+    emb_text = [_vector_text(e) for e in embeddings]
+    # A copy sits right next to its original: a short HNSW search suffices (and is ~4x
+    # cheaper than the default ef_search of 40). SET LOCAL ends with the transaction.
+    conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(k), NEAR_EF_SEARCH)}")
     rows = conn.execute(
         """
         SELECT q.i, m.id, m.d
-        FROM unnest(%s::int[], %s::bigint[], %s::text[]) AS q(i, h, p)
+        FROM unnest(%(i)s::int[], %(h)s::bigint[], %(e)s::text[], %(b)s::text[])
+            AS q(i, h, e, b)
         CROSS JOIN LATERAL (
-            SELECT a.id, bit_count((a.phash # q.h)::bit(64))::int AS d
-            FROM artclf.artworks AS a
-            WHERE a.phash_bands && q.p::int[]
-              AND bit_count((a.phash # q.h)::bit(64)) <= %s
-            ORDER BY d, a.id
+            SELECT c.id, bit_count((c.phash # q.h)::bit(64))::int AS d
+            FROM (
+                (SELECT a.id, a.phash FROM artclf.artworks AS a
+                 ORDER BY a.embedding <=> q.e::vector LIMIT %(k)s)
+                UNION
+                (SELECT a.id, a.phash FROM artclf.artworks AS a
+                 WHERE a.phash_bands && q.b::int[])
+            ) AS c
+            WHERE bit_count((c.phash # q.h)::bit(64)) <= %(d)s
+            ORDER BY d, c.id
             LIMIT 1
         ) AS m
         """,
-        (list(range(len(phashes))), list(phashes), probe_text, max_distance),
+        {
+            "i": list(range(len(phashes))),
+            "h": list(phashes),
+            "e": emb_text,
+            "b": band_text,
+            "k": k,
+            "d": max_distance,
+        },
     ).fetchall()
     return {i: (aid, d) for i, aid, d in rows}
+
+
+def _band_keys(h: int) -> list[int]:
+    from artclf_core.dedup import band_keys
+
+    return band_keys(h)
+
+
+def _vector_text(v: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in np.asarray(v, dtype=np.float32)) + "]"
 
 
 # --------------------------------------------------------------------------- artworks
@@ -484,9 +530,7 @@ def insert_artworks(
                     r.label,
                     float(r.probability),
                     json.dumps({k: round(float(v), 6) for k, v in r.probabilities.items()}),
-                    "["
-                    + ",".join(f"{x:.7g}" for x in np.asarray(r.embedding, dtype=np.float32))
-                    + "]",
+                    _vector_text(r.embedding),
                     r.model_version,
                     r.sha256,
                     int(r.phash),

@@ -384,7 +384,7 @@ class Ingestor:
         near = db.find_near(
             self.conn,
             [hashes[i] for i in need_near],
-            [dedup.probe_keys(hashes[i]) for i in need_near],
+            [items[i].embedding for i in need_near],
             dedup.NEAR_DUP_MAX_DISTANCE,
         )
         near_by_item = {need_near[q]: hit for q, hit in near.items()}
