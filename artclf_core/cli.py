@@ -1,5 +1,6 @@
-"""The ``artclf`` command line: the whole product without Airflow.
+"""The ``artclf`` command line: the whole product, with or without Airflow.
 
+artclf up | down                        everything: the stack and Airflow running the DAG
 artclf stack up | down | env | status   the embedded PostgreSQL + S3
 artclf db migrate                       apply sql/ migrations
 artclf drop PATH...                     upload files/folders to incoming/
@@ -59,6 +60,62 @@ def cmd_stack(args: argparse.Namespace) -> int:
     else:
         for name, running in stack.status().items():
             print(f"{name}: {'running' if running else 'stopped'}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The stack, then Airflow on it; idempotent: when both run, only print how to use them."""
+    from artclf_core.embedded.airflow import DAG_ID, EmbeddedAirflow
+    from artclf_core.stack import Stack
+
+    stack = Stack.default()
+    airflow = EmbeddedAirflow(stack.home)
+    stack_was_up = all(stack.status().values())
+    before = airflow.leader() if airflow.is_running() else None
+    env = stack.up()
+    if before is None:
+        print("starting Airflow (up to a minute)...", file=sys.stderr)
+    try:
+        info = airflow.start(env)
+    except BaseException:
+        if not stack_was_up:  # leave things as they were: nothing half-started
+            stack.down()
+        raise
+    already = stack_was_up and before is not None and airflow.leader() == before
+    url = info["AIRFLOW_URL"]
+    print(f"artclf is {'already ' if already else ''}up (state in {stack.home})")
+    print()
+    print(f"  Airflow     {url}   login {info['AIRFLOW_USER']} / {info['AIRFLOW_PASSWORD']}")
+    print(f"              DAG {DAG_ID} runs by itself when images land under incoming/")
+    print(f"              {url}/dags/{DAG_ID}")
+    print(f"  S3          {env['ARTCLF_S3_ENDPOINT']}   bucket {env['ARTCLF_BUCKET']}")
+    print(
+        f"              access key {env['AWS_ACCESS_KEY_ID']}   "
+        f"secret key {env['AWS_SECRET_ACCESS_KEY']}"
+    )
+    print(f"  PostgreSQL  {_redact(env['ARTCLF_DB_URL'])}")
+    print()
+    print("Next:")
+    print('  source .venv/bin/activate && eval "$(artclf stack env)"   # settings for any tool')
+    print("  artclf drop path/to/images/      # upload to s3://$ARTCLF_BUCKET/incoming/; or")
+    print('  aws --endpoint-url "$ARTCLF_S3_ENDPOINT" s3 cp x.jpg "s3://$ARTCLF_BUCKET/incoming/"')
+    print(f"  # the {DAG_ID} DAG catalogues them within seconds: watch it in Airflow")
+    print("  artclf report                    # where every dropped object ended")
+    print("  artclf similar 1                 # top-5 similar artworks")
+    print('  psql "$ARTCLF_READER_DB_URL" -c "SELECT * FROM artclf.similar_artworks(1, 5)"')
+    print("  artclf down                      # stop everything (make stop)")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Airflow first (its tasks and trigger use the stack), then the stack."""
+    from artclf_core.embedded.airflow import EmbeddedAirflow
+    from artclf_core.stack import Stack
+
+    stack = Stack.default()
+    EmbeddedAirflow(stack.home).stop()
+    stack.down()
+    print("artclf is down (data kept in " + str(stack.home) + ")", file=sys.stderr)
     return 0
 
 
@@ -248,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artclf", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start everything: the stack and Airflow running the DAG")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop everything `artclf up` started (data is kept)")
+    p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("stack", help="start/stop the embedded PostgreSQL + S3")
     p.add_argument("action", choices=["up", "down", "env", "status"])

@@ -65,7 +65,8 @@ class Summary:
     repaired: int = 0
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
-    #: Wall seconds spent per stage (fetch+decode, model, dedup, quality, copy, commit, delete).
+    #: Wall seconds per stage: fetch_wait (waiting for downloads/decoding that did not overlap
+    #: the previous batch), model, dedup, quality, copy, commit, delete.
     stages: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Summary) -> None:
@@ -113,6 +114,15 @@ class Summary:
             "reasons": dict(self.reasons),
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
         }
+
+
+@dataclass
+class _Staged:
+    """A claimed batch whose downloads are under way."""
+
+    summary: Summary
+    items: list[_Item]
+    futures: list
 
 
 @dataclass
@@ -207,6 +217,8 @@ class Ingestor:
         self.limits = limits
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
+        # Moves get their own threads so they never queue behind the next batch's downloads.
+        self.move_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-mv")
         self.validate = validate or quality.validate_rows
         if validate is None:  # import Great Expectations while the first batch downloads
             self.pool.submit(quality.warm_up)
@@ -229,6 +241,7 @@ class Ingestor:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.move_pool.shutdown(wait=True)
         self.conn.close()
 
     def __enter__(self) -> Ingestor:
@@ -247,16 +260,30 @@ class Ingestor:
         retry_failed: bool = False,
         progress: Callable[[Summary], None] | None = None,
     ) -> Summary:
-        """Process every object under ``prefix`` (``incoming/...`` or ``training/...``)."""
+        """Process every object under ``prefix`` (``incoming/...`` or ``training/...``).
+
+        Batches overlap by one: while batch n is classified, de-duplicated, committed and
+        moved, the I/O threads already download and decode batch n+1.
+        """
         prefix = check_prefix(prefix)
         total = Summary()
         started = time.perf_counter()
+        staged: _Staged | None = None
         for refs in s3lib.iter_pages(self.s3, self.settings.bucket, prefix, page_size=batch_size):
-            total.add(self.ingest_objects(refs, retry_failed=retry_failed))
-            total.seconds = time.perf_counter() - started
-            if progress:
-                progress(total)
+            rows = db.register_objects(self.conn, refs)
+            self.conn.commit()
+            following = self._stage(rows, retry_failed=retry_failed)
+            if staged is not None:
+                total.add(self._finish(staged))
+                total.seconds = time.perf_counter() - started
+                if progress:
+                    progress(total)
+            staged = following
+        if staged is not None:
+            total.add(self._finish(staged))
         total.seconds = time.perf_counter() - started
+        if progress:
+            progress(total)
         return total
 
     def ingest_objects(
@@ -265,7 +292,7 @@ class Ingestor:
         """Register, claim and process one batch of object versions (any source of events)."""
         rows = db.register_objects(self.conn, refs)
         self.conn.commit()
-        return self._ingest_rows(rows, retry_failed=retry_failed)
+        return self._finish(self._stage(rows, retry_failed=retry_failed))
 
     def ingest_log_ids(self, ids: Sequence[int], *, retry_failed: bool = False) -> Summary:
         """Process ingest-log rows already queued (by a sweep or a bucket notification).
@@ -273,9 +300,11 @@ class Ingestor:
         This is what an Airflow mapped task runs: the queue hands out ids, each task takes its
         share; rows another worker holds are skipped, finished rows are left alone.
         """
-        return self._ingest_rows(db.rows_by_ids(self.conn, ids), retry_failed=retry_failed)
+        rows = db.rows_by_ids(self.conn, ids)
+        return self._finish(self._stage(rows, retry_failed=retry_failed))
 
-    def _ingest_rows(self, rows: Sequence[db.LogRow], *, retry_failed: bool) -> Summary:
+    def _stage(self, rows: Sequence[db.LogRow], *, retry_failed: bool) -> _Staged:
+        """Finish interrupted moves, claim the rest and start downloading it (non-blocking)."""
         summary = Summary(seen=len(rows))
         summary.repaired = self._finish_moves(
             db.unfinalized(self.conn, [r.id for r in rows if r.state in TERMINAL])
@@ -289,19 +318,27 @@ class Ingestor:
             retry_failed=retry_failed,
         )
         summary.skipped = len(rows) - len(claimed) - summary.repaired
-        if claimed:
-            # Key order, so that within a batch the first of a group of copies (in listing
-            # order) is the one catalogued, whatever order the database returned rows in.
-            claimed.sort(key=lambda r: (r.key, r.id))
-            summary.add(self._process([_Item(row=r) for r in claimed]))
+        # Key order, so that within a batch the first of a group of copies (in listing
+        # order) is the one catalogued, whatever order the database returned rows in.
+        claimed.sort(key=lambda r: (r.key, r.id))
+        items = [_Item(row=r) for r in claimed]
+        futures = [self.pool.submit(self._prepare, it) for it in items]
+        return _Staged(summary, items, futures)
+
+    def _finish(self, staged: _Staged) -> Summary:
+        summary = staged.summary
+        if staged.items:
+            waited = time.perf_counter()
+            for future in staged.futures:
+                future.result()
+            summary.add(self._process(staged.items, time.perf_counter() - waited))
         return summary
 
     # ------------------------------------------------------------------ one batch
 
-    def _process(self, items: list[_Item]) -> Summary:
+    def _process(self, items: list[_Item], fetch_wait: float) -> Summary:
         clock = _Clock()
-        list(self.pool.map(self._prepare, items))
-        clock.lap("fetch_decode")
+        clock.laps["fetch_wait"] = fetch_wait
         valid = [it for it in items if not it.state]
         if valid:
             self._classify(valid)
@@ -465,7 +502,7 @@ class Ingestor:
             except (ClientError, BotoCoreError) as exc:
                 it.fail("s3_error", f"S3 copy to {it.final_key} failed: {exc}")
 
-        list(self.pool.map(copy_one, movers))
+        list(self.move_pool.map(copy_one, movers))
         new_rows[:] = [(it, row) for it, row in new_rows if it.state == "catalogued"]
 
     def _commit(self, items: list[_Item], new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
@@ -510,17 +547,20 @@ class Ingestor:
             )
 
     def _delete_sources(self, moved: list[_Item]) -> None:
-        def delete_one(it: _Item) -> bool:
+        """Remove the moved objects from incoming/ (one DeleteObjects call per 1,000)."""
+        by_bucket: dict[str, list[_Item]] = {}
+        for it in moved:
+            by_bucket.setdefault(it.row.bucket, []).append(it)
+        done: list[int] = []
+        for bucket, items in by_bucket.items():
             try:
-                s3lib.delete(self.s3, it.row.bucket, it.row.key)
-                return True
+                failed = s3lib.delete_many(self.s3, bucket, [it.row.key for it in items])
             except (ClientError, BotoCoreError) as exc:
-                log.warning("could not delete %s (next run finishes it): %s", it.row.key, exc)
-                return False
-
-        done = [
-            it.row.id for it, ok in zip(moved, self.pool.map(delete_one, moved), strict=True) if ok
-        ]
+                log.warning(
+                    "could not delete %d sources (next run finishes it): %s", len(items), exc
+                )
+                continue
+            done += [it.row.id for it in items if it.row.key not in failed]
         db.mark_finalized(self.conn, done)
         self.conn.commit()
 
@@ -547,7 +587,7 @@ class Ingestor:
                 code = exc.response.get("Error", {}).get("Code", "")
                 return code in ("NoSuchKey", "404")  # already moved
 
-        done = [r.id for r, ok in zip(rows, self.pool.map(finish, rows), strict=True) if ok]
+        done = [r.id for r, ok in zip(rows, self.move_pool.map(finish, rows), strict=True) if ok]
         db.mark_finalized(self.conn, done)
         self.conn.commit()
         return len(done)

@@ -1,0 +1,493 @@
+"""Airflow for the embedded default: ``airflow standalone``, started and stopped by artclf.
+
+``artclf up`` runs the whole product on one machine: the stack (PostgreSQL + pgvector,
+SeaweedFS) and an Airflow that runs the ``artclf_ingest`` DAG whenever objects land under
+``incoming/``. Airflow is launched as a subprocess (this module never imports it, so the core
+stays free of Airflow) and kept in ``<ARTCLF_HOME>/airflow``:
+
+* ``airflow.cfg``: written at every start from what this module decides (DAGs and plugins from
+  this repository, no examples, SQLite metadata, LocalExecutor, simple auth manager, every
+  listener on 127.0.0.1, fast DAG discovery), so an operator can also run
+  ``AIRFLOW_HOME=.artclf/airflow airflow ...`` by hand against the same instance;
+* ``secrets.json`` (Fernet key, JWT and API secrets) and ``passwords.json`` (the generated
+  ``admin`` password, read by Airflow's simple auth manager), both mode 600;
+* ``standalone.pid``, ``api.port``, ``standalone.log`` and ``logs/`` (task logs).
+
+The catalogue and the lake reach the DAG as the Airflow connections ``artclf_db`` and
+``artclf_s3``, given as ``AIRFLOW_CONN_*`` environment variables built from the stack's
+settings: no credential is written into Airflow's database or into code.
+
+Two things ``airflow standalone`` does not do for us, handled here:
+
+* its scheduler and triggerer serve task logs on ports 8793/8794 of *every* interface, with no
+  setting for the address. The api-server on this machine reads task logs from the local log
+  folder anyway, so we skip those servers: ``standalone`` starts its components as
+  ``airflow <component>`` found on ``PATH``, and the ``airflow`` first on that ``PATH`` is a
+  small shim (``bin/airflow``) that adds ``--skip-serve-logs`` to ``scheduler`` and
+  ``triggerer``. The only listener left is the api-server, bound to 127.0.0.1. This also keeps
+  two instances on one machine (two checkouts, a test run next to ``artclf up``) from
+  fighting over fixed ports.
+* it ignores SIGTERM to its own pid and runs ~40 processes, some of which (task runners) put
+  themselves in process groups of their own. It is started in a session of its own; ``stop``
+  sends SIGINT to its process group (what Ctrl+C does: a clean shutdown), waits, then kills
+  every process that still carries this instance's marker in its environment, whatever group
+  or session it moved to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from artclf_core.embedded.procs import pick_port, wait_until
+
+#: The one Airflow user of the embedded instance (simple auth manager, role admin).
+ADMIN_USER = "admin"
+#: The DAG that ingests drops (``dags/artclf_ingest.py``).
+DAG_ID = "artclf_ingest"
+#: Connection ids the DAG reads (``plugins/artclf_airflow/connections.py``).
+DB_CONN_ID = "artclf_db"
+S3_CONN_ID = "artclf_s3"
+#: Environment variable every process of one embedded Airflow inherits; its value is that
+#: instance's directory. ``stop`` finds the processes to end by it.
+MARKER = "ARTCLF_AIRFLOW_INSTANCE"
+
+SIMPLE_AUTH_MANAGER = (
+    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+)
+HEALTH_PATH = "/api/v2/monitor/health"
+#: Components whose heartbeat the health endpoint reports; all must be healthy to be ready.
+COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+
+
+def repo_root() -> Path:
+    """The checkout this module belongs to (``dags/`` and ``plugins/`` live there)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def airflow_binary() -> str:
+    """The real ``airflow`` entry point: next to this interpreter (the venv), else on PATH."""
+    local = Path(sys.executable).parent / "airflow"
+    if local.exists():
+        return str(local)
+    import shutil
+
+    found = shutil.which("airflow")
+    if not found:
+        raise RuntimeError("Airflow is not installed: pip install 'artclf[airflow]'")
+    return found
+
+
+def airflow_connections(env: dict[str, str]) -> dict[str, str]:
+    """``AIRFLOW_CONN_ARTCLF_DB`` and ``AIRFLOW_CONN_ARTCLF_S3`` (JSON) from the stack's env.
+
+    The postgres connection carries the catalogue's URL split into fields (database in
+    ``schema``, the Airflow convention); the aws connection carries the S3 keys as
+    login/password and the endpoint, bucket and region in its extra.
+    """
+    url = urllib.parse.urlsplit(env["ARTCLF_DB_URL"])
+    db_conn: dict[str, object] = {
+        "conn_type": "postgres",
+        "host": url.hostname or "127.0.0.1",
+        "port": url.port or 5432,
+        "login": urllib.parse.unquote(url.username or ""),
+        "password": urllib.parse.unquote(url.password or ""),
+        "schema": url.path.lstrip("/"),
+    }
+    query = dict(urllib.parse.parse_qsl(url.query))
+    if query:
+        db_conn["extra"] = query
+    extra: dict[str, str] = {
+        "bucket": env.get("ARTCLF_BUCKET", "artclf"),
+        "region_name": env.get("AWS_DEFAULT_REGION", "us-east-1"),
+    }
+    if env.get("ARTCLF_S3_ENDPOINT"):
+        extra["endpoint_url"] = env["ARTCLF_S3_ENDPOINT"]
+    s3_conn = {
+        "conn_type": "aws",
+        "login": env.get("AWS_ACCESS_KEY_ID", ""),
+        "password": env.get("AWS_SECRET_ACCESS_KEY", ""),
+        "extra": extra,
+    }
+    return {
+        f"AIRFLOW_CONN_{DB_CONN_ID.upper()}": json.dumps(db_conn),
+        f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(s3_conn),
+    }
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, session..."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): a pid plus this names one process."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields and fields[0] != "Z" else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 600 before any byte is written)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+@dataclass
+class EmbeddedAirflow:
+    """One ``airflow standalone`` keeping its state in ``home/airflow``.
+
+    ``home`` is the stack's ``ARTCLF_HOME``; ``port`` the api-server's preferred port (the
+    previous one, else 8080; another free one if taken).
+    """
+
+    home: Path
+    port: int | None = None
+    #: Seconds ``start`` waits for every component to report healthy.
+    start_timeout: float = 300.0
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def dir(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "standalone.pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.dir / "api.port"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "standalone.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "airflow.cfg"
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.dir / "passwords.json"
+
+    @property
+    def _secrets_file(self) -> Path:
+        return self.dir / "secrets.json"
+
+    @property
+    def _digest_file(self) -> Path:
+        return self.dir / "started.sha256"
+
+    @property
+    def _shim(self) -> Path:
+        return self.dir / "bin" / "airflow"
+
+    # ------------------------------------------------------------------ state
+
+    def leader(self) -> tuple[int, int] | None:
+        """(pid, start time) of the standalone process, as recorded at start."""
+        try:
+            pid, started = self.pid_file.read_text().split()[:2]
+            return int(pid), int(started)
+        except (OSError, ValueError):
+            return None
+
+    def is_running(self) -> bool:
+        leader = self.leader()
+        return leader is not None and _start_time(leader[0]) == leader[1]
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{int(self.port_file.read_text())}"
+
+    def password(self) -> str:
+        return json.loads(self.passwords_file.read_text())[ADMIN_USER]
+
+    def info(self) -> dict[str, str]:
+        """What a user needs to reach this Airflow (the password included: it is local)."""
+        return {
+            "AIRFLOW_URL": self.url(),
+            "AIRFLOW_USER": ADMIN_USER,
+            "AIRFLOW_PASSWORD": self.password(),
+            "AIRFLOW_HOME": str(self.dir),
+            "AIRFLOW_LOG": str(self.log_file),
+        }
+
+    def processes(self) -> list[int]:
+        """Pids of every live process of this instance.
+
+        Two ways to belong, because each alone misses some: the session of the standalone
+        process (every component, executor worker and task runner, whatever process group it
+        moved to; but not what a task starts in a new session), and the environment marker
+        (inherited by everything, but erased from ``/proc/<pid>/environ`` by processes that
+        set their title, which Airflow's workers do).
+        """
+        leader = self.leader()
+        session = None
+        if leader is not None:
+            now = _start_time(leader[0])
+            # The session is ours while its leader lives, or after it died (a session id is
+            # not reused while a member lives); not when the pid now belongs to another.
+            if now is None or now == leader[1]:
+                session = leader[0]
+        want = f"{MARKER}={self.dir}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            pid = int(entry.name)
+            fields = _stat(pid)
+            if fields is None or fields[0] == "Z":
+                continue
+            if session is not None and int(fields[3]) == session:
+                found.append(pid)
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:  # gone, or another user's process
+                continue
+            if want in environ.split(b"\0"):
+                found.append(pid)
+        return found
+
+    # ------------------------------------------------------------------ start / stop
+
+    def start(self, env: dict[str, str]) -> dict[str, str]:
+        """Start Airflow for the stack described by ``env`` (idempotent); return ``info()``.
+
+        ``env`` is what ``Stack.up()`` returns. When this instance already runs for the same
+        stack, nothing is started; when it runs for a different one (the stack came back on
+        other ports), it is restarted so that its connections are right.
+        """
+        digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+        if self.is_running():
+            previous = self._digest_file.read_text() if self._digest_file.exists() else ""
+            if previous == digest:
+                self._wait_healthy(None)
+                return self.info()
+            self.stop()
+        self.stop()  # leftovers of a crashed instance, if any
+        self.dir.mkdir(parents=True, exist_ok=True)
+        airflow = airflow_binary()
+        previous_port = int(self.port_file.read_text()) if self.port_file.exists() else None
+        port = pick_port(self.port or previous_port or 8080)
+        self._write_config(port)
+        self._write_passwords()
+        self._write_shim(airflow)
+        child_env = self._child_env(env, airflow)
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [str(self._shim), "standalone"],
+            cwd=self.dir,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        self.port_file.write_text(str(port))
+        self._digest_file.write_text(digest)
+        try:
+            self._wait_healthy(proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self.info()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every process of this instance and leave none behind.
+
+        SIGINT to the standalone process alone: it then terminates each component, which
+        shuts down cleanly (the scheduler ends its executor workers and their tasks). A SIGINT
+        to the whole group instead reaches the LocalExecutor workers too, and the scheduler
+        then waits forever for them; so the group gets SIGTERM, then SIGKILL, only for what is
+        left after ``timeout`` seconds.
+        """
+        if self.is_running():
+            leader = self.leader()
+            assert leader is not None
+            try:
+                os.kill(leader[0], signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            self._wait_gone(timeout)
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            left = self.processes()
+            if not left:
+                break
+            for p in left:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            self._wait_gone(wait)
+        if left := self.processes():
+            raise RuntimeError(f"Airflow processes survived SIGKILL: {left}")
+        self.pid_file.unlink(missing_ok=True)
+
+    def _wait_gone(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.processes():
+            time.sleep(0.2)
+
+    def health(self) -> dict:
+        """The api-server's health document (``/api/v2/monitor/health``; no login needed)."""
+        with urllib.request.urlopen(self.url() + HEALTH_PATH, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def _wait_healthy(self, proc: subprocess.Popen | None) -> None:
+        def ready() -> bool:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"airflow standalone exited with {proc.returncode}:\n{self._log_tail()}"
+                )
+            health = self.health()
+            return all((health.get(name) or {}).get("status") == "healthy" for name in COMPONENTS)
+
+        try:
+            wait_until(ready, timeout=self.start_timeout, interval=1.0, what="Airflow")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self._log_tail()}") from None
+
+    def _log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ files
+
+    def _secrets(self) -> dict[str, str]:
+        if self._secrets_file.exists():
+            return json.loads(self._secrets_file.read_text())
+        import base64
+
+        values = {
+            # A Fernet key is 32 url-safe base64 bytes.
+            "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            "jwt_secret": secrets.token_urlsafe(32),
+            "api_secret_key": secrets.token_urlsafe(32),
+        }
+        _write_private(self._secrets_file, json.dumps(values, indent=2))
+        return values
+
+    def _write_passwords(self) -> None:
+        """The simple auth manager's password file, with a password generated once."""
+        if self.passwords_file.exists():
+            self.passwords_file.chmod(0o600)
+            if ADMIN_USER in json.loads(self.passwords_file.read_text() or "{}"):
+                return
+        _write_private(
+            self.passwords_file, json.dumps({ADMIN_USER: secrets.token_urlsafe(12)}) + "\n"
+        )
+
+    def _write_config(self, port: int) -> None:
+        """``airflow.cfg`` for this instance; rewritten at every start (ports may move)."""
+        sec = self._secrets()
+        root = repo_root()
+
+        def esc(value: object) -> str:  # Airflow's config parser interpolates '%'
+            return str(value).replace("%", "%%")
+
+        settings: dict[str, dict[str, object]] = {
+            "core": {
+                "dags_folder": root / "dags",
+                "plugins_folder": root / "plugins",
+                "load_examples": "False",
+                "executor": "LocalExecutor",
+                "auth_manager": SIMPLE_AUTH_MANAGER,
+                "simple_auth_manager_users": f"{ADMIN_USER}:admin",
+                "simple_auth_manager_passwords_file": self.passwords_file,
+                "fernet_key": sec["fernet_key"],
+                # Active as soon as it is parsed: the product is "drop an image, it is
+                # catalogued", not "drop an image, then find the DAG and unpause it".
+                "dags_are_paused_at_creation": "False",
+                # Two cores: a handful of concurrent tasks, not 32 worker processes.
+                "parallelism": "4",
+                "max_active_tasks_per_dag": "4",
+            },
+            "database": {"sql_alchemy_conn": f"sqlite:///{self.dir / 'airflow.db'}"},
+            "api": {
+                "host": "127.0.0.1",
+                "port": port,
+                # Task processes reach the execution API through this URL.
+                "base_url": f"http://127.0.0.1:{port}/",
+                "workers": "1",
+                "secret_key": sec["api_secret_key"],
+            },
+            "api_auth": {"jwt_secret": sec["jwt_secret"]},
+            "logging": {"base_log_folder": self.dir / "logs"},
+            "dag_processor": {
+                # New and changed DAG files show up within seconds, not minutes.
+                "refresh_interval": "5",
+                "min_file_process_interval": "15",
+            },
+            "scheduler": {"enable_health_check": "False"},
+        }
+        lines = [
+            "# Written by artclf (artclf_core/embedded/airflow.py) at every `artclf up`.",
+            "# Edit that module, not this file.",
+        ]
+        for section, options in settings.items():
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{key} = {esc(value)}" for key, value in options.items())
+        _write_private(self.config_file, "\n".join(lines) + "\n")
+
+    def _write_shim(self, airflow: str) -> None:
+        """``bin/airflow``: the real one, without the all-interfaces log servers."""
+        self._shim.parent.mkdir(exist_ok=True)
+        self._shim.write_text(
+            "#!/bin/sh\n"
+            "# Written by artclf: `airflow standalone` starts its components by this name.\n"
+            "# The scheduler's and triggerer's log servers would listen on every interface;\n"
+            "# the api-server reads the local log folder, so they are not needed here.\n"
+            'case "$1" in\n'
+            f'  scheduler|triggerer) exec "{airflow}" "$@" --skip-serve-logs ;;\n'
+            "esac\n"
+            f'exec "{airflow}" "$@"\n'
+        )
+        self._shim.chmod(0o755)
+
+    def _child_env(self, env: dict[str, str], airflow: str) -> dict[str, str]:
+        """The standalone's environment: ours minus any other Airflow's settings, plus the
+        stack's settings, the two connections, the shim first on PATH and the marker."""
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+            and k not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "PYTHONPATH")
+        }
+        path = os.pathsep.join(
+            [str(self._shim.parent), str(Path(airflow).parent), inherited.get("PATH", "")]
+        )
+        return {
+            **inherited,
+            **env,
+            **airflow_connections(env),
+            "AIRFLOW_HOME": str(self.dir),
+            "AIRFLOW_CONFIG": str(self.config_file),
+            "PATH": path,
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "GX_ANALYTICS_ENABLED": "False",
+            "NO_COLOR": "1",
+            MARKER: str(self.dir),
+        }
