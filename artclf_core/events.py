@@ -436,12 +436,15 @@ class IncomingWatcher:
         """One connected stretch: LISTEN, then announce/sweep/wait until an error."""
         loop = asyncio.get_running_loop()
         bucket = self.settings.bucket
+        log.info("DBG session start")
         listen = await psycopg.AsyncConnection.connect(self.settings.db_url, autocommit=True)
+        log.info("DBG listen connected")
         work: psycopg.Connection | None = None
         try:
             await listen.execute(f"LISTEN {CHANNEL}")
             work = await asyncio.to_thread(psycopg.connect, self.settings.db_url)
             own_pid = work.info.backend_pid
+            log.info("DBG work connected")
             mark = await asyncio.to_thread(load_watermark, work, self.name)
             log.info(
                 "watcher %s: listening on %s for s3://%s/%s (watermark %d, sweep every %s s)",

@@ -29,7 +29,6 @@ import io
 import json
 import re
 import struct
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -384,9 +383,11 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedImage:
     Checks run cheapest first: byte size, format (from the bytes), header dimensions (the
     bomb guard, before decoding), then a full decode of the first frame.
 
-    Pillow's bomb *warning* is turned into an error with ``warnings.catch_warnings``, which is
-    process-global before Python 3.14: call this from one thread per process (as the ingestion
-    workers do). The explicit ``max_pixels`` check does not depend on it.
+    Safe to call from many threads at once (the pipeline decodes on a thread pool): it
+    changes no process-wide state. Decompression bombs are caught by the explicit
+    ``max_pixels`` header check (50 Mpx by default, below Pillow's own 89 Mpx warning) and by
+    Pillow's ``DecompressionBombError``; Pillow's warning, if a caller raised ``max_pixels``
+    above 89 Mpx, stays a warning.
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone flipped Pillow's global switch; decoding would silently accept half files.
@@ -400,30 +401,26 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedImage:
             f"file is {_mb(size)} ({size} bytes), over the {_mb(limits.max_bytes)} limit",
         )
 
-    with warnings.catch_warnings():
-        # Pillow warns for each plugin that failed on garbage; the rejection says it better.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data), formats=_pillow_formats(limits.formats))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(
-                "too_many_pixels", f"image has too many pixels (decompression bomb?): {exc}"
-            ) from None
-        except UnidentifiedImageError:
-            raise _unidentified(data, limits) from None
-        except MemoryError:
-            raise
-        except Exception as exc:
-            fmt, desc = _sniff(data)
-            raise _load_error(exc, fmt or "image", data) from None
+    try:
+        img = Image.open(io.BytesIO(data), formats=_pillow_formats(limits.formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            "too_many_pixels", f"image has too many pixels (decompression bomb?): {exc}"
+        ) from None
+    except UnidentifiedImageError:
+        raise _unidentified(data, limits) from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        fmt, desc = _sniff(data)
+        raise _load_error(exc, fmt or "image", data) from None
 
-        with img:
-            return _decode_opened(img, data, limits)
+    with img:
+        return _decode_opened(img, data, limits)
 
 
 def _decode_opened(img: Image.Image, data: bytes, limits: Limits) -> DecodedImage:
-    """Header checks then full decode of an opened image (inside the warnings context)."""
+    """Header checks then full decode of an opened image."""
     fmt = img.format or "unknown"
     if fmt not in limits.formats:
         raise _unsupported(fmt, fmt, limits)

@@ -219,9 +219,10 @@ class Ingestor:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
         # Moves get their own threads so they never queue behind the next batch's downloads.
         self.move_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-mv")
+        self.check_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artclf-gx")
         self.validate = validate or quality.validate_rows
         if validate is None:  # import Great Expectations while the first batch downloads
-            self.pool.submit(quality.warm_up)
+            self.check_pool.submit(quality.warm_up)
         self.conn = db.connect(settings.db_url)
         db.register_model(
             self.conn,
@@ -242,6 +243,7 @@ class Ingestor:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.move_pool.shutdown(wait=True)
+        self.check_pool.shutdown(wait=True)
         self.conn.close()
 
     def __enter__(self) -> Ingestor:
@@ -346,16 +348,22 @@ class Ingestor:
             self._deduplicate(valid)
             clock.lap("dedup")
         new_rows = self._plan(items)
-        verdict = self.validate([row for _, row in new_rows])
+        # The quality checks (~0.3 s per batch, CPU) run while the server-side copies (I/O)
+        # are under way; a batch that fails them is not committed and its copies are removed.
+        verdict_future = self.check_pool.submit(self.validate, [row for _, row in new_rows])
+        movers = [it for it in items if it.state in TERMINAL and not it.in_place]
+        self._copy_all(movers, new_rows)
+        clock.lap("copy")
+        verdict = verdict_future.result()
         clock.lap("quality")
         if not verdict.success:
             log.error("batch failed its quality checks, not committed: %s", verdict.summary())
+            undo = [it for it in movers if it.state != "quarantined" and it.state in TERMINAL]
             for it in items:
                 if it.state != "quarantined":
                     it.fail("quality_check_failed", verdict.summary()[:2000])
             new_rows = []
-        self._copy_all([it for it in items if it.state in TERMINAL and not it.in_place], new_rows)
-        clock.lap("copy")
+            self._remove_copies(undo)
         self._commit(items, new_rows)
         clock.lap("commit")
         moved = [it for it in items if it.state in TERMINAL and not it.in_place]
@@ -504,6 +512,18 @@ class Ingestor:
 
         list(self.move_pool.map(copy_one, movers))
         new_rows[:] = [(it, row) for it, row in new_rows if it.state == "catalogued"]
+
+    def _remove_copies(self, items: list[_Item]) -> None:
+        """Best effort: drop the final-key copies of objects that stay in incoming/."""
+        by_bucket: dict[str, list[str]] = {}
+        for it in items:
+            if it.final_key and it.final_key != it.row.key:
+                by_bucket.setdefault(it.row.bucket, []).append(it.final_key)
+        for bucket, keys in by_bucket.items():
+            try:
+                s3lib.delete_many(self.s3, bucket, keys)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("could not remove %d uncommitted copies: %s", len(keys), exc)
 
     def _commit(self, items: list[_Item], new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
         """Artworks and every outcome in one transaction."""

@@ -144,8 +144,8 @@ def logged_plans(stack: Stack, run: Callable[[psycopg.Connection], object],
 
 def scan_summary(plan_text: str) -> str:
     """The scan nodes of a plan and how many rows its filters threw away, on one line."""
-    scans = re.findall(r"(Index Scan using \w+|Seq Scan on \w+|Bitmap Heap Scan on \w+"
-                       r"|Bitmap Index Scan on \w+)", plan_text)
+    scans = re.findall(r"(Index Scan using \w+|Index Only Scan using \w+|Seq Scan on \w+"
+                       r"|Bitmap Heap Scan on \w+|Bitmap Index Scan on \w+)", plan_text)
     removed = sum(int(x) for x in re.findall(r"Rows Removed by Filter: (\d+)", plan_text))
     scans = [s for s in scans if "artworks_pkey" not in s]
     return f"{', '.join(dict.fromkeys(scans)) or '?'}; rows removed by filter: {removed}"
@@ -176,6 +176,7 @@ def synthetic_catalogue(
     noise: float = 0.15,
     label_purity: float = 0.7,
     embeddings: bool = True,
+    point_seed: int | None = None,
 ) -> Catalogue:
     """Clustered embeddings with imbalanced labels, and uniformly random 64-bit pHashes.
 
@@ -187,9 +188,11 @@ def synthetic_catalogue(
     A centre has a label drawn with :data:`LABEL_SHARES`; its points keep it with
     probability ``label_purity`` and otherwise draw one again, so labels follow the
     clusters (as a classifier's embedding does) without being a function of them.
-    The centre set does not depend on ``n``: a bigger catalogue is a denser one.
+    The centre set does not depend on ``n``: a bigger catalogue is a denser one; and it
+    depends on ``seed`` only, so ``point_seed`` draws new points of the same distribution
+    (queries that are not in the catalogue).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if point_seed is None else point_seed)
     shares = np.array([LABEL_SHARES[c] for c in CLASSES])
     shares = shares / shares.sum()
     centre_rng = np.random.default_rng(10_000 + seed)

@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    files = sorted(p for p in args.data.glob("*/*") if p.suffix.lower() in (".jpg", ".png"))
+    suffixes = (".jpg", ".jpeg", ".png", ".webp")
+    files = sorted(p for p in args.data.glob("*/*") if p.suffix.lower() in suffixes)
     files = files[: args.limit] if args.limit else files
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(prefix="artclf-dedup-") as tmp:

@@ -38,7 +38,8 @@ from artclf_core.stack import Stack  # noqa: E402
 
 
 def images(data: Path, limit: int | None) -> list[Path]:
-    files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    suffixes = {".jpg", ".jpeg", ".png", ".webp"}
+    files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in suffixes)
     return files[:limit] if limit else files
 
 
@@ -161,6 +162,8 @@ def main() -> None:
         f"  command wall time (incl. start-up, model load) {wall:.1f} s -> {rate_wall:.0f} images/s"
     )
     print(f"  peak RSS of the ingest process: {peak_mib:.0f} MiB")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.get("stages", {}).items())
+    print(f"  wall seconds by stage: {stages}")
     print(
         f"  ratio against baseline: {rate / base_rate:.1f}x (pipeline), "
         f"{rate_wall / base_rate:.1f}x (whole command)"

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _stack  # noqa: E402
+import neardup_lookup  # noqa: E402
 import psycopg  # noqa: E402
 
 from artclf_core import CLASSES, db  # noqa: E402
@@ -280,11 +281,45 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> list[Result
         _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks"])
 
     if args.neardup:
-        import neardup_lookup
-
-        with db.connect(url, autocommit=True) as conn:
-            neardup_lookup.report(neardup_lookup.measure(conn, cat, args, stack))
+        args.neardup_results += neardup_lookup.run_all(stack, url, cat, args)
+    results.append(insert_cost(url, cat, args.seed))
     return results
+
+
+def insert_cost(url: str, cat: _stack.Catalogue, seed: int, batches: int = 10,
+                batch: int = 100) -> Result:
+    """What the index costs the pipeline: ``db.insert_artworks`` of new rows, per batch.
+
+    Every catalogued artwork is inserted into the HNSW index as it arrives, at the
+    index's ef_construction; this is measured on the full catalogue (rolled back after).
+    """
+    new = _stack.synthetic_catalogue(batches * batch, seed=seed, point_seed=seed + 555)
+    rows = []
+    for j in range(len(new)):
+        label = CLASSES[int(new.labels[j])]
+        key = f"catalog/{label}/new-{j:06d}.jpg"
+        rows.append(db.ArtworkRow(
+            bucket="artclf-bench", key=key, label=label, probability=0.9,
+            probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
+            embedding=new.embeddings[j], model_version=_stack.MODEL_VERSION,
+            sha256=f"{len(cat) + j:064x}", phash=int(new.phashes[j]),
+            phash_bands=_stack._band_keys(int(new.phashes[j])), width=1024, height=768,
+            format="JPEG", byte_size=200_000, source_key=f"incoming/new-{j:06d}.jpg",
+            source_etag=None))
+    lat = []
+    with db.connect(url) as conn:
+        for lo in range(0, len(rows), batch):
+            t0 = time.perf_counter()
+            inserted, _ = db.insert_artworks(conn, rows[lo:lo + batch])
+            lat.append(time.perf_counter() - t0)
+            assert len(inserted) == batch
+        conn.rollback()
+    p50, p95 = _stack.percentiles(lat)
+    _stack.log(f"{len(cat):,} insert_artworks of {batch} rows: p50 {p50:.0f} ms"
+               f" ({p50 / batch:.2f} ms/row)")
+    return Result(len(cat), f"insert {batch} rows", "db.insert_artworks",
+                  p50, p95, float("nan"), batches, distance_ratio=float("nan"),
+                  note=f"{p50 / batch:.2f} ms per row; rolled back")
 
 
 def summary(results: list[Result]) -> str:
@@ -323,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated shared_buffers values to re-measure with")
     ap.add_argument("--neardup", action="store_true",
                     help="also run bench/neardup_lookup.py's measurements on the same rows")
-    ap.add_argument("--singles", type=int, default=200, help="(--neardup) single-hash calls")
-    ap.add_argument("--batches", type=int, default=10, help="(--neardup) batches of 256")
-    ap.add_argument("--baseline-queries", type=int, default=20,
-                    help="(--neardup) full-scan baseline calls")
+    neardup_lookup.add_options(ap.add_argument_group("with --neardup"))
     ap.add_argument("--latent-dim", type=int, default=24,
                     help="intrinsic dimension of a cluster (128 = isotropic, the hard case)")
     ap.add_argument("--label-purity", type=float, default=0.7,
@@ -338,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args.ef_search = [int(x) for x in args.ef_search.split(",") if x]
     args.also_shared_buffers = [x for x in args.also_shared_buffers.split(",") if x]
     sizes = [int(x) for x in args.sizes.split(",") if x]
+    args.neardup_results = []
 
     print(f"machine: {_stack.machine()}", flush=True)
     print(f"data: {args.latent_dim}-d clusters, label purity {args.label_purity}", flush=True)
@@ -350,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:,} rows: {time.perf_counter() - t0:.0f}s in all", flush=True)
     print(f"\nmachine at the end: {_stack.machine()}; total {time.perf_counter() - t_start:.0f}s")
     print("\n" + summary(results))
+    if args.neardup_results:
+        print("\n" + neardup_lookup.layout() + "\n")
+        print(neardup_lookup.table(args.neardup_results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     return 0

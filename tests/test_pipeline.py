@@ -181,6 +181,7 @@ def test_failed_batch_is_not_committed_and_is_retried(clean, model):
     assert first.failed == 5 and first.quarantined == 1 and first.catalogued == 0
     assert table_counts(settings)[0] == 0
     assert len(keys(client, settings.bucket, "incoming/")) == 5
+    assert keys(client, settings.bucket, "catalog/") == []  # uncommitted copies removed
     failed = [r for r in log_by_key_rows(settings) if r["state"] == "failed"]
     assert {r["reason"] for r in failed} == {"quality_check_failed"}
     assert all(r["attempts"] == 1 for r in failed)
