@@ -385,16 +385,20 @@ NEAR_EF_SEARCH = 16
 def find_near(
     conn: psycopg.Connection,
     phashes: Sequence[int],
+    dhashes: Sequence[int],
     embeddings: Sequence[np.ndarray],
-    max_distance: int,
     *,
+    max_distance: int | None = None,
+    max_dhash: int | None = None,
     bands: Sequence[Sequence[int]] | None = None,
     k: int = NEAR_EMBEDDING_CANDIDATES,
 ) -> dict[int, tuple[int, int]]:
-    """For each query, the closest catalogued artwork within ``max_distance`` pHash bits.
+    """For each query, the closest catalogued near duplicate: {query index: (id, distance)}.
 
-    Returns {query index: (artwork id, Hamming distance)}. Candidates come from two indexes,
-    never from a scan, so the cost stays flat as the catalogue grows:
+    A near duplicate is within ``max_distance`` pHash bits AND ``max_dhash`` dHash bits
+    (defaults: ``dedup.NEAR_DUP_MAX_DISTANCE`` / ``NEAR_DUP_MAX_DHASH``); the distance
+    returned is the pHash one. Candidates come from two indexes, never from a scan, so the
+    cost stays flat as the catalogue grows:
 
     * the ``k`` nearest artworks by embedding (the HNSW cosine index that similarity search
       uses anyway): a re-encoded, resized or slightly cropped copy keeps its CNN embedding
@@ -403,12 +407,16 @@ def find_near(
       on ``phash_bands``): by the pigeonhole principle this alone finds every hash within
       3 bits, whatever the embedding says.
 
-    Each candidate is then checked with the exact Hamming distance. Measured recall and
+    Each candidate is then checked with the exact Hamming distances. Measured recall and
     latency: docs/dedup.md and docs/benchmarks.md.
     """
+    from artclf_core import dedup
+
     if not phashes:
         return {}
-    bands = bands if bands is not None else [_band_keys(h) for h in phashes]
+    max_distance = dedup.NEAR_DUP_MAX_DISTANCE if max_distance is None else max_distance
+    max_dhash = dedup.NEAR_DUP_MAX_DHASH if max_dhash is None else max_dhash
+    bands = bands if bands is not None else [dedup.band_keys(h) for h in phashes]
     band_text = ["{" + ",".join(map(str, b)) + "}" for b in bands]
     emb_text = [_vector_text(e) for e in embeddings]
     # A copy sits right next to its original: a short HNSW search suffices (and is ~4x
@@ -417,18 +425,19 @@ def find_near(
     rows = conn.execute(
         """
         SELECT q.i, m.id, m.d
-        FROM unnest(%(i)s::int[], %(h)s::bigint[], %(e)s::text[], %(b)s::text[])
-            AS q(i, h, e, b)
+        FROM unnest(%(i)s::int[], %(h)s::bigint[], %(g)s::bigint[], %(e)s::text[],
+                    %(b)s::text[]) AS q(i, h, g, e, b)
         CROSS JOIN LATERAL (
             SELECT c.id, bit_count((c.phash # q.h)::bit(64))::int AS d
             FROM (
-                (SELECT a.id, a.phash FROM artclf.artworks AS a
+                (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
                  ORDER BY a.embedding <=> q.e::vector LIMIT %(k)s)
                 UNION
-                (SELECT a.id, a.phash FROM artclf.artworks AS a
+                (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
                  WHERE a.phash_bands && q.b::int[])
             ) AS c
             WHERE bit_count((c.phash # q.h)::bit(64)) <= %(d)s
+              AND bit_count((c.dhash # q.g)::bit(64)) <= %(dd)s
             ORDER BY d, c.id
             LIMIT 1
         ) AS m
@@ -436,19 +445,15 @@ def find_near(
         {
             "i": list(range(len(phashes))),
             "h": list(phashes),
+            "g": list(dhashes),
             "e": emb_text,
             "b": band_text,
             "k": k,
             "d": max_distance,
+            "dd": max_dhash,
         },
     ).fetchall()
     return {i: (aid, d) for i, aid, d in rows}
-
-
-def _band_keys(h: int) -> list[int]:
-    from artclf_core.dedup import band_keys
-
-    return band_keys(h)
 
 
 def _vector_text(v: np.ndarray) -> str:
@@ -470,6 +475,7 @@ class ArtworkRow:
     sha256: str
     phash: int
     phash_bands: list[int]
+    dhash: int
     width: int
     height: int
     format: str
@@ -495,6 +501,7 @@ _ART_COLS = [
     "sha256",
     "phash",
     "phash_bands",
+    "dhash",
     "width",
     "height",
     "format",
@@ -535,6 +542,7 @@ def insert_artworks(
                     r.sha256,
                     int(r.phash),
                     "{" + ",".join(map(str, r.phash_bands)) + "}",
+                    int(r.dhash),
                     int(r.width),
                     int(r.height),
                     r.format,

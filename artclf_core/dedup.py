@@ -7,9 +7,11 @@
   frequencies compared with their median -> 64 bits. Two pictures are near duplicates when the
   Hamming distance of their hashes is at most :data:`NEAR_DUP_MAX_DISTANCE`, a threshold chosen
   by measurement on the 1,576 real artworks (``bench/dedup_quality.py``, ``docs/dedup.md``).
-* The catalogue is searched without a scan by multi-index hashing (:func:`band_keys`,
-  :func:`probe_keys`): 64 bits cut into 4 bands of 16 bits; by the pigeonhole principle two
-  hashes within distance 12 agree to within 2 or 3 bits in at least one band.
+* A pHash match is confirmed by a second, independent hash, the difference hash
+  (:func:`dhash`), which follows strokes and edges where pHash follows the layout.
+* The catalogue is searched without a scan (``db.find_near``): candidates are the nearest
+  artworks by embedding (HNSW) plus those sharing a 16-bit pHash band exactly
+  (:func:`band_keys`, GIN); each candidate is then checked with both distances.
 
 Hashes are stored as *signed* 64-bit ints so they fit PostgreSQL's ``bigint``; the bit pattern
 is the one of ``int(str(imagehash.phash(img)), 16)``.
@@ -18,8 +20,6 @@ is the one of ``int(str(imagehash.phash(img)), 16)``.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
-from itertools import combinations
 
 import numpy as np
 import scipy.fftpack
@@ -28,26 +28,29 @@ from PIL import Image
 __all__ = [
     "BAND_BITS",
     "N_BANDS",
+    "NEAR_DUP_MAX_DHASH",
     "NEAR_DUP_MAX_DISTANCE",
-    "PROBE_RADII",
     "band_keys",
+    "dhash",
     "find_duplicates_in_batch",
     "hamming",
     "hamming_matrix",
     "phash",
-    "probe_keys",
-    "probe_radii",
     "sha256_hex",
     "to_signed64",
     "to_unsigned64",
 ]
 
-#: Largest pHash Hamming distance still called a near duplicate. Measured on the 1,576 real
-#: artworks with 7,880 transformed copies against all 1.24 M pairs of distinct artworks
-#: (docs/dedup.md): at 12, recall 0.968 and pair precision 0.993; at 10 recall drops to 0.933
-#: (5 % crops are where pHash fails), at 14 false matches are 3.7 times as many. pHash distances are
-#: always even (every hash has exactly 32 one-bits, split at the median), so 12 == 13.
-NEAR_DUP_MAX_DISTANCE: int = 12
+#: Largest pHash Hamming distance still called a near duplicate, together with
+#: :data:`NEAR_DUP_MAX_DHASH`. Measured on the 1,576 real artworks with 7,880 transformed
+#: copies against all 1.24 M pairs of distinct artworks (docs/dedup.md): pHash alone at 12
+#: gives recall 0.974 but 57 false pairs, mostly faint drawings on blank paper and icons of
+#: one workshop template, whose low frequencies agree; requiring the gradient hash (dHash) to
+#: agree as well, pHash <= 14 and dHash <= 14, gives recall 0.980 with 14 false pairs.
+#: pHash distances are always even (every hash has exactly 32 one-bits), so 14 == 15.
+NEAR_DUP_MAX_DISTANCE: int = 14
+#: Largest dHash Hamming distance of a near duplicate (second, independent check).
+NEAR_DUP_MAX_DHASH: int = 14
 
 _MASK64 = (1 << 64) - 1
 
@@ -95,6 +98,19 @@ def phash(img: Image.Image) -> int:
     return to_signed64(int.from_bytes(np.packbits(bits).tobytes(), "big"))
 
 
+def dhash(img: Image.Image) -> int:
+    """64-bit difference hash (imagehash.dhash bits) as a signed int64.
+
+    It compares neighbouring pixels of a 9 x 8 grey thumbnail, so it follows edges and
+    strokes where pHash follows the low-frequency layout: two faint animal studies on the same
+    paper share the layout but not the strokes. Used only to confirm a pHash match.
+    """
+    grey = img.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
+    px = np.asarray(grey, dtype=np.int16)
+    bits = (px[:, 1:] > px[:, :-1]).ravel()
+    return to_signed64(int.from_bytes(np.packbits(bits).tobytes(), "big"))
+
+
 def hamming(a: int, b: int) -> int:
     """Number of differing bits between two 64-bit hashes (signed or unsigned ints)."""
     return ((a ^ b) & _MASK64).bit_count()
@@ -120,40 +136,19 @@ def hamming_matrix(hashes: np.ndarray, other: np.ndarray | None = None) -> np.nd
 
 
 # ---------------------------------------------------------------------------------------------
-# Multi-index hashing for catalogue lookups
+# Exact pHash bands for catalogue lookups
 #
-# 4 bands x 16 bits. A stored hash gets 4 keys ``band << 16 | value`` (0 .. 262,143: int32).
-# Generalised pigeonhole (Norouzi, Punjani & Fleet, "Fast search in Hamming space with
-# multi-index hashing", CVPR 2012): give band i a probe radius r_i with sum(r_i + 1) > d. If
-# hamming(q, g) <= d, the differing bits cannot exceed r_i in *every* band (that would take at
-# least sum(r_i + 1) > d bits), so in some band i they number <= r_i, and one of the probes of
-# band i is exactly g's key. For d = 12: radii (2, 2, 2, 3), i.e. 3 x 137 + 697 = 1,108 probe
-# keys. With 1 M catalogued hashes spread evenly over 65,536 values per band, each key matches
-# ~15 rows: ~17,000 candidate rows per lookup (27,000 measured on the artworks, whose hashes
-# cluster), each checked with one bit_count. Other splittings (docs/dedup.md): 3 bands of 22/21
-# bits need 10,903 probes; 5 bands of 13/12 bits, 291 probes but ~45,000 candidates; 8 bands
-# of 8 bits, 48 probes but ~190,000 candidates. Band 0 gets a radius of 2, not 3, because its
-# first bit (the DCT's DC term) is always 1, which halves its spread and doubles its rows/key.
+# 4 bands x 16 bits; a stored hash gets 4 keys ``band << 16 | value`` (0 .. 262,143: int32)
+# in an ``integer[]`` column under a GIN index. By the pigeonhole principle two hashes within
+# 3 bits agree exactly on at least one band, so a lookup by the query's own 4 keys finds every
+# such hash at the cost of 4 index probes. Larger distances are reached through the embedding
+# index (see ``db.find_near``); the multi-index-hashing alternative that guarantees distance
+# 12-14 through bands alone needs 1,108+ probes and ~17,000-27,000 candidate rows per lookup
+# at 1 M artworks (measured, docs/dedup.md), far over the 5 ms budget.
 
 N_BANDS: int = 4
 BAND_BITS: int = 64 // N_BANDS
 _BAND_MASK = (1 << BAND_BITS) - 1
-
-
-def probe_radii(max_distance: int = NEAR_DUP_MAX_DISTANCE) -> tuple[int, ...]:
-    """Per-band probe radii: the smallest, most even split with ``sum(r_i + 1) > max_distance``.
-
-    ``max_distance + 1`` "slots" are shared out over the bands, extra slots to the last bands;
-    a band with 0 slots (radius -1) is not probed at all (e.g. distance 0 needs one band).
-    """
-    if max_distance < 0:
-        raise ValueError("max_distance must be >= 0")
-    base, extra = divmod(max_distance + 1, N_BANDS)
-    return tuple(base + (i >= N_BANDS - extra) - 1 for i in range(N_BANDS))
-
-
-#: Radii used for :data:`NEAR_DUP_MAX_DISTANCE` (2, 2, 2, 3).
-PROBE_RADII: tuple[int, ...] = probe_radii(NEAR_DUP_MAX_DISTANCE)
 
 
 def _bands(h: int) -> list[int]:
@@ -161,37 +156,13 @@ def _bands(h: int) -> list[int]:
     return [(u >> (BAND_BITS * (N_BANDS - 1 - i))) & _BAND_MASK for i in range(N_BANDS)]
 
 
-@lru_cache(maxsize=8)
-def _flip_masks(radius: int) -> tuple[int, ...]:
-    """All band-wide masks with at most ``radius`` ones: the offsets of a Hamming ball."""
-    masks = [0] if radius >= 0 else []
-    for r in range(1, radius + 1):
-        for positions in combinations(range(BAND_BITS), r):
-            masks.append(sum(1 << p for p in positions))
-    return tuple(masks)
-
-
 def band_keys(h: int) -> list[int]:
-    """Keys to store with a catalogued hash (an ``integer[]`` column under a GIN index).
+    """Keys to store with a catalogued hash, and to look it up by exact band match.
 
     Key = ``band_index << 16 | band_value``: the band index keeps equal values in different
-    bands apart. The largest key is 4 * 65,536 - 1 = 262,143, well inside int32. Stored keys do
-    not depend on the threshold, so it can change without re-indexing the catalogue.
+    bands apart. The largest key is 4 * 65,536 - 1 = 262,143, well inside int32.
     """
     return [(i << BAND_BITS) | v for i, v in enumerate(_bands(h))]
-
-
-def probe_keys(h: int, max_distance: int = NEAR_DUP_MAX_DISTANCE) -> list[int]:
-    """Keys to look up so that every stored hash within ``max_distance`` of ``h`` shares one.
-
-    Each band's value and all its neighbours within the band's radius (:func:`probe_radii`).
-    Candidates found this way still need the exact ``bit_count(phash # h) <= d`` check.
-    """
-    keys: list[int] = []
-    for i, (v, radius) in enumerate(zip(_bands(h), probe_radii(max_distance), strict=True)):
-        base = i << BAND_BITS
-        keys.extend(base | (v ^ m) for m in _flip_masks(radius))
-    return keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,19 +173,23 @@ def find_duplicates_in_batch(
     sha256s: list[str],
     phashes: list[int],
     max_distance: int = NEAR_DUP_MAX_DISTANCE,
+    dhashes: list[int] | None = None,
+    max_dhash: int = NEAR_DUP_MAX_DHASH,
 ) -> list[tuple[str, int] | None]:
     """For each item: None if it is the first of its kind in the batch, else what it repeats.
 
     ``("exact", j)``: same bytes as item ``j``, the first with that SHA-256. Otherwise
-    ``("near", j)``: the earlier item with the smallest pHash distance (earliest on ties) when
-    that distance is at most ``max_distance``. Exact wins over near because it is certain.
-    The catalogue is not consulted here; this is what two uploads in the same batch cannot
-    learn from the database because neither is in it yet.
+    ``("near", j)``: the earlier item with the smallest pHash distance (earliest on ties) among
+    those within ``max_distance`` (and, when ``dhashes`` are given, within ``max_dhash`` dHash
+    bits). Exact wins over near because it is certain. The catalogue is not consulted here;
+    this is what two uploads in the same batch cannot learn from the database because neither
+    is in it yet.
     """
     if len(sha256s) != len(phashes):
         raise ValueError("sha256s and phashes must have the same length")
     first_by_sha: dict[str, int] = {}
     hashes = _as_u64(list(phashes))
+    dh = _as_u64(list(dhashes)) if dhashes is not None else None
     out: list[tuple[str, int] | None] = []
     for i, sha in enumerate(sha256s):
         j = first_by_sha.setdefault(sha, i)
@@ -222,9 +197,12 @@ def find_duplicates_in_batch(
             out.append(("exact", j))
             continue
         if i:
-            dist = np.bitwise_count(hashes[:i] ^ hashes[i])
-            k = int(np.argmin(dist))  # first minimum = earliest on ties
-            if int(dist[k]) <= max_distance:
+            dist = np.bitwise_count(hashes[:i] ^ hashes[i]).astype(np.int32)
+            ok = dist <= max_distance
+            if dh is not None:
+                ok &= np.bitwise_count(dh[:i] ^ dh[i]) <= max_dhash
+            if ok.any():
+                k = int(np.argmin(np.where(ok, dist, 1 << 20)))  # earliest on ties
                 out.append(("near", k))
                 continue
         out.append(None)

@@ -436,15 +436,18 @@ class IncomingWatcher:
         """One connected stretch: LISTEN, then announce/sweep/wait until an error."""
         loop = asyncio.get_running_loop()
         bucket = self.settings.bucket
-        log.info("DBG session start")
-        listen = await psycopg.AsyncConnection.connect(self.settings.db_url, autocommit=True)
-        log.info("DBG listen connected")
+        # Named sessions, so that an operator sees (and can end) them in pg_stat_activity.
+        app = f"artclf-watcher:{self.name}"[:63]
+        listen = await psycopg.AsyncConnection.connect(
+            self.settings.db_url, autocommit=True, application_name=app
+        )
         work: psycopg.Connection | None = None
         try:
             await listen.execute(f"LISTEN {CHANNEL}")
-            work = await asyncio.to_thread(psycopg.connect, self.settings.db_url)
+            work = await asyncio.to_thread(
+                psycopg.connect, self.settings.db_url, application_name=app
+            )
             own_pid = work.info.backend_pid
-            log.info("DBG work connected")
             mark = await asyncio.to_thread(load_watermark, work, self.name)
             log.info(
                 "watcher %s: listening on %s for s3://%s/%s (watermark %d, sweep every %s s)",

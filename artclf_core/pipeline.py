@@ -137,6 +137,7 @@ class _Item:
     format: str = ""
     sha256: str = ""
     phash: int = 0
+    dhash: int = 0
     # outcome
     state: str = ""
     reason: str | None = None
@@ -407,6 +408,7 @@ class Ingestor:
             return
         item.sha256 = dedup.sha256_hex(data)
         item.phash = dedup.phash(decoded.image)
+        item.dhash = dedup.dhash(decoded.image)
         item.pixels = to_model_input(decoded.image)
         item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
 
@@ -429,11 +431,11 @@ class Ingestor:
         near = db.find_near(
             self.conn,
             [hashes[i] for i in need_near],
+            [items[i].dhash for i in need_near],
             [items[i].embedding for i in need_near],
-            dedup.NEAR_DUP_MAX_DISTANCE,
         )
         near_by_item = {need_near[q]: hit for q, hit in near.items()}
-        in_batch = dedup.find_duplicates_in_batch(shas, hashes)
+        in_batch = dedup.find_duplicates_in_batch(shas, hashes, dhashes=[it.dhash for it in items])
         for i, it in enumerate(items):
             if it.sha256 in exact:
                 it.state, it.duplicate_kind, it.distance = "duplicate", "exact", 0
@@ -485,6 +487,7 @@ class Ingestor:
                             sha256=it.sha256,
                             phash=it.phash,
                             phash_bands=dedup.band_keys(it.phash),
+                            dhash=it.dhash,
                             width=it.width,
                             height=it.height,
                             format=it.format,

@@ -303,7 +303,7 @@ def insert_cost(url: str, cat: _stack.Catalogue, seed: int, batches: int = 10,
             probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
             embedding=new.embeddings[j], model_version=_stack.MODEL_VERSION,
             sha256=f"{len(cat) + j:064x}", phash=int(new.phashes[j]),
-            phash_bands=_stack._band_keys(int(new.phashes[j])), width=1024, height=768,
+            phash_bands=_stack._band_keys(int(new.phashes[j])), dhash=0, width=1024, height=768,
             format="JPEG", byte_size=200_000, source_key=f"incoming/new-{j:06d}.jpg",
             source_etag=None))
     lat = []
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args.ef_search = [int(x) for x in args.ef_search.split(",") if x]
     args.also_shared_buffers = [x for x in args.also_shared_buffers.split(",") if x]
     sizes = [int(x) for x in args.sizes.split(",") if x]
+    neardup_lookup.parse_options(args)
     args.neardup_results = []
 
     print(f"machine: {_stack.machine()}", flush=True)

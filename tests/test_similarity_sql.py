@@ -30,6 +30,7 @@ def _rows(n: int, seed: int = 7) -> list[db.ArtworkRow]:
                 model_version="test-model",
                 sha256=f"{i:064x}",
                 phash=int(rng.integers(-(2**63), 2**63 - 1)),
+                dhash=0,
                 phash_bands=[i],
                 width=100,
                 height=100,
