@@ -35,7 +35,7 @@ CREATE TABLE artclf.artworks (
     sha256         char(64) NOT NULL UNIQUE, -- exact duplicates
     phash          bigint NOT NULL,          -- 64-bit perceptual hash (near duplicates)
     dhash          bigint NOT NULL,          -- 64-bit difference hash (confirms a pHash match)
-    phash_bands    integer[] NOT NULL,       -- multi-index hashing keys, see docs/dedup.md
+    phash_bands    integer[] NOT NULL,       -- exact 16-bit pHash band keys, see docs/dedup.md
     width          integer NOT NULL CHECK (width > 0),
     height         integer NOT NULL CHECK (height > 0),
     format         text NOT NULL,
