@@ -280,13 +280,19 @@ def announce(
     """
     with _transaction(conn):
         _ensure_state(conn, name)
+        # A plain read first: an idle watcher (most calls) then neither locks nor writes.
+        (seen,) = conn.execute(
+            "SELECT last_id FROM artclf.trigger_state WHERE name = %s", (name,)
+        ).fetchone()
+        if not pending_after(conn, seen, bucket=bucket, prefix=prefix)[0]:
+            return None
         (last_id,) = conn.execute(
             "SELECT last_id FROM artclf.trigger_state WHERE name = %s FOR UPDATE", (name,)
         ).fetchone()
         count, first, last = conn.execute(
             _PENDING_AFTER, {"after": last_id, "bucket": bucket, "prefix": prefix}
         ).fetchone()
-        if not count:
+        if not count:  # another instance announced them meanwhile
             return None
         (at,) = conn.execute(
             "UPDATE artclf.trigger_state SET last_id = %s, announced_at = now(),"

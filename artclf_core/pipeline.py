@@ -28,6 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,8 +44,10 @@ from artclf_core.config import (
     Settings,
 )
 from artclf_core.images import DEFAULT_LIMITS, ImageRejected, Limits, decode_image
-from artclf_core.model import ArtModel, default_model_path
 from artclf_core.preprocess import to_model_input
+
+if TYPE_CHECKING:  # TensorFlow loads only when an Ingestor is built, not for a sweep
+    from artclf_core.model import ArtModel
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +217,11 @@ class Ingestor:
     ) -> None:
         self.settings = settings
         self.s3 = s3lib.client(settings, max_pool=max(workers * 2, 10))
-        self.model = model or ArtModel.load(settings.model_path or default_model_path())
+        if model is None:
+            from artclf_core.model import ArtModel, default_model_path
+
+            model = ArtModel.load(settings.model_path or default_model_path())
+        self.model = model
         self.limits = limits
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
@@ -20,14 +21,20 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def pick_port(
-    preferred: int | None, *, also_free: tuple[int, ...] = (), avoid: set[int] = frozenset()
-) -> int:  # noqa: B006
+    preferred: int | None,
+    *,
+    also_free: tuple[int, ...] = (),
+    avoid: frozenset[int] | set[int] = frozenset(),
+) -> int:
     """Return ``preferred`` if it (and ``preferred + o`` for each offset) is free, else another.
 
     SeaweedFS opens a gRPC port at ``http port + 10000`` for each of its servers, hence the
-    offsets. Candidates stay below 55535 so that the offset port is valid too.
+    offsets. Other candidates are tried from a random point of 20000-44999 so that stacks
+    started at the same moment (parallel test runs) rarely race for the same port.
     """
-    candidates = ([preferred] if preferred else []) + list(range(20000, 55000, 7))
+    span = list(range(20000, 45000, 7))
+    start = random.randrange(len(span))
+    candidates = ([preferred] if preferred else []) + span[start:] + span[:start]
     for port in candidates:
         ports = [port] + [port + off for off in also_free]
         if any(p in avoid for p in ports):

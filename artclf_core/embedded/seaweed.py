@@ -59,11 +59,12 @@ class EmbeddedSeaweed:
         (self.dir / "data").mkdir(exist_ok=True)
         used: set[int] = set()
         ports = {}
+        # Only the S3 port has a well-known default; SeaweedFS's internal servers take any.
         for name, preferred in (
             ("s3", self.port or 8333),
-            ("master", 9333),
-            ("volume", 9340),
-            ("filer", 8888),
+            ("master", None),
+            ("volume", None),
+            ("filer", None),
         ):
             ports[name] = pick_port(preferred, also_free=(10000,), avoid=used)
             used |= {ports[name], ports[name] + 10000}

@@ -1,0 +1,50 @@
+"""The asset the ingest DAG is scheduled on: new objects under ``s3://<bucket>/incoming/``.
+
+``schedule=[incoming_asset()]`` makes a DAG event-driven: the asset's watcher runs
+:class:`~artclf_airflow.triggers.IncomingObjectsTrigger` in the triggerer, and each event
+it fires is an asset event that queues a run. Calling ``incoming_asset()`` from several DAG
+files gives equal assets and one shared trigger (same name and kwargs).
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow.sdk import Asset, AssetWatcher
+
+from artclf_airflow.connections import DEFAULT_BUCKET
+from artclf_airflow.triggers import IncomingObjectsTrigger
+from artclf_core.config import INCOMING_PREFIX
+
+ASSET_NAME = "artclf_incoming"
+
+
+def incoming_bucket() -> str:
+    """The bucket the asset's URI names: ``ARTCLF_BUCKET``, else ``"artclf"``.
+
+    Read from the environment at parse time, not from the aws connection, so that parsing a
+    DAG never asks a secrets backend.
+    """
+    return os.environ.get("ARTCLF_BUCKET") or DEFAULT_BUCKET
+
+
+def incoming_asset() -> Asset:
+    """``Asset("artclf_incoming", uri="s3://<bucket>/incoming/")`` with its watcher.
+
+    The trigger gets no bucket: in the triggerer it resolves it exactly as the DAG's tasks
+    do, with ``settings_from_connections()`` (the aws connection's extra ``bucket``, else
+    ``ARTCLF_BUCKET``, else ``"artclf"``), so the watched bucket and the processed one
+    cannot differ, and the trigger's identity does not depend on the parsing environment.
+    Keep the connection's ``bucket`` equal to ``ARTCLF_BUCKET`` (the embedded stack does)
+    and the URI names the right bucket too.
+    """
+    return Asset(
+        name=ASSET_NAME,
+        uri=f"s3://{incoming_bucket()}/{INCOMING_PREFIX}",
+        watchers=[
+            AssetWatcher(
+                name=f"{ASSET_NAME}_watcher",
+                trigger=IncomingObjectsTrigger(name=ASSET_NAME),
+            )
+        ],
+    )
