@@ -179,11 +179,11 @@ def find_duplicates_in_batch(
     """For each item: None if it is the first of its kind in the batch, else what it repeats.
 
     ``("exact", j)``: same bytes as item ``j``, the first with that SHA-256. Otherwise
-    ``("near", j)``: the earlier item with the smallest pHash distance (earliest on ties) among
-    those within ``max_distance`` (and, when ``dhashes`` are given, within ``max_dhash`` dHash
-    bits). Exact wins over near because it is certain. The catalogue is not consulted here;
-    this is what two uploads in the same batch cannot learn from the database because neither
-    is in it yet.
+    ``("near", j)``: among the earlier items within ``max_distance`` pHash bits (and, when
+    ``dhashes`` are given, within ``max_dhash`` dHash bits), the one with the smallest summed
+    distance, earliest on ties. Exact wins over near because it is certain. The catalogue is
+    not consulted here; this is what two uploads in the same batch cannot learn from the
+    database because neither is in it yet.
     """
     if len(sha256s) != len(phashes):
         raise ValueError("sha256s and phashes must have the same length")
@@ -202,7 +202,10 @@ def find_duplicates_in_batch(
             if dh is not None:
                 ok &= np.bitwise_count(dh[:i] ^ dh[i]) <= max_dhash
             if ok.any():
-                k = int(np.argmin(np.where(ok, dist, 1 << 20)))  # earliest on ties
+                # Closest by both hashes together (a crop can bring a look-alike closer in
+                # pHash alone); earliest on ties.
+                both = dist + (np.bitwise_count(dh[:i] ^ dh[i]) if dh is not None else 0)
+                k = int(np.argmin(np.where(ok, both, 1 << 20)))
                 out.append(("near", k))
                 continue
         out.append(None)
