@@ -15,20 +15,14 @@ $(STAMP): pyproject.toml
 ## install: create .venv with artclf and everything it needs
 install: $(STAMP)
 
-## run: start the embedded stack (PostgreSQL+pgvector, SeaweedFS S3) and show how to use it
+## run: start the whole product (PostgreSQL+pgvector, SeaweedFS S3, Airflow running the
+##      artclf_ingest DAG) on 127.0.0.1 and print the URLs, logins and next steps
 run: $(STAMP)
-	$(BIN)/artclf stack up
-	@echo
-	@echo "Next:"
-	@echo "  source .venv/bin/activate && eval \"\$$(artclf stack env)\""
-	@echo "  artclf drop path/to/images/        # upload to s3://\$$ARTCLF_BUCKET/incoming/"
-	@echo "  artclf ingest                      # validate, de-duplicate, classify, embed, catalogue"
-	@echo "  artclf similar 1                   # top-5 similar artworks (SQL: artclf.similar_artworks)"
-	@echo "  make stop                          # stop everything"
+	$(BIN)/artclf up
 
-## stop: stop every server `make run` started
+## stop: stop every server `make run` started (data stays in .artclf/)
 stop:
-	@test -x $(BIN)/artclf && $(BIN)/artclf stack down || true
+	@test -x $(BIN)/artclf && $(BIN)/artclf down || true
 
 ## test: the whole test suite (starts and stops its own servers)
 test: $(STAMP)

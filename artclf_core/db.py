@@ -209,25 +209,52 @@ def open_ids(
     retry_failed: bool = False,
     limit: int = 100_000,
     lease_seconds: int = 900,
+    ids: Sequence[int] | None = None,
 ) -> list[int]:
     """Ids of the rows that need work: claimable ones and decided-but-not-moved ones.
 
-    What an orchestrator splits into batches; the claim itself happens in each batch.
+    What an orchestrator splits into batches (the claim itself happens in each batch), or,
+    with ``ids``, what of a batch is still left after a try.
     """
     rows = conn.execute(
         """
         SELECT id FROM artclf.ingest_log
-        WHERE state = 'pending'
-           OR (state = 'failed' AND (attempts < %(max)s OR %(retry)s))
-           OR (state = 'processing' AND claimed_at < now() - make_interval(secs => %(lease)s))
-           OR (state IN ('catalogued', 'duplicate', 'quarantined') AND NOT finalized)
+        WHERE (state = 'pending'
+               OR (state = 'failed' AND (attempts < %(max)s OR %(retry)s))
+               OR (state = 'processing'
+                   AND claimed_at < now() - make_interval(secs => %(lease)s))
+               OR (state IN ('catalogued', 'duplicate', 'quarantined') AND NOT finalized))
+          AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
         ORDER BY id
         LIMIT %(limit)s
         """,
-        {"max": max_attempts, "retry": retry_failed, "lease": lease_seconds, "limit": limit},
+        {
+            "max": max_attempts,
+            "retry": retry_failed,
+            "lease": lease_seconds,
+            "limit": limit,
+            "ids": list(ids) if ids is not None else None,
+        },
     ).fetchall()
     conn.commit()
     return [r[0] for r in rows]
+
+
+def release_claims(conn: psycopg.Connection, ids: Sequence[int], claimed_by_prefix: str) -> int:
+    """Make rows claimable now that a worker signed with ``claimed_by_prefix`` left in
+    ``processing`` (it died between claim and commit); returns how many.
+
+    Only for claims known to be orphans (an orchestrator retrying the same task after the
+    earlier try ended); anything else waits for the claim lease to expire.
+    """
+    n = conn.execute(
+        "UPDATE artclf.ingest_log SET claimed_at = '-infinity'"
+        " WHERE id = ANY(%s) AND state = 'processing'"
+        " AND left(claimed_by, length(%s)) = %s",
+        (list(ids), claimed_by_prefix, claimed_by_prefix),
+    ).rowcount
+    conn.commit()
+    return n
 
 
 def forget(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
@@ -429,18 +456,20 @@ def find_near(
         FROM unnest(%(i)s::int[], %(h)s::bigint[], %(g)s::bigint[], %(e)s::text[],
                     %(b)s::text[]) AS q(i, h, g, e, b)
         CROSS JOIN LATERAL (
-            SELECT c.id, bit_count((c.phash # q.h)::bit(64))::int AS d,
-                   bit_count((c.dhash # q.g)::bit(64))::int AS e
+            SELECT x.id, x.d
             FROM (
-                (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
-                 ORDER BY a.embedding <=> q.e::vector LIMIT %(k)s)
-                UNION
-                (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
-                 WHERE a.phash_bands && q.b::int[])
-            ) AS c
-            WHERE bit_count((c.phash # q.h)::bit(64)) <= %(d)s
-              AND bit_count((c.dhash # q.g)::bit(64)) <= %(dd)s
-            ORDER BY d + e, d, c.id
+                SELECT c.id, bit_count((c.phash # q.h)::bit(64))::int AS d,
+                       bit_count((c.dhash # q.g)::bit(64))::int AS e
+                FROM (
+                    (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
+                     ORDER BY a.embedding <=> q.e::vector LIMIT %(k)s)
+                    UNION
+                    (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
+                     WHERE a.phash_bands && q.b::int[])
+                ) AS c
+            ) AS x
+            WHERE x.d <= %(d)s AND x.e <= %(dd)s
+            ORDER BY x.d + x.e, x.d, x.id
             LIMIT 1
         ) AS m
         """,

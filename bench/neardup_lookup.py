@@ -5,27 +5,30 @@
                                    [--alternative]
 
 For each size: a throw-away stack (bench/_stack.py) holds N artworks with the clustered
-synthetic embeddings of bench/similarity.py, uniformly random 64-bit pHashes and
-``phash_bands = dedup.band_keys(h)``, under the migration's own indexes (GIN on the bands and
-HNSW on the embeddings: ``find_near`` takes candidates from both). Then
+synthetic embeddings of bench/similarity.py, random pHashes with exactly 32 one-bits (as
+real ones), ``phash_bands = dedup.band_keys(h)`` and random dHashes, under the migration's own
+indexes (GIN on the bands and HNSW on the embeddings: ``find_near`` takes candidates from
+both). Then
 
 * p50/p95 client-side latency of ``db.find_near`` for one query at a time (half near copies:
-  a catalogued artwork's hash with 1..NEAR_DUP_MAX_DISTANCE bits flipped and its embedding
-  plus a little noise, ``--copy-noise`` per dimension, as a re-encoded copy keeps its CNN
-  embedding; half new artworks: a random hash and a new embedding of the same distribution),
-  and for batches of 256 queries (the pipeline's way), per batch and per query. Each call runs
-  in a transaction, as in the pipeline (``find_near`` uses SET LOCAL);
+  a catalogued artwork's pHash with an even number of bits up to NEAR_DUP_MAX_DISTANCE
+  flipped, its dHash with up to NEAR_DUP_MAX_DHASH, and its embedding plus a little noise,
+  ``--copy-noise`` per dimension, as a re-encoded copy keeps its CNN embedding; half new
+  artworks: random hashes and a new embedding of the same distribution), and for batches of
+  256 queries (the pipeline's way), per batch and per query. Each call runs in a
+  transaction, as in the pipeline (``find_near`` uses SET LOCAL);
 * completeness: every planted copy must be found (at its planted distance or closer), and
-  every answer is compared with brute force over all N hashes in numpy (the closest hash
-  within the threshold, ties by id). Uniformly random hashes collide by chance: at 1M rows
-  a random hash has another within 12 bits about one time in five; the table says how many
-  of those chance matches the lookup reports;
-* the baseline the indexes replace, ``WHERE bit_count((phash # h)::bit(64)) <= d`` on a full
-  scan, on the first ``--baseline-queries`` single queries, in the same run.
+  every answer is compared with brute force over all N hashes in numpy (the closest pHash
+  within the thresholds of both hashes, ties by id). For a missed copy the bench checks
+  whether its original was the query's exact nearest embedding (then the HNSW search, not
+  the embedding, lost it);
+* the baseline the indexes replace, the same distance conditions on a full scan, on the
+  first ``--baseline-queries`` single queries, in the same run.
 
-Goal (issue): flat, under 5 ms p50 at both sizes. ``--alternative`` also measures a
-candidate design with a guarantee instead of the embedding heuristic (every hash within the
-threshold via ``dedup.probe_keys``, through one btree expression index per band).
+Goal (issue): flat, under 5 ms p50 at both sizes. ``--near-ef-search`` sweeps the HNSW
+breadth of ``find_near``; ``--alternative`` also measures a candidate design with a guarantee
+instead of the embedding heuristic (every pHash within the threshold by multi-index
+hashing, through one btree expression index per band).
 ``bench/similarity.py --neardup`` runs the same measurements on the rows it loaded.
 """
 
@@ -35,8 +38,10 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +55,23 @@ from artclf_core import db  # noqa: E402
 from artclf_core.dedup import (  # noqa: E402
     BAND_BITS,
     N_BANDS,
+    NEAR_DUP_MAX_DHASH,
     NEAR_DUP_MAX_DISTANCE,
     band_keys,
-    probe_keys,
     to_signed64,
 )
 
 D = NEAR_DUP_MAX_DISTANCE
-#: (connection, hashes, embeddings) -> {query index: (artwork id, distance)}
-Lookup = Callable[[psycopg.Connection, list[int], np.ndarray], dict[int, tuple[int, int]]]
+DD = NEAR_DUP_MAX_DHASH
+_U64 = (1 << 64) - 1
+#: (connection, queries) -> {query index: (artwork id, pHash distance)}
+Lookup = Callable[[psycopg.Connection, "Queries"], dict[int, tuple[int, int]]]
 
 FULL_SCAN_SQL = """
     SELECT a.id, bit_count((a.phash # %(h)s)::bit(64))::int AS d
     FROM artclf.artworks AS a
     WHERE bit_count((a.phash # %(h)s)::bit(64)) <= %(d)s
+      AND bit_count((a.dhash # %(g)s)::bit(64)) <= %(dd)s
     ORDER BY d, a.id
     LIMIT 1
 """
@@ -85,6 +93,9 @@ class NearDupResult:
     planted: int
     planted_found: int
     planted_missed_over_3_bits: int
+    #: Of the missed copies, those whose original is the exact nearest embedding of the
+    #: query: the HNSW search, not the embedding, lost them.
+    missed_original_is_nearest: int
     chance_matches: int
     chance_found: int
     agree_brute_force: int
@@ -100,57 +111,100 @@ class NearDupResult:
 
 @dataclass
 class Queries:
-    hashes: list[int]
+    hashes: list[int]  # pHashes
+    dhashes: list[int]
     embeddings: np.ndarray  # (q, 128) float32
-    flips: list[int]  # bits flipped for a planted copy, 0 for a new artwork
+    flips: list[int]  # pHash bits flipped for a planted copy, 0 for a new artwork
+    sources: list[int]  # row of the original for a planted copy, -1 for a new artwork
+
+    def __getitem__(self, sel: slice) -> Queries:
+        return Queries(self.hashes[sel], self.dhashes[sel], self.embeddings[sel],
+                       self.flips[sel], self.sources[sel])
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @staticmethod
+    def concat(parts: list[Queries]) -> Queries:
+        return Queries([h for p in parts for h in p.hashes], [g for p in parts for g in p.dhashes],
+                       np.concatenate([p.embeddings for p in parts]),
+                       [f for p in parts for f in p.flips], [x for p in parts for x in p.sources])
+
+
+def _flip_balanced(h: int, k: int, rng: np.random.Generator) -> int:
+    """Flip ``k`` bits of a pHash keeping 32 ones: k/2 ones off, k/2 zeros on (k even)."""
+    u = h & _U64
+    ones = [b for b in range(64) if u >> b & 1]
+    zeros = [b for b in range(64) if not u >> b & 1]
+    for b in list(rng.choice(ones, k // 2, replace=False)) + list(
+            rng.choice(zeros, k // 2, replace=False)):
+        u ^= 1 << int(b)
+    return to_signed64(u)
 
 
 def make_queries(cat: _stack.Catalogue, fresh: np.ndarray, count: int,
                  rng: np.random.Generator, copy_noise: float) -> Queries:
     """``count`` queries, alternately a near copy of a catalogued artwork and a new one.
 
-    A copy flips 1..D distinct bits of the original's hash (every other copy exactly D, the
-    hardest case) and gets the original's embedding plus Gaussian noise; a new artwork gets
-    a random hash and one of the ``fresh`` embeddings (same distribution, not catalogued).
+    A copy flips an even number 2..D of its original's pHash bits (pHash distances are even;
+    every other copy at the largest, the hardest case), 0..DD bits of its dHash, and gets the
+    original's embedding plus Gaussian noise; a new artwork gets random hashes and one of the
+    ``fresh`` embeddings (same distribution, not catalogued).
     """
-    hashes: list[int] = []
-    embs = np.empty((count, cat.embeddings.shape[1]), dtype=np.float32)
-    flips: list[int] = []
+    q = Queries([], [], np.empty((count, cat.embeddings.shape[1]), dtype=np.float32), [], [])
+    k_max = D - D % 2
     for j in range(count):
         if j % 2 == 0:
             src = int(rng.integers(len(cat)))
-            h = int(cat.phashes[src]) & ((1 << 64) - 1)
-            k = D if j % 4 == 0 else int(rng.integers(1, D + 1))
-            for bit in rng.choice(64, size=k, replace=False):
-                h ^= 1 << int(bit)
-            hashes.append(to_signed64(h))
-            embs[j] = cat.embeddings[src] + copy_noise * rng.normal(size=embs.shape[1])
-            flips.append(k)
+            k = k_max if j % 4 == 0 else 2 * int(rng.integers(1, k_max // 2 + 1))
+            q.hashes.append(_flip_balanced(int(cat.phashes[src]), k, rng))
+            g = int(cat.dhashes[src]) & _U64
+            for b in rng.choice(64, size=int(rng.integers(0, DD + 1)), replace=False):
+                g ^= 1 << int(b)
+            q.dhashes.append(to_signed64(g))
+            noise = copy_noise * rng.normal(size=q.embeddings.shape[1])
+            q.embeddings[j] = cat.embeddings[src] + noise
+            q.flips.append(k)
+            q.sources.append(src)
         else:
-            hashes.append(int(rng.integers(-(2**63), 2**63 - 1, dtype=np.int64, endpoint=True)))
-            embs[j] = fresh[int(rng.integers(len(fresh)))]
-            flips.append(0)
-    return Queries(hashes, embs, flips)
+            q.hashes.append(int(_stack.balanced_hashes(1, rng)[0]))
+            q.dhashes.append(int(rng.integers(-(2**63), 2**63 - 1, dtype=np.int64, endpoint=True)))
+            q.embeddings[j] = fresh[int(rng.integers(len(fresh)))]
+            q.flips.append(0)
+            q.sources.append(-1)
+    return q
 
 
-def brute_force(phashes: np.ndarray, queries: list[int]) -> list[tuple[int, int] | None]:
-    """The closest catalogued hash within D for each query (ties: smallest id), or None."""
-    u = phashes.view(np.uint64)
+def brute_force(cat: _stack.Catalogue, qs: Queries) -> list[tuple[int, int] | None]:
+    """For each query the catalogued artwork within D pHash and DD dHash bits with the
+    smallest pHash distance (ties: smallest id), or None."""
+    u = cat.phashes.view(np.uint64)
+    v = cat.dhashes.view(np.uint64)
     out: list[tuple[int, int] | None] = []
-    for q in queries:
-        dist = np.bitwise_count(u ^ np.uint64(q & ((1 << 64) - 1)))
+    for h, g in zip(qs.hashes, qs.dhashes, strict=True):
+        dist = np.bitwise_count(u ^ np.uint64(h & _U64)).astype(np.int16)
+        dist[np.bitwise_count(v ^ np.uint64(g & _U64)) > DD] = 99
         i = int(np.argmin(dist))  # first minimum = smallest id (row i is id i + 1)
         out.append((i + 1, int(dist[i])) if dist[i] <= D else None)
     return out
 
 
+def original_is_nearest(cat: _stack.Catalogue, embs: np.ndarray, sources: list[int]) -> int:
+    """How many queries have their original as exact nearest catalogued embedding (cosine)."""
+    if not sources:
+        return 0
+    unit = cat.embeddings / np.linalg.norm(cat.embeddings, axis=1, keepdims=True)
+    q = embs / np.linalg.norm(embs, axis=1, keepdims=True)
+    nearest = np.argmax(q @ unit.T, axis=1)
+    return int(sum(int(a) == b for a, b in zip(nearest, sources, strict=True)))
+
+
 # ---------------------------------------------------------------------------------- lookups
 
 
-def catalogue_lookup(conn: psycopg.Connection, hashes: list[int],
-                     embs: np.ndarray) -> dict[int, tuple[int, int]]:
+def catalogue_lookup(conn: psycopg.Connection, qs: Queries) -> dict[int, tuple[int, int]]:
     """The pipeline's lookup, exactly as it calls it."""
-    return db.find_near(conn, hashes, list(embs), D)
+    return db.find_near(conn, qs.hashes, qs.dhashes, list(qs.embeddings))
 
 
 def catalogue_candidates(conn: psycopg.Connection, h: int) -> int:
@@ -162,13 +216,39 @@ def catalogue_candidates(conn: psycopg.Connection, h: int) -> int:
 
 
 # A candidate design, measured with --alternative in the throw-away database only: every hash
-# within D through dedup.probe_keys (the generalised pigeonhole guarantee, no reliance on the
-# embedding), served by one btree expression index per band INCLUDE (phash, id), so that each
-# band's probes are one index-only scan with ``= ANY(values)``. (The same probes through the
-# GIN index cost ~30 ms at 100k rows, measured with this bench before find_near changed: GIN
-# walks all ~1,100 probe entries for every row it returns.)
+# within D pHash bits by multi-index hashing (generalised pigeonhole: band i probed at radius
+# r_i with sum(r_i + 1) > D; no reliance on the embedding), served by one btree expression
+# index per band INCLUDE (phash, dhash, id), so that each band's probes are one index-only
+# scan with ``= ANY(values)``. (The same probes through the GIN index cost ~30 ms at 100k
+# rows, measured with this bench before find_near changed: GIN walks all of its ~1,100 probe
+# entries for every row it returns.)
 
 ALT_INDEX = "bench_phash_band{i}"
+
+
+def probe_radii(d: int = D) -> list[int]:
+    """Per-band radii with sum(r_i + 1) > d, spread as evenly as possible."""
+    base, extra = divmod(d + 1, N_BANDS)
+    return [base + (i >= N_BANDS - extra) - 1 for i in range(N_BANDS)]
+
+
+@lru_cache(maxsize=8)
+def _ball(radius: int) -> tuple[int, ...]:
+    masks = [0] if radius >= 0 else []
+    for r in range(1, radius + 1):
+        masks += [sum(1 << p for p in c) for c in combinations(range(BAND_BITS), r)]
+    return tuple(masks)
+
+
+def probes_by_band(h: int) -> list[list[int]]:
+    """For each band, every value within its radius of ``h``'s value in that band."""
+    u = h & _U64
+    mask = (1 << BAND_BITS) - 1
+    out = []
+    for i, r in enumerate(probe_radii()):
+        v = (u >> (BAND_BITS * (N_BANDS - 1 - i))) & mask
+        out.append([v ^ m for m in _ball(r)])
+    return out
 
 
 def _band_expr(i: int, alias: str = "") -> str:
@@ -181,7 +261,7 @@ def create_alternative(conn: psycopg.Connection) -> float:
     t0 = time.perf_counter()
     for i in range(N_BANDS):
         conn.execute(f"CREATE INDEX IF NOT EXISTS {ALT_INDEX.format(i=i)} ON artclf.artworks"
-                     f" ({_band_expr(i)}) INCLUDE (phash, id)")
+                     f" ({_band_expr(i)}) INCLUDE (phash, dhash, id)")
     conn.execute("VACUUM ANALYZE artclf.artworks")
     return time.perf_counter() - t0
 
@@ -191,39 +271,38 @@ def drop_alternative(conn: psycopg.Connection) -> None:
         conn.execute(f"DROP INDEX IF EXISTS artclf.{ALT_INDEX.format(i=i)}")
 
 
-def alt_lookup(conn: psycopg.Connection, hashes: list[int],
-               embs: np.ndarray) -> dict[int, tuple[int, int]]:
+def alt_lookup(conn: psycopg.Connection, qs: Queries) -> dict[int, tuple[int, int]]:
     """``find_near``'s contract through the per-band btree indexes (embeddings unused)."""
-    mask = (1 << BAND_BITS) - 1
     per_band: list[list[str]] = [[] for _ in range(N_BANDS)]
-    for h in hashes:
-        split: list[list[int]] = [[] for _ in range(N_BANDS)]
-        for key in probe_keys(h):
-            split[key >> BAND_BITS].append(key & mask)
-        for b in range(N_BANDS):
-            per_band[b].append("{" + ",".join(map(str, split[b])) + "}")
+    for h in qs.hashes:
+        for b, values in enumerate(probes_by_band(h)):
+            per_band[b].append("{" + ",".join(map(str, values)) + "}")
     arms = " UNION ALL ".join(
         f"SELECT a.id, bit_count((a.phash # q.h)::bit(64))::int AS d FROM artclf.artworks a"
-        f" WHERE {_band_expr(b, 'a.')} = ANY(q.p{b}::int[])" for b in range(N_BANDS))
+        f" WHERE {_band_expr(b, 'a.')} = ANY(q.p{b}::int[])"
+        f" AND bit_count((a.dhash # q.g)::bit(64)) <= %(dd)s" for b in range(N_BANDS))
     cols = ", ".join(f"p{b}" for b in range(N_BANDS))
-    casts = ", ".join("%s::text[]" for _ in range(N_BANDS))
+    casts = ", ".join(f"%(p{b})s::text[]" for b in range(N_BANDS))
     rows = conn.execute(
         f"""
         SELECT q.i, m.id, m.d
-        FROM unnest(%s::int[], %s::bigint[], {casts}) AS q(i, h, {cols})
+        FROM unnest(%(i)s::int[], %(h)s::bigint[], %(g)s::bigint[], {casts})
+            AS q(i, h, g, {cols})
         CROSS JOIN LATERAL (
             SELECT c.id, c.d FROM ({arms}) AS c
-            WHERE c.d <= %s ORDER BY c.d, c.id LIMIT 1
+            WHERE c.d <= %(d)s ORDER BY c.d, c.id LIMIT 1
         ) AS m
         """,
-        (list(range(len(hashes))), list(hashes), *per_band, D),
+        {"i": list(range(len(qs))), "h": qs.hashes, "g": qs.dhashes, "d": D, "dd": DD,
+         **{f"p{b}": per_band[b] for b in range(N_BANDS)}},
     ).fetchall()
     return {i: (aid, d) for i, aid, d in rows}
 
 
 def alt_candidates(conn: psycopg.Connection, h: int) -> int:
+    keys = [(b << BAND_BITS) | v for b, vs in enumerate(probes_by_band(h)) for v in vs]
     return conn.execute(
-        "SELECT count(*) FROM artclf.artworks WHERE phash_bands && %s::int[]", (probe_keys(h),)
+        "SELECT count(*) FROM artclf.artworks WHERE phash_bands && %s::int[]", (keys,)
     ).fetchone()[0]
 
 
@@ -233,10 +312,10 @@ def alt_candidates(conn: psycopg.Connection, h: int) -> int:
 def lookup_plans(stack, lookup: Lookup, qs: Queries) -> str:
     """Scan nodes of one single and one batched lookup (auto_explain, in a transaction)."""
     out = []
-    for what, sel in (("1 query", slice(0, 1)), (f"{len(qs.hashes)} queries", slice(None))):
+    for what, sel in (("1 query", slice(0, 1)), (f"{len(qs)} queries", slice(None))):
         def run(conn: psycopg.Connection, sel: slice = sel) -> None:
             with conn.transaction():
-                lookup(conn, qs.hashes[sel], qs.embeddings[sel])
+                lookup(conn, qs[sel])
         text = "\n".join(m for m in _stack.logged_plans(stack, run) if "unnest" in m)
         ms = re.search(r"duration: ([\d.]+) ms", text)
         out.append(f"{what}: {_stack.scan_summary(text)}"
@@ -244,11 +323,11 @@ def lookup_plans(stack, lookup: Lookup, qs: Queries) -> str:
     return " | ".join(out)
 
 
-def _timed(conn: psycopg.Connection, lookup: Lookup, hashes: Sequence[int],
-           embs: np.ndarray) -> tuple[float, dict[int, tuple[int, int]]]:
+def _timed(conn: psycopg.Connection, lookup: Lookup,
+           qs: Queries) -> tuple[float, dict[int, tuple[int, int]]]:
     """One call in its own transaction; the rollback after it is not timed."""
     t0 = time.perf_counter()
-    found = lookup(conn, list(hashes), embs)
+    found = lookup(conn, qs)
     elapsed = time.perf_counter() - t0
     conn.rollback()
     return elapsed, found
@@ -274,29 +353,28 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
                for _ in range(args.batches)]
 
     with db.connect(url) as conn:
-        for j in range(len(warm.hashes)):
-            _timed(conn, lookup, warm.hashes[j:j + 1], warm.embeddings[j:j + 1])
+        for j in range(len(warm)):
+            _timed(conn, lookup, warm[j:j + 1])
         lat, got = [], []
-        for j in range(len(singles.hashes)):
-            t, found = _timed(conn, lookup, singles.hashes[j:j + 1],
-                              singles.embeddings[j:j + 1])
+        for j in range(len(singles)):
+            t, found = _timed(conn, lookup, singles[j:j + 1])
             lat.append(t)
             got.append(found.get(0))
         s50, s95 = _stack.percentiles(lat)
         _stack.log(f"{n:,} {name} single query: p50 {s50:.2f} ms, p95 {s95:.2f} ms")
         blat = []
         for qs in batches:
-            t, found = _timed(conn, lookup, qs.hashes, qs.embeddings)
+            t, found = _timed(conn, lookup, qs)
             blat.append(t)
-            got += [found.get(i) for i in range(len(qs.hashes))]
+            got += [found.get(i) for i in range(len(qs))]
         b50, b95 = _stack.percentiles(blat)
         _stack.log(f"{n:,} {name} batch of 256: p50 {b50:.1f} ms, p95 {b95:.1f} ms")
 
-        m = min(args.baseline_queries, len(singles.hashes))
+        m = min(args.baseline_queries, len(singles))
         flat, full_answers = [], []
-        for h in singles.hashes[:m]:
+        for h, g in zip(singles.hashes[:m], singles.dhashes[:m], strict=True):
             t0 = time.perf_counter()
-            row = conn.execute(FULL_SCAN_SQL, {"h": h, "d": D}).fetchone()
+            row = conn.execute(FULL_SCAN_SQL, {"h": h, "g": g, "d": D, "dd": DD}).fetchone()
             flat.append(time.perf_counter() - t0)
             full_answers.append(tuple(row) if row else None)
         conn.rollback()
@@ -308,19 +386,21 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
         conn.rollback()
 
     # Completeness against brute force.
-    all_hashes = singles.hashes + [h for qs in batches for h in qs.hashes]
-    all_flips = singles.flips + [f for qs in batches for f in qs.flips]
-    truth = brute_force(cat.phashes, all_hashes)
+    every = Queries.concat([singles, *batches])
+    truth = brute_force(cat, every)
     if any(a != t for a, t in zip(full_answers, truth, strict=False)):
         raise RuntimeError("the full-scan baseline disagrees with numpy: the bench is wrong")
-    planted = [(g, k) for g, k in zip(got, all_flips, strict=True) if k]
-    found_planted = sum(1 for g, k in planted if g is not None and g[1] <= k)
-    missed_far = sum(1 for g, k in planted if (g is None or g[1] > k) and k > 3)
-    chance = [(g, t) for g, t, k in zip(got, truth, all_flips, strict=True)
+    missed_rows = [j for j, (g, k) in enumerate(zip(got, every.flips, strict=True))
+                   if k and (g is None or g[1] > k)]
+    planted = sum(1 for k in every.flips if k)
+    missed_far = sum(1 for j in missed_rows if every.flips[j] > 3)
+    nearest = original_is_nearest(cat, every.embeddings[missed_rows],
+                                  [every.sources[j] for j in missed_rows])
+    chance = [(g, t) for g, t, k in zip(got, truth, every.flips, strict=True)
               if not k and t is not None]
     chance_found = sum(1 for g, t in chance if g is not None)
     agree = sum(1 for g, t in zip(got, truth, strict=True) if g == t)
-    _stack.log(f"{n:,} {name}: {found_planted}/{len(planted)} planted copies found;"
+    _stack.log(f"{n:,} {name}: {planted - len(missed_rows)}/{planted} planted copies found;"
                f" {chance_found}/{len(chance)} chance matches of new artworks reported;"
                f" {agree}/{len(got)} answers equal to brute force")
 
@@ -330,10 +410,11 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
     return NearDupResult(
         size=n, lookup=name, single_p50_ms=s50, single_p95_ms=s95, batch_p50_ms=b50,
         batch_p95_ms=b95, per_query_in_batch_ms=b50 / 256, full_scan_p50_ms=f50,
-        speed_up=f50 / idx50, planted=len(planted), planted_found=found_planted,
-        planted_missed_over_3_bits=missed_far, chance_matches=len(chance),
-        chance_found=chance_found, agree_brute_force=agree, answers=len(got),
-        mean_candidates=cands, singles=len(singles.hashes), batches=len(batches), plans=plans,
+        speed_up=f50 / idx50, planted=planted, planted_found=planted - len(missed_rows),
+        planted_missed_over_3_bits=missed_far, missed_original_is_nearest=nearest,
+        chance_matches=len(chance), chance_found=chance_found, agree_brute_force=agree,
+        answers=len(got), mean_candidates=cands, singles=len(singles), batches=len(batches),
+        plans=plans,
     )
 
 
@@ -342,10 +423,11 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
 
 def layout() -> str:
     """The dedup and lookup parameters the figures were measured with."""
-    return (f"NEAR_DUP_MAX_DISTANCE={D}; find_near: {db.NEAR_EMBEDDING_CANDIDATES} embedding"
-            f" candidates at hnsw.ef_search={db.NEAR_EF_SEARCH} + rows sharing one of"
-            f" {len(band_keys(0))} band keys exactly; --alternative probes"
-            f" {len(probe_keys(0))} keys")
+    return (f"near duplicate: pHash <= {D} and dHash <= {DD} bits; find_near:"
+            f" {db.NEAR_EMBEDDING_CANDIDATES} embedding candidates at hnsw.ef_search="
+            f"{db.NEAR_EF_SEARCH} + rows sharing one of {len(band_keys(0))} pHash band keys"
+            f" exactly; --alternative probes radii {probe_radii()}"
+            f" ({sum(len(v) for v in probes_by_band(0))} values)")
 
 
 def table(results: list[NearDupResult]) -> str:
@@ -370,7 +452,9 @@ def report(result: NearDupResult) -> None:
     print(table([result]), flush=True)
     if result.planted_missed_over_3_bits:
         print(f"  {result.planted_missed_over_3_bits} missed copies differ in > 3 bits (no"
-              " exact band in common): only the embedding could have found them", flush=True)
+              " exact band in common): only the embedding could have found them; for"
+              f" {result.missed_original_is_nearest} of them the original is the query's"
+              " exact nearest embedding (the HNSW search missed it)", flush=True)
     if result.plans:
         print(f"  plans: {result.plans}", flush=True)
 
@@ -378,8 +462,17 @@ def report(result: NearDupResult) -> None:
 def run_all(stack, url: str, cat: _stack.Catalogue, args: argparse.Namespace
             ) -> list[NearDupResult]:
     """The catalogue lookup, then (with --alternative) the candidate design, on one load."""
-    results = [measure(url, cat, args, stack)]
-    report(results[-1])
+    results = []
+    default_ef = db.NEAR_EF_SEARCH
+    try:
+        for ef in getattr(args, "near_ef_search", None) or [default_ef]:
+            # find_near reads the module constant at call time: a sweep needs no code change.
+            db.NEAR_EF_SEARCH = ef
+            name = "db.find_near" + ("" if ef == default_ef else f" (ef_search={ef})")
+            results.append(measure(url, cat, args, stack, name=name))
+            report(results[-1])
+    finally:
+        db.NEAR_EF_SEARCH = default_ef
     if getattr(args, "alternative", False):
         with db.connect(url, autocommit=True) as conn:
             built = create_alternative(conn)
@@ -403,6 +496,15 @@ def add_options(ap: argparse.ArgumentParser) -> None:
                     help="per-dimension noise added to a copy's embedding")
     ap.add_argument("--alternative", action="store_true",
                     help="also measure per-band btree indexes with all probe keys")
+    ap.add_argument("--near-ef-search", default="",
+                    help="comma-separated hnsw.ef_search values to measure find_near with"
+                         " (default: db.NEAR_EF_SEARCH)")
+
+
+def parse_options(args: argparse.Namespace) -> None:
+    """Turn the comma-separated options of :func:`add_options` into lists."""
+    if isinstance(args.near_ef_search, str):
+        args.near_ef_search = [int(x) for x in args.near_ef_search.split(",") if x]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x]
+    parse_options(args)
 
     print(f"machine: {_stack.machine()}", flush=True)
     print(layout(), flush=True)

@@ -208,8 +208,12 @@ def measure_index(
 # ---------------------------------------------------------------------------------- main
 
 
-def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> list[Result]:
-    """Load one catalogue size and measure every configuration asked for on it."""
+def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[Result], str]:
+    """Load one catalogue size and measure every configuration asked for on it.
+
+    Returns the results and the database URL, which changes when the server is restarted
+    (``--also-shared-buffers``: the embedded stack picks a free port on every start).
+    """
     t0 = time.perf_counter()
     cat = _stack.synthetic_catalogue(n, seed=args.seed, latent_dim=args.latent_dim,
                                      label_purity=args.label_purity)
@@ -243,7 +247,9 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> list[Result
     # How the rarest label and a common one ran (index scan, rows the label filter dropped).
     for same_label in (True, False):
         for li in (CLASSES.index("iconography"), CLASSES.index("painting")):
-            aid = next(i for i in ids if cat.labels[i - 1] == li)
+            aid = next((i for i in ids if cat.labels[i - 1] == li), None)
+            if aid is None:  # a small --queries may hold no artwork of the rare label
+                continue
             _stack.log(f"plan {MODES[same_label]} {CLASSES[li]} (id {aid}): "
                        + plan_scans(stack, aid, same_label, []))
 
@@ -283,7 +289,7 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> list[Result
     if args.neardup:
         args.neardup_results += neardup_lookup.run_all(stack, url, cat, args)
     results.append(insert_cost(url, cat, args.seed))
-    return results
+    return results, url
 
 
 def insert_cost(url: str, cat: _stack.Catalogue, seed: int, batches: int = 10,
@@ -303,7 +309,8 @@ def insert_cost(url: str, cat: _stack.Catalogue, seed: int, batches: int = 10,
             probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
             embedding=new.embeddings[j], model_version=_stack.MODEL_VERSION,
             sha256=f"{len(cat) + j:064x}", phash=int(new.phashes[j]),
-            phash_bands=_stack._band_keys(int(new.phashes[j])), dhash=0, width=1024, height=768,
+            phash_bands=_stack._band_keys(int(new.phashes[j])), dhash=int(new.dhashes[j]),
+            width=1024, height=768,
             format="JPEG", byte_size=200_000, source_key=f"incoming/new-{j:06d}.jpg",
             source_etag=None))
     lat = []
@@ -380,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     with _stack.throwaway_stack() as (stack, url):
         for n in sizes:
             t0 = time.perf_counter()
-            results += bench_size(stack, url, n, args)
+            measured, url = bench_size(stack, url, n, args)
+            results += measured
             print(f"{n:,} rows: {time.perf_counter() - t0:.0f}s in all", flush=True)
     print(f"\nmachine at the end: {_stack.machine()}; total {time.perf_counter() - t_start:.0f}s")
     print("\n" + summary(results))

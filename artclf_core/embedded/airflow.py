@@ -27,11 +27,13 @@ Two things ``airflow standalone`` does not do for us, handled here:
   ``triggerer``. The only listener left is the api-server, bound to 127.0.0.1. This also keeps
   two instances on one machine (two checkouts, a test run next to ``artclf up``) from
   fighting over fixed ports.
-* it ignores SIGTERM to its own pid and runs ~40 processes, some of which (task runners) put
-  themselves in process groups of their own. It is started in a session of its own; ``stop``
-  sends SIGINT to its process group (what Ctrl+C does: a clean shutdown), waits, then kills
-  every process that still carries this instance's marker in its environment, whatever group
-  or session it moved to.
+* it runs a dozen processes and more while tasks run, and task runners put themselves in
+  process groups of their own, so neither its pid nor its process group names them all.
+  It is started in a session of its own; ``stop`` sends SIGINT to the standalone process
+  alone (it then terminates each component, which shut down cleanly; a SIGINT to the whole
+  group also reaches the executor's workers, and the scheduler then waits for them forever),
+  waits, and then SIGTERMs and SIGKILLs whatever is left of the session or still carries
+  this instance's marker in its environment.
 """
 
 from __future__ import annotations
