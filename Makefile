@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check artclf_core tests bench
+	$(BIN)/ruff check artclf_core dags plugins tests bench
 
 clean: stop
 	rm -rf .artclf
