@@ -279,18 +279,30 @@ class Ingestor:
         total = Summary()
         started = time.perf_counter()
         staged: _Staged | None = None
-        for refs in s3lib.iter_pages(self.s3, self.settings.bucket, prefix, page_size=batch_size):
-            rows = db.register_objects(self.conn, refs)
-            self.conn.commit()
-            following = self._stage(rows, retry_failed=retry_failed)
+        following: _Staged | None = None
+        try:
+            for refs in s3lib.iter_pages(
+                self.s3, self.settings.bucket, prefix, page_size=batch_size
+            ):
+                rows = db.register_objects(self.conn, refs)
+                self.conn.commit()
+                following = self._stage(rows, retry_failed=retry_failed)
+                if staged is not None:
+                    total.add(self._finish(staged))
+                    total.seconds = time.perf_counter() - started
+                    if progress:
+                        progress(total)
+                staged, following = following, None
             if staged is not None:
                 total.add(self._finish(staged))
-                total.seconds = time.perf_counter() - started
-                if progress:
-                    progress(total)
-            staged = following
-        if staged is not None:
-            total.add(self._finish(staged))
+                staged = None
+        except BaseException:
+            # Whatever was claimed but not processed becomes claimable again at once instead
+            # of waiting for the claim lease (the failing batch itself is the retry's job).
+            for batch in (following, staged):
+                if batch is not None:
+                    self._release(batch)
+            raise
         total.seconds = time.perf_counter() - started
         if progress:
             progress(total)
@@ -334,6 +346,15 @@ class Ingestor:
         items = [_Item(row=r) for r in claimed]
         futures = [self.pool.submit(self._prepare, it) for it in items]
         return _Staged(summary, items, futures)
+
+    def _release(self, staged: _Staged) -> None:
+        for future in staged.futures:
+            future.cancel()
+        try:
+            self.conn.rollback()
+            db.release_claims(self.conn, [it.row.id for it in staged.items], self.worker_id)
+        except Exception:  # noqa: BLE001 - best effort while another error propagates
+            log.warning("could not release %d claims", len(staged.items), exc_info=True)
 
     def _finish(self, staged: _Staged) -> Summary:
         summary = staged.summary

@@ -64,6 +64,8 @@ S3_CONN_ID = "artclf_s3"
 #: Environment variable every process of one embedded Airflow inherits; its value is that
 #: instance's directory. ``stop`` finds the processes to end by it.
 MARKER = "ARTCLF_AIRFLOW_INSTANCE"
+#: Extra DAG files to load next to the repository's (benchmarks only; see ``_dags_folder``).
+EXTRA_DAGS_ENV = "ARTCLF_AIRFLOW_EXTRA_DAGS"
 
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -411,7 +413,7 @@ class EmbeddedAirflow:
 
         settings: dict[str, dict[str, object]] = {
             "core": {
-                "dags_folder": root / "dags",
+                "dags_folder": self._dags_folder(root),
                 "plugins_folder": root / "plugins",
                 "load_examples": "False",
                 "executor": "LocalExecutor",
@@ -452,6 +454,23 @@ class EmbeddedAirflow:
             lines.append(f"\n[{section}]")
             lines.extend(f"{key} = {esc(value)}" for key, value in options.items())
         _write_private(self.config_file, "\n".join(lines) + "\n")
+
+    def _dags_folder(self, root: Path) -> Path:
+        """The repository's ``dags/``; or, when ``ARTCLF_AIRFLOW_EXTRA_DAGS`` is set (paths
+        of DAG files, ``os.pathsep``-separated; used by ``bench/`` for a baseline DAG that
+        must not ship in ``dags/``), ``<home>/airflow/dags``: symlinks to the repository's
+        DAG files and to those extra files, rebuilt at every start."""
+        extra = [p for p in os.environ.get(EXTRA_DAGS_ENV, "").split(os.pathsep) if p]
+        if not extra:
+            return root / "dags"
+        folder = self.dir / "dags"
+        if folder.exists():
+            for old in folder.iterdir():
+                old.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        for src in [*sorted((root / "dags").glob("*.py")), *map(Path, extra)]:
+            (folder / src.name).symlink_to(src.resolve())
+        return folder
 
     def _write_shim(self, airflow: str) -> None:
         """``bin/airflow``: the real one, without the all-interfaces log servers."""
