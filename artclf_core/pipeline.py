@@ -7,11 +7,14 @@ One batch (a listing page of a few hundred objects) goes through:
 2. **fetch + validate + hash** on a thread pool (S3 GETs wait on the network, Pillow and
    numpy release the GIL while decoding and hashing);
 3. **classify + embed** with ONE forward pass of the model for the whole batch;
-4. **de-duplicate** exact (SHA-256) and near (pHash) copies, within the batch and against the
-   catalogue (one indexed query each for the whole batch);
-5. **check** the rows with the Great Expectations suite; a failing batch is not committed;
-6. **copy** each object to its final key, **commit** artworks and outcomes in one
-   transaction, then **delete** the source objects and mark them finalised.
+4. **de-duplicate** exact (SHA-256) and near (pHash confirmed by dHash) copies, within the
+   batch and against the catalogue (one indexed query each for the whole batch);
+5. **copy** each object to its final key while the Great Expectations suite checks the rows
+   (a failing batch is not committed and its copies are removed);
+6. **commit** artworks and outcomes in one transaction, then **delete** the source objects
+   (one DeleteObjects call) and mark them finalised.
+
+While a batch goes through 3-6, the next one is already downloading and decoding.
 
 Crash safety: the copy happens before the commit and the delete after it, and every final key
 is a pure function of the object and its log row, so re-running after a crash at any point
