@@ -392,6 +392,35 @@ def unfinalized(conn: psycopg.Connection, ids: Sequence[int]) -> list[LogRow]:
 # --------------------------------------------------------------------------- de-duplication
 
 
+#: pg_advisory_xact_lock key serialising commits of new artworks ("artw").
+CATALOGUE_LOCK = 0x61727477
+
+
+def lock_catalogue(conn: psycopg.Connection) -> None:
+    """Serialise catalogue commits until the end of the current transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOGUE_LOCK,))
+
+
+def max_artwork_id(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(id), 0) FROM artclf.artworks").fetchone()[0]
+
+
+def artworks_after(conn: psycopg.Connection, after_id: int) -> list[tuple[int, str, int, int]]:
+    """(id, sha256, phash, dhash) of artworks with ids above ``after_id``."""
+    return conn.execute(
+        "SELECT id, sha256, phash, dhash FROM artclf.artworks WHERE id > %s ORDER BY id",
+        (after_id,),
+    ).fetchall()
+
+
+def artwork_keys(conn: psycopg.Connection, bucket: str, keys: Sequence[str]) -> set[str]:
+    """Which of these keys are the location of a catalogued artwork."""
+    rows = conn.execute(
+        "SELECT key FROM artclf.artworks WHERE bucket = %s AND key = ANY(%s)", (bucket, list(keys))
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def find_exact(conn: psycopg.Connection, sha256s: Sequence[str]) -> dict[str, int]:
     """Catalogued artworks with these SHA-256 digests: {sha256: artwork id}."""
     if not sha256s:

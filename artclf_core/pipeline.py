@@ -235,6 +235,7 @@ class Ingestor:
         if validate is None:  # import Great Expectations while the first batch downloads
             self.check_pool.submit(quality.warm_up)
         self.conn = db.connect(settings.db_url)
+        self._seen_up_to = 0  # highest artwork id the current batch's de-duplication saw
         db.register_model(
             self.conn,
             version=self.model.version,
@@ -398,6 +399,9 @@ class Ingestor:
             self._remove_copies(undo)
         self._commit(items, new_rows)
         clock.lap("commit")
+        self._remove_copies(
+            [it for it in movers if it.state == "failed" and it.reason == "concurrent_duplicate"]
+        )
         moved = [it for it in items if it.state in TERMINAL and not it.in_place]
         self._delete_sources(moved)
         clock.lap("delete")
@@ -455,6 +459,9 @@ class Ingestor:
 
     def _deduplicate(self, items: list[_Item]) -> None:
         """Exact then near duplicates, against the catalogue and within the batch."""
+        # Artworks committed after this point by concurrent workers are checked again at
+        # commit time (see _commit), under the catalogue lock.
+        self._seen_up_to = db.max_artwork_id(self.conn)
         shas = [it.sha256 for it in items]
         hashes = [it.phash for it in items]
         exact = db.find_exact(self.conn, shas)
@@ -547,13 +554,53 @@ class Ingestor:
         list(self.move_pool.map(copy_one, movers))
         new_rows[:] = [(it, row) for it, row in new_rows if it.state == "catalogued"]
 
+    def _drop_concurrent_copies(
+        self, new_rows: list[tuple[_Item, db.ArtworkRow]]
+    ) -> list[tuple[_Item, db.ArtworkRow]]:
+        """Fail (for a retry, which will see them as duplicates) the new artworks that copy
+        one a concurrent worker committed after our de-duplication queries."""
+        if not new_rows:
+            return new_rows
+        recent = db.artworks_after(self.conn, self._seen_up_to)
+        if not recent:
+            return new_rows
+        ids = [r[0] for r in recent]
+        shas = {r[1]: r[0] for r in recent}
+        hashes = np.array([r[2] for r in recent], dtype=np.int64).view(np.uint64)
+        dhashes = np.array([r[3] for r in recent], dtype=np.int64).view(np.uint64)
+        kept = []
+        for it, row in new_rows:
+            match = shas.get(it.sha256)
+            if match is None:
+                p = np.bitwise_count(hashes ^ np.uint64(dedup.to_unsigned64(it.phash)))
+                d = np.bitwise_count(dhashes ^ np.uint64(dedup.to_unsigned64(it.dhash)))
+                hits = np.flatnonzero(
+                    (p <= dedup.NEAR_DUP_MAX_DISTANCE) & (d <= dedup.NEAR_DUP_MAX_DHASH)
+                )
+                match = ids[int(hits[0])] if hits.size else None
+            if match is None:
+                kept.append((it, row))
+            else:
+                it.fail(
+                    "concurrent_duplicate",
+                    f"artwork {match} was catalogued concurrently; retried as a copy",
+                )
+        return kept
+
     def _remove_copies(self, items: list[_Item]) -> None:
-        """Best effort: drop the final-key copies of objects that stay in incoming/."""
+        """Best effort: drop the final-key copies of objects that were not committed.
+
+        A key that some artwork now owns (a concurrent worker placed the same bytes under the
+        same name) is left alone.
+        """
         by_bucket: dict[str, list[str]] = {}
         for it in items:
             if it.final_key and it.final_key != it.row.key:
                 by_bucket.setdefault(it.row.bucket, []).append(it.final_key)
         for bucket, keys in by_bucket.items():
+            owned = db.artwork_keys(self.conn, bucket, keys)
+            self.conn.commit()
+            keys = [k for k in keys if k not in owned]
             try:
                 s3lib.delete_many(self.s3, bucket, keys)
             except (ClientError, BotoCoreError) as exc:
@@ -564,6 +611,11 @@ class Ingestor:
         conn = self.conn
         conn.commit()  # end the read-only transaction of the de-duplication queries
         with conn.transaction():  # outermost block: commits on exit, rolls back on error
+            # Commits of new artworks are serialised (a short lock: the copies and checks are
+            # done), so what concurrent workers catalogued since our de-duplication has ids
+            # above what we saw: look at just those rows for copies of ours.
+            db.lock_catalogue(conn)
+            new_rows = self._drop_concurrent_copies(new_rows)
             inserted, existing = db.insert_artworks(conn, [row for _, row in new_rows])
             for it, _row in new_rows:
                 if it.sha256 in inserted:

@@ -317,3 +317,37 @@ def test_sweep_then_ingest_queued_ids(clean, model):
     with db.connect(settings.db_url) as conn:
         assert db.open_ids(conn, max_attempts=3) == []
         assert sweep(client, conn, settings.bucket) == 0
+
+
+def test_concurrent_workers_do_not_catalogue_a_copy_twice(clean, model):
+    """Worker B de-duplicates its copy against a catalogue that does not have the original
+    yet; worker A commits the original before B commits. B must not catalogue the copy."""
+    settings = clean
+    client = s3lib.client(settings)
+    original = imagegen.make_artwork(600)
+    put(
+        client,
+        settings.bucket,
+        {
+            "incoming/a.jpg": imagegen.encode(original, quality=90),
+            "incoming/b.jpg": imagegen.near_copies(original)["resize_150"],
+        },
+    )
+    refs = {
+        r.key: r for page in s3lib.iter_pages(client, settings.bucket, "incoming/") for r in page
+    }
+
+    class SlowWorker(Ingestor):
+        def _commit(self, items, new_rows):
+            with Ingestor(settings, model=model) as other:
+                assert other.ingest_objects([refs["incoming/a.jpg"]]).catalogued == 1
+            super()._commit(items, new_rows)
+
+    with SlowWorker(settings, model=model) as b:
+        first = b.ingest_objects([refs["incoming/b.jpg"]])
+    assert first.catalogued == 0 and first.reasons == {"concurrent_duplicate": 1}
+    assert len(keys(client, settings.bucket, "catalog/")) == 1  # B's copy was removed
+    with Ingestor(settings, model=model) as again:
+        retry = again.ingest_prefix()
+    assert retry.duplicates == 1
+    assert table_counts(settings) == (1, 2)
