@@ -183,7 +183,7 @@ def test_incoming_asset_watches_the_configured_bucket(monkeypatch):
     (watcher,) = asset.watchers
     assert isinstance(watcher.trigger, IncomingObjectsTrigger)
     # The trigger resolves the bucket from the connections at run time, like the DAG's tasks.
-    assert watcher.trigger.serialize() == IncomingObjectsTrigger().serialize()
+    assert watcher.trigger.serialize() == IncomingObjectsTrigger(sweep_interval=1.0).serialize()
     assert incoming_asset() == asset  # equal from every DAG file
     monkeypatch.delenv("ARTCLF_BUCKET")
     assert incoming_asset().uri == "s3://artclf/incoming"

@@ -28,6 +28,16 @@ def incoming_bucket() -> str:
     return os.environ.get("ARTCLF_BUCKET") or DEFAULT_BUCKET
 
 
+def sweep_interval() -> float:
+    """Seconds between landing-zone sweeps: ``ARTCLF_SWEEP_INTERVAL``, default 1.
+
+    A sweep lists only what is still pending under ``incoming/``, so a short interval is
+    cheap and is most of the latency on stores without notifications (SeaweedFS, plain S3).
+    With MinIO notifications the sweep only repairs lost events: 300 is plenty there.
+    """
+    return float(os.environ.get("ARTCLF_SWEEP_INTERVAL") or 1.0)
+
+
 def incoming_asset() -> Asset:
     """``Asset("artclf_incoming", uri="s3://<bucket>/incoming/")`` with its watcher.
 
@@ -44,7 +54,7 @@ def incoming_asset() -> Asset:
         watchers=[
             AssetWatcher(
                 name=f"{ASSET_NAME}_watcher",
-                trigger=IncomingObjectsTrigger(name=ASSET_NAME),
+                trigger=IncomingObjectsTrigger(name=ASSET_NAME, sweep_interval=sweep_interval()),
             )
         ],
     )
