@@ -477,7 +477,7 @@ def run_throughput_cli(p: Product, items: list[tuple[str, bytes]]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=["all", "latency", "throughput"], default="all")
-    ap.add_argument("--data", default="/work/shared/data/artworks")
+    ap.add_argument("--data", default=str(REPO.parent / "shared/data/artworks"))
     ap.add_argument("--drops", type=int, default=20)
     ap.add_argument("--baseline-drops", type=int, default=5)
     ap.add_argument("--total", type=int, default=2000)
