@@ -157,6 +157,9 @@ class _Item:
     distance: int | None = None
     artwork_id: int | None = None
     final_key: str | None = None
+    #: A copy already placed under catalog/ for an artwork that turned out, at commit time,
+    #: to duplicate one a concurrent worker had just catalogued: moved again after commit.
+    misplaced: str | None = None
 
     @property
     def in_place(self) -> bool:
@@ -399,10 +402,10 @@ class Ingestor:
             self._remove_copies(undo)
         self._commit(items, new_rows)
         clock.lap("commit")
-        self._remove_copies(
-            [it for it in movers if it.state == "failed" and it.reason == "concurrent_duplicate"]
-        )
-        moved = [it for it in items if it.state in TERMINAL and not it.in_place]
+        unplaced = self._place_late_duplicates([it for it in movers if it.misplaced])
+        moved = [
+            it for it in items if it.state in TERMINAL and not it.in_place and it not in unplaced
+        ]
         self._delete_sources(moved)
         clock.lap("delete")
         summary = _summarise(items)
@@ -557,8 +560,8 @@ class Ingestor:
     def _drop_concurrent_copies(
         self, new_rows: list[tuple[_Item, db.ArtworkRow]]
     ) -> list[tuple[_Item, db.ArtworkRow]]:
-        """Fail (for a retry, which will see them as duplicates) the new artworks that copy
-        one a concurrent worker committed after our de-duplication queries."""
+        """Turn into duplicates the new artworks that copy one that a concurrent worker
+        committed after our de-duplication queries (we hold the catalogue lock)."""
         if not new_rows:
             return new_rows
         recent = db.artworks_after(self.conn, self._seen_up_to)
@@ -581,30 +584,66 @@ class Ingestor:
             if match is None:
                 kept.append((it, row))
             else:
-                it.fail(
-                    "concurrent_duplicate",
-                    f"artwork {match} was catalogued concurrently; retried as a copy",
-                )
+                exact = it.sha256 in shas
+                self._late_duplicate(it, match, exact=exact)
         return kept
 
-    def _remove_copies(self, items: list[_Item]) -> None:
-        """Best effort: drop the final-key copies of objects that were not committed.
+    def _late_duplicate(self, it: _Item, artwork_id: int, *, exact: bool) -> None:
+        """Record ``it`` as a duplicate of an artwork catalogued concurrently (see _commit)."""
+        it.misplaced = None if it.in_place else it.final_key
+        it.state, it.duplicate_of = "duplicate", artwork_id
+        it.duplicate_kind = "exact" if exact else "near"
+        it.distance = 0 if exact else None
+        it.final_key = (
+            it.row.key if it.in_place else side_key(DUPLICATES_PREFIX, it.row.id, it.row.key)
+        )
 
-        A key that some artwork now owns (a concurrent worker placed the same bytes under the
-        same name) is left alone.
+    def _place_late_duplicates(self, late: list[_Item]) -> list[_Item]:
+        """Copy late duplicates from incoming/ to duplicates/ and drop their catalog/ copy.
+
+        Returns the items whose copy failed: their source stays in incoming/ and the next run
+        finishes the move (their log row is decided but not finalised).
         """
-        by_bucket: dict[str, list[str]] = {}
-        for it in items:
-            if it.final_key and it.final_key != it.row.key:
-                by_bucket.setdefault(it.row.bucket, []).append(it.final_key)
-        for bucket, keys in by_bucket.items():
-            owned = db.artwork_keys(self.conn, bucket, keys)
-            self.conn.commit()
-            keys = [k for k in keys if k not in owned]
+        unplaced: list[_Item] = []
+
+        def copy_one(it: _Item) -> None:
             try:
-                s3lib.delete_many(self.s3, bucket, keys)
+                s3lib.copy(self.s3, it.row.bucket, it.row.key, it.final_key, trace_metadata(it))
             except (ClientError, BotoCoreError) as exc:
-                log.warning("could not remove %d uncommitted copies: %s", len(keys), exc)
+                log.warning("could not move %s to %s: %s", it.row.key, it.final_key, exc)
+                unplaced.append(it)
+
+        list(self.move_pool.map(copy_one, late))
+        placed = [it for it in late if it not in unplaced]
+        self._remove_keys([(it.row.bucket, it.misplaced) for it in placed])
+        for it in placed:
+            it.misplaced = None
+        return unplaced
+
+    def _remove_copies(self, items: list[_Item]) -> None:
+        """Best effort: drop the final-key copies of objects that were not committed."""
+        self._remove_keys(
+            [
+                (it.row.bucket, it.final_key)
+                for it in items
+                if it.final_key and it.final_key != it.row.key
+            ]
+        )
+
+    def _remove_keys(self, keys: list[tuple[str, str]]) -> None:
+        """Delete (bucket, key) copies, except keys that an artwork owns (a concurrent worker
+        may have placed the same bytes under the same name)."""
+        by_bucket: dict[str, list[str]] = {}
+        for bucket, key in keys:
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, names in by_bucket.items():
+            owned = db.artwork_keys(self.conn, bucket, names)
+            self.conn.commit()
+            names = [k for k in names if k not in owned]
+            try:
+                s3lib.delete_many(self.s3, bucket, names)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("could not remove %d uncommitted copies: %s", len(names), exc)
 
     def _commit(self, items: list[_Item], new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
         """Artworks and every outcome in one transaction."""
@@ -620,15 +659,13 @@ class Ingestor:
             for it, _row in new_rows:
                 if it.sha256 in inserted:
                     it.artwork_id = inserted[it.sha256]
-                else:  # another worker catalogued the same bytes meanwhile: retry as a copy
-                    it.fail(
-                        "concurrent_duplicate",
-                        f"artwork {existing.get(it.sha256)} was catalogued concurrently",
-                    )
+                else:  # the same bytes were catalogued meanwhile (outside our lock's reach)
+                    self._late_duplicate(it, existing[it.sha256], exact=True)
             for it in items:
                 if it.state == "duplicate" and it.duplicate_of is None:
-                    if it.origin is not None and it.origin.artwork_id is not None:
-                        it.duplicate_of = it.origin.artwork_id
+                    origin = it.origin
+                    if origin is not None and (origin.artwork_id or origin.duplicate_of):
+                        it.duplicate_of = origin.artwork_id or origin.duplicate_of
                     else:  # its original failed to land: both are retried next run
                         it.fail("origin_failed", "the artwork it copies was not catalogued")
             db.forget(conn, [it.row.id for it in items if it.state == "phantom"])

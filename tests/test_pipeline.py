@@ -345,9 +345,13 @@ def test_concurrent_workers_do_not_catalogue_a_copy_twice(clean, model):
 
     with SlowWorker(settings, model=model) as b:
         first = b.ingest_objects([refs["incoming/b.jpg"]])
-    assert first.catalogued == 0 and first.reasons == {"concurrent_duplicate": 1}
-    assert len(keys(client, settings.bucket, "catalog/")) == 1  # B's copy was removed
-    with Ingestor(settings, model=model) as again:
-        retry = again.ingest_prefix()
-    assert retry.duplicates == 1
+    assert first.catalogued == 0 and first.duplicates == 1
     assert table_counts(settings) == (1, 2)
+    rows = {r["key"]: r for r in log_by_key_rows(settings)}
+    assert rows["incoming/b.jpg"]["state"] == "duplicate"
+    assert rows["incoming/b.jpg"]["duplicate_of"] == rows["incoming/a.jpg"]["artwork_id"]
+    assert all(r["finalized"] for r in rows.values())
+    # Every object once, in its place: B's early catalog/ copy was removed.
+    assert keys(client, settings.bucket, "incoming/") == []
+    assert len(keys(client, settings.bucket, "catalog/")) == 1
+    assert keys(client, settings.bucket, "duplicates/") == [rows["incoming/b.jpg"]["final_key"]]
