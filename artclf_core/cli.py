@@ -135,6 +135,14 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from artclf_core import registry
+
+    version = registry.register(_settings().db_url, args.model)
+    print(f"registered model {version}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- lake
 
 
@@ -319,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database schema")
     p.add_argument("action", choices=["migrate"])
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("models", help="the catalogue's model registry")
+    p.add_argument("action", choices=["register"])
+    p.add_argument("--model", help=".keras model (default: ARTCLF_MODEL or the shipped one)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("drop", help="upload images or folders to incoming/")
     p.add_argument("paths", nargs="+")

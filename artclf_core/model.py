@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from artclf_core import CLASSES, EMBEDDING_DIM, IMAGE_SIZE
+from artclf_core.registry import METADATA_MEMBER, default_model_path, read_metadata
 
 # Imported lazily by the functions below would be nicer for start-up time, but every public
 # function here needs TensorFlow anyway, so import it once, quietly.
@@ -32,8 +33,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-#: Zip member of the ``.keras`` file that carries artclf's metadata.
-METADATA_MEMBER = "artclf.json"
 #: Version of the layout of :data:`METADATA_MEMBER`, bumped if its keys change meaning.
 METADATA_FORMAT = 1
 #: Architecture names :func:`build_model` knows.
@@ -90,11 +89,6 @@ def build_model(
         {"probabilities": probabilities, "embedding": embedding},
         name=f"artclf_{arch}",
     )
-
-
-def default_model_path() -> Path:
-    """Where the shipped default model lives inside the installed package."""
-    return Path(__file__).resolve().parent / "models" / "default.keras"
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -179,19 +173,6 @@ def save_model(
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``artclf.json`` from a saved model without loading TensorFlow weights."""
-    with zipfile.ZipFile(path) as zf:
-        try:
-            raw = zf.read(METADATA_MEMBER)
-        except KeyError:
-            raise ValueError(
-                f"{path} is a Keras file without artclf metadata ({METADATA_MEMBER}); "
-                "save it with artclf_core.model.save_model"
-            ) from None
-    return json.loads(raw)
 
 
 class ArtModel:

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from artclf_core import db
+from artclf_core import db, registry
 from artclf_core.config import default_home
 from artclf_core.embedded.postgres import EmbeddedPostgres
 from artclf_core.embedded.seaweed import EmbeddedSeaweed
@@ -86,6 +86,7 @@ class Stack:
         pg.start(tuning=self.pg_tuning)
         db_url = pg.ensure_database(DB_NAME, DB_USER, creds["db_password"])
         db.migrate(db_url)
+        registry.register(db_url)  # the default model, so the catalogue knows it from the start
         reader_url = self._ensure_reader(db_url, creds["reader_password"])
         endpoint = self.seaweed.start(
             access_key=creds["s3_access_key"],

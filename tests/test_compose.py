@@ -391,12 +391,12 @@ def test_every_service_is_health_checked_or_one_shot(compose):
             assert deps["redis"]["condition"] == "service_healthy"
 
 
-def test_init_service_migrates_both_databases_and_creates_the_admin(compose):
+def test_init_service_migrates_both_databases_creates_the_admin_registers_the_model(compose):
     script = compose["services"]["airflow-init"]["command"][0]
     steps = [line.strip() for line in script.splitlines() if line.strip()]
     assert steps[0] == "airflow db migrate"
     assert any(s.startswith("airflow users create --role Admin") for s in steps)
-    assert steps[-1] == "artclf db migrate"
+    assert steps[-2:] == ["artclf db migrate", "artclf models register"]
     init = (ROOT / "docker" / "postgres" / "10-artclf-databases.sh").read_text()
     mounts = compose["services"]["postgres"]["volumes"]
     assert any(

@@ -47,6 +47,13 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
         assert "127.0.0.1" in env["ARTCLF_DB_URL"] and "127.0.0.1" in env["ARTCLF_S3_ENDPOINT"]
         with psycopg.connect(env["ARTCLF_DB_URL"]) as conn:
             assert conn.execute("SELECT count(*) FROM artclf.schema_migrations").fetchone()[0] >= 3
+            # The shipped model is registered and active before anything was ingested.
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM artclf.model_versions WHERE is_active"
+                ).fetchone()[0]
+                == 1
+            )
         s3 = boto3.client(
             "s3",
             endpoint_url=env["ARTCLF_S3_ENDPOINT"],
