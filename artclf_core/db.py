@@ -92,18 +92,19 @@ def register_model(
     classes: Sequence[str],
     artifact: str | None,
     metrics: dict | None = None,
-    activate: bool = False,
+    activate: bool | None = False,
 ) -> None:
-    """Record a model version (idempotent); optionally make it the active one."""
+    """Record a model version (idempotent) and make it the active one when ``activate`` is
+    True, or when it is None and no model is active yet (first start)."""
     conn.execute(
         "INSERT INTO artclf.model_versions (version, arch, classes, artifact, metrics)"
         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING",
         (version, arch, list(classes), artifact, json.dumps(metrics) if metrics else None),
     )
+    active = conn.execute("SELECT version FROM artclf.model_versions WHERE is_active").fetchone()
+    if activate is None:
+        activate = active is None
     if activate:
-        active = conn.execute(
-            "SELECT version FROM artclf.model_versions WHERE is_active"
-        ).fetchone()
         if not active or active[0] != version:
             conn.execute("UPDATE artclf.model_versions SET is_active = false WHERE is_active")
             conn.execute(
@@ -255,6 +256,37 @@ def release_claims(conn: psycopg.Connection, ids: Sequence[int], claimed_by_pref
     ).rowcount
     conn.commit()
     return n
+
+
+@dataclass
+class QueueReport:
+    """Where a set of ingest-log rows stands, for an orchestrator's end-of-run report."""
+
+    states: dict[str, int]
+    failed: list[dict]
+    #: Rows still ``processing`` under a claim signed with the given prefix.
+    stuck: int
+
+
+def queue_report(
+    conn: psycopg.Connection, ids: Sequence[int], claimed_by_prefix: str
+) -> QueueReport:
+    states: dict[str, int] = {}
+    for row in rows_by_ids(conn, ids):
+        states[row.state] = states.get(row.state, 0) + 1
+    failed = fetch_dicts(
+        conn,
+        "SELECT id, key, reason, message, attempts FROM artclf.ingest_log"
+        " WHERE id = ANY(%s) AND state = 'failed' ORDER BY id",
+        (list(ids),),
+    )
+    stuck = conn.execute(
+        "SELECT count(*) FROM artclf.ingest_log WHERE id = ANY(%s)"
+        " AND state = 'processing' AND left(claimed_by, length(%s)) = %s",
+        (list(ids), claimed_by_prefix, claimed_by_prefix),
+    ).fetchone()[0]
+    conn.commit()
+    return QueueReport(states, failed, stuck)
 
 
 def forget(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:

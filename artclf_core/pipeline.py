@@ -246,14 +246,9 @@ class Ingestor:
             classes=self.model.classes,
             artifact=str(getattr(self.model, "path", "") or "") or None,
             metrics=getattr(self.model, "metrics", None),
-            activate=self._no_active_model(),
+            activate=None,  # the first model to ingest becomes the active one
         )
         self.conn.commit()
-
-    def _no_active_model(self) -> bool:
-        return self.conn.execute(
-            "SELECT NOT EXISTS (SELECT 1 FROM artclf.model_versions WHERE is_active)"
-        ).fetchone()[0]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -44,9 +44,6 @@ def register(db_url: str, path: str | os.PathLike[str] | None = None) -> str:
     path = Path(path or os.environ.get("ARTCLF_MODEL") or default_model_path())
     meta = read_metadata(path)
     with db.connect(db_url) as conn:
-        none_active = conn.execute(
-            "SELECT NOT EXISTS (SELECT 1 FROM artclf.model_versions WHERE is_active)"
-        ).fetchone()[0]
         db.register_model(
             conn,
             version=str(meta["version"]),
@@ -54,7 +51,7 @@ def register(db_url: str, path: str | os.PathLike[str] | None = None) -> str:
             classes=meta["classes"],
             artifact=str(path),
             metrics=meta.get("metrics"),
-            activate=none_active,
+            activate=None,
         )
         conn.commit()
     return str(meta["version"])

@@ -212,24 +212,12 @@ def report(batches: list[list[int]] | None, summaries) -> dict:
         total.seconds += part.seconds  # task-seconds: the batches may have run in parallel
     ids = [i for b in batches for i in b]
     settings = _settings()
+    # Claimed by a task of this run that is over: it died before its commit and its retries
+    # did not take the rows back. The claim lease (15 min) frees them.
+    mine = _run_claims(get_current_context()["ti"])
     with db.connect(settings.db_url) as conn:
-        states: dict[str, int] = {}
-        for row in db.rows_by_ids(conn, ids):
-            states[row.state] = states.get(row.state, 0) + 1
-        failed = db.fetch_dicts(
-            conn,
-            "SELECT id, key, reason, message, attempts FROM artclf.ingest_log"
-            " WHERE id = ANY(%s) AND state = 'failed' ORDER BY id",
-            (ids,),
-        )
-        # Claimed by a task of this run that is over: it died before its commit and its
-        # retries did not take the rows back. The claim lease (15 min) frees them.
-        mine = _run_claims(get_current_context()["ti"])
-        stuck = conn.execute(
-            "SELECT count(*) FROM artclf.ingest_log WHERE id = ANY(%s)"
-            " AND state = 'processing' AND left(claimed_by, length(%s)) = %s",
-            (ids, mine, mine),
-        ).fetchone()[0]
+        queue = db.queue_report(conn, ids, mine)
+    states, failed, stuck = queue.states, queue.failed, queue.stuck
     log.info("work done by %d of %d batch(es): %s", len(done), len(batches), total.line())
     for stage, secs in sorted(total.stages.items()):
         log.info("  stage %-12s %8.1f s", stage, secs)

@@ -16,12 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
 import imagegen
 import pytest
 
 from artclf_core import db
-from artclf_core.config import read_env_file
+from artclf_core import s3 as s3lib
+from artclf_core.config import Settings, read_env_file
 from artclf_core.embedded.airflow import DAG_ID, EmbeddedAirflow
 from artclf_core.embedded.procs import pid_alive, read_pid
 
@@ -146,13 +146,7 @@ def test_artclf_up_runs_everything_and_down_leaves_nothing(tmp_path):
         assert dag["is_paused"] is False
 
         # The product: drop images, they are catalogued by an asset-triggered run.
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["ARTCLF_S3_ENDPOINT"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            region_name="us-east-1",
-        )
+        s3 = s3lib.client(Settings.from_env(env))
         for i in range(2):
             s3.put_object(
                 Bucket=env["ARTCLF_BUCKET"],

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import psycopg
 
-from artclf_core.config import read_env_file
+from artclf_core import s3 as s3lib
+from artclf_core.config import Settings, read_env_file
 from artclf_core.embedded.procs import pid_alive, read_pid
 
 
@@ -54,13 +54,7 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
                 ).fetchone()[0]
                 == 1
             )
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["ARTCLF_S3_ENDPOINT"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            region_name="us-east-1",
-        )
+        s3 = s3lib.client(Settings.from_env(env))
         s3.put_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt", Body=b"x")
         # A second `up` is a no-op that keeps the same servers and data.
         pg_pid = read_pid(home / "pg" / "data" / "postmaster.pid")
@@ -82,13 +76,7 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
     assert artclf("stack", "up", home=home).returncode == 0
     try:
         env = read_env_file(home / "stack.env")
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["ARTCLF_S3_ENDPOINT"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            region_name="us-east-1",
-        )
+        s3 = s3lib.client(Settings.from_env(env))
         assert (
             s3.get_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt")["Body"].read() == b"x"
         )
