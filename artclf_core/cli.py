@@ -8,6 +8,7 @@ artclf ingest                           process what is waiting
 artclf similar ID [-k 5]                nearest artworks
 artclf report                           where every dropped object ended
 artclf train / evaluate                 the model
+artclf models | retrain | atlas | label | review   model lifecycle, curation (cli_models.py)
 """
 
 from __future__ import annotations
@@ -132,14 +133,6 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     applied = db.migrate(_settings().db_url)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from artclf_core import registry
-
-    version = registry.register(_settings().db_url, args.model)
-    print(f"registered model {version}")
     return 0
 
 
@@ -328,10 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["migrate"])
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("models", help="the catalogue's model registry")
-    p.add_argument("action", choices=["register"])
-    p.add_argument("--model", help=".keras model (default: ARTCLF_MODEL or the shipped one)")
-    p.set_defaults(func=cmd_models)
+    from artclf_core import cli_models
+
+    cli_models.add_parsers(sub)
 
     p = sub.add_parser("drop", help="upload images or folders to incoming/")
     p.add_argument("paths", nargs="+")
@@ -388,9 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, LookupError) as exc:
         print(f"artclf {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__module__.startswith("psycopg"):  # e.g. a refusal raised in SQL
+            print(f"artclf {args.command}: {str(exc).strip()}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -93,25 +94,51 @@ def register_model(
     artifact: str | None,
     metrics: dict | None = None,
     activate: bool | None = False,
+    status: str = "registered",
 ) -> None:
-    """Record a model version (idempotent) and make it the active one when ``activate`` is
-    True, or when it is None and no model is active yet (first start)."""
+    """Record a model version (idempotent) and give it an indexed embedding partition.
+
+    With ``activate`` True it becomes the active version through ``artclf.activate_model``
+    (which refuses while the catalogue has artworks it has not embedded); with None only when
+    no model is active yet (first start), and then quietly not if it cannot be.
+    """
     conn.execute(
-        "INSERT INTO artclf.model_versions (version, arch, classes, artifact, metrics)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING",
-        (version, arch, list(classes), artifact, json.dumps(metrics) if metrics else None),
+        "INSERT INTO artclf.model_versions (version, arch, classes, artifact, metrics, status)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING",
+        (version, arch, list(classes), artifact, json.dumps(metrics) if metrics else None, status),
     )
-    active = conn.execute("SELECT version FROM artclf.model_versions WHERE is_active").fetchone()
+    conn.execute("SELECT artclf.build_embedding_index(%s)", (version,))
     if activate is None:
-        activate = active is None
-    if activate:
-        if not active or active[0] != version:
-            conn.execute("UPDATE artclf.model_versions SET is_active = false WHERE is_active")
-            conn.execute(
-                "UPDATE artclf.model_versions SET is_active = true, activated_at = now()"
-                " WHERE version = %s",
-                (version,),
-            )
+        if active_version(conn) is not None:
+            return
+        try:
+            with conn.transaction():  # a savepoint: a refusal leaves the rest intact
+                conn.execute("SELECT artclf.activate_model(%s, 'first model')", (version,))
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            pass
+    elif activate:
+        conn.execute("SELECT artclf.activate_model(%s, 'registered as active')", (version,))
+
+
+_MODEL_FIELDS = {"status", "decision", "plots", "data_fingerprint", "params", "metrics"}
+
+
+def update_model(conn: psycopg.Connection, version: str, **fields: Any) -> None:
+    """Set registry fields of one version (dicts are stored as jsonb)."""
+    unknown = set(fields) - _MODEL_FIELDS
+    if unknown:
+        raise ValueError(f"unknown model_versions fields: {sorted(unknown)}")
+    names = sorted(fields)
+    values = [json_text(fields[n]) if isinstance(fields[n], dict) else fields[n] for n in names]
+    assignments = ", ".join(f"{n} = %s" for n in names)
+    conn.execute(
+        f"UPDATE artclf.model_versions SET {assignments} WHERE version = %s", (*values, version)
+    )
+
+
+def active_version(conn: psycopg.Connection) -> str | None:
+    """The model version that serves similarity search and embeds new images."""
+    return conn.execute("SELECT artclf.active_version()").fetchone()[0]
 
 
 # --------------------------------------------------------------------------- ingest log
@@ -480,6 +507,7 @@ def find_near(
     max_dhash: int | None = None,
     bands: Sequence[Sequence[int]] | None = None,
     k: int = NEAR_EMBEDDING_CANDIDATES,
+    model_version: str | None = None,
 ) -> dict[int, tuple[int, int]]:
     """For each query, the closest catalogued near duplicate: {query index: (id, distance)}.
 
@@ -488,9 +516,10 @@ def find_near(
     returned is the pHash one. Candidates come from two indexes, never from a scan, so the
     cost stays flat as the catalogue grows:
 
-    * the ``k`` nearest artworks by embedding (the HNSW cosine index that similarity search
-      uses anyway): a re-encoded, resized or slightly cropped copy keeps its CNN embedding
-      almost exactly, so its original is among its nearest neighbours;
+    * the ``k`` nearest artworks by embedding of ``model_version`` (default: the active one;
+      the HNSW index of its partition, which similarity search uses anyway): a re-encoded,
+      resized or slightly cropped copy keeps its CNN embedding almost exactly, so its
+      original is among its nearest neighbours;
     * every artwork sharing one of the query's four 16-bit pHash bands exactly (the GIN index
       on ``phash_bands``): by the pigeonhole principle this alone finds every hash within
       3 bits, whatever the embedding says.
@@ -507,6 +536,8 @@ def find_near(
     bands = bands if bands is not None else [dedup.band_keys(h) for h in phashes]
     band_text = ["{" + ",".join(map(str, b)) + "}" for b in bands]
     emb_text = [_vector_text(e) for e in embeddings]
+    if model_version is None:
+        model_version = active_version(conn)
     # The classifier's embedding puts look-alikes of one kind close together, so take a few
     # more candidates than one would think (measured: k 5 -> 16 finds more cropped copies).
     # SET LOCAL ends with the transaction.
@@ -522,8 +553,11 @@ def find_near(
                 SELECT c.id, bit_count((c.phash # q.h)::bit(64))::int AS d,
                        bit_count((c.dhash # q.g)::bit(64))::int AS e
                 FROM (
-                    (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
-                     ORDER BY a.embedding <=> q.e::vector LIMIT %(k)s)
+                    (SELECT a.id, a.phash, a.dhash
+                     FROM (SELECT v.artwork_id FROM artclf.embeddings AS v
+                           WHERE v.model_version = %(v)s
+                           ORDER BY v.embedding <=> q.e::vector LIMIT %(k)s) AS n
+                     JOIN artclf.artworks AS a ON a.id = n.artwork_id)
                     UNION
                     (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
                      WHERE a.phash_bands && q.b::int[])
@@ -541,6 +575,7 @@ def find_near(
             "e": emb_text,
             "b": band_text,
             "k": k,
+            "v": model_version,
             "d": max_distance,
             "dd": max_dhash,
         },
@@ -548,8 +583,17 @@ def find_near(
     return {i: (aid, d) for i, aid, d in rows}
 
 
-def _vector_text(v: np.ndarray) -> str:
+def vector_text(v: np.ndarray) -> str:
+    """pgvector's text form of a vector (what COPY and ``::vector`` casts read)."""
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(v, dtype=np.float32)) + "]"
+
+
+_vector_text = vector_text
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON for a jsonb column."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- artworks
@@ -588,7 +632,6 @@ _ART_COLS = [
     "label",
     "probability",
     "probabilities",
-    "embedding",
     "model_version",
     "sha256",
     "phash",
@@ -619,7 +662,9 @@ def insert_artworks(
         "CREATE TEMP TABLE IF NOT EXISTS _artworks_in ON COMMIT DELETE ROWS AS"
         f" SELECT {', '.join(_ART_COLS)} FROM artclf.artworks WITH NO DATA"
     )
-    with conn.cursor().copy(f"COPY _artworks_in ({', '.join(_ART_COLS)}) FROM STDIN") as copy:
+    conn.execute("ALTER TABLE _artworks_in ADD COLUMN IF NOT EXISTS embedding vector(128)")
+    cols = ", ".join([*_ART_COLS, "embedding"])
+    with conn.cursor().copy(f"COPY _artworks_in ({cols}) FROM STDIN") as copy:
         for r in rows:
             copy.write_row(
                 [
@@ -629,7 +674,6 @@ def insert_artworks(
                     r.label,
                     float(r.probability),
                     json.dumps({k: round(float(v), 6) for k, v in r.probabilities.items()}),
-                    _vector_text(r.embedding),
                     r.model_version,
                     r.sha256,
                     int(r.phash),
@@ -642,6 +686,7 @@ def insert_artworks(
                     r.source_key,
                     r.source_etag,
                     r.curated_label,
+                    _vector_text(r.embedding),
                 ]
             )
     inserted = dict(
@@ -651,6 +696,20 @@ def insert_artworks(
             " ON CONFLICT DO NOTHING RETURNING sha256, id"
         ).fetchall()
     )
+    if inserted:
+        # Each new artwork's embedding goes to its model's partition (created on first use).
+        conn.execute(
+            "SELECT artclf.embedding_partition(v)"
+            " FROM (SELECT DISTINCT model_version AS v FROM _artworks_in) AS d"
+        )
+        conn.execute(
+            "INSERT INTO artclf.embeddings"
+            " (model_version, artwork_id, label, probability, probabilities, embedding)"
+            " SELECT i.model_version, a.id, i.label, i.probability, i.probabilities, i.embedding"
+            " FROM _artworks_in AS i JOIN artclf.artworks AS a USING (sha256)"
+            " WHERE a.id = ANY(%s) ON CONFLICT DO NOTHING",
+            (list(inserted.values()),),
+        )
     existing = {
         sha: aid
         for sha, aid in conn.execute(

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from artclf_core import CLASSES, db, dedup, quality
+from artclf_core import CLASSES, db, dedup, quality, registry
 from artclf_core import s3 as s3lib
 from artclf_core.config import (
     CATALOG_PREFIX,
@@ -208,6 +208,10 @@ def trace_metadata(item: _Item) -> dict[str, str]:
     return meta
 
 
+class ModelSwitched(RuntimeError):
+    """The active model changed between classifying a batch and committing it."""
+
+
 class Ingestor:
     """Loads the model once and processes any number of batches with it."""
 
@@ -223,10 +227,11 @@ class Ingestor:
     ) -> None:
         self.settings = settings
         self.s3 = s3lib.client(settings, max_pool=max(workers * 2, 10))
+        #: Given a model (argument or ARTCLF_MODEL), use it whatever the registry says; else
+        #: follow the registry's active model, reloading it when a new one is switched in.
+        self.follow_active = model is None and not settings.model_path
         if model is None:
-            from artclf_core.model import ArtModel, default_model_path
-
-            model = ArtModel.load(settings.model_path or default_model_path())
+            model = self._load_model()
         self.model = model
         self.limits = limits
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -249,6 +254,22 @@ class Ingestor:
             activate=None,  # the first model to ingest becomes the active one
         )
         self.conn.commit()
+
+    def _load_model(self) -> ArtModel:
+        from artclf_core.model import ArtModel
+
+        path = self.settings.model_path or registry.active_model_path(self.settings)
+        return ArtModel.load(path)
+
+    def _follow_model_switch(self) -> None:
+        """Reload the model if another one became active since this worker loaded it."""
+        if not self.follow_active:
+            return
+        active = db.active_version(self.conn)
+        self.conn.commit()
+        if active is not None and active != self.model.version:
+            log.info("active model is now %s (was %s): reloading", active, self.model.version)
+            self.model = self._load_model()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -374,6 +395,7 @@ class Ingestor:
         clock.laps["fetch_wait"] = fetch_wait
         valid = [it for it in items if not it.state]
         if valid:
+            self._follow_model_switch()
             self._classify(valid)
             clock.lap("model")
             self._deduplicate(valid)
@@ -395,7 +417,19 @@ class Ingestor:
                     it.fail("quality_check_failed", verdict.summary()[:2000])
             new_rows = []
             self._remove_copies(undo)
-        self._commit(items, new_rows)
+        try:
+            self._commit(items, new_rows)
+        except ModelSwitched as exc:
+            # A new model became active while this batch was classified with the old one:
+            # committing would file artworks the active version has no embedding for. Undo
+            # the copies and retry the batch (with the new model) on the next run.
+            log.warning("%s; the batch is retried", exc)
+            undo = [it for it in movers if it.state != "quarantined" and it.state in TERMINAL]
+            for it in items:
+                if it.state != "quarantined":
+                    it.fail("model_switched", str(exc))
+            self._remove_copies(undo)
+            self._commit(items, [])
         clock.lap("commit")
         unplaced = self._place_late_duplicates([it for it in movers if it.misplaced])
         moved = [
@@ -442,12 +476,14 @@ class Ingestor:
         item.sha256 = dedup.sha256_hex(data)
         item.phash = dedup.phash(decoded.image)
         item.dhash = dedup.dhash(decoded.image)
-        item.pixels = to_model_input(decoded.image)
+        item.pixels = to_model_input(decoded.image, self.model.image_size)
         item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
 
     def _classify(self, items: list[_Item]) -> None:
         """One forward pass for the whole batch: probabilities and embeddings together."""
-        batch = np.stack([it.pixels for it in items])
+        size = self.model.image_size
+        # A model switch between download and classification can change the input size.
+        batch = np.stack([_resized(it.pixels, size) for it in items])
         probs, embeddings = self.model.predict(batch)
         classes = list(self.model.classes)
         for it, p, e in zip(items, probs, embeddings, strict=True):
@@ -469,6 +505,7 @@ class Ingestor:
             [hashes[i] for i in need_near],
             [items[i].dhash for i in need_near],
             [items[i].embedding for i in need_near],
+            model_version=self.model.version,
         )
         near_by_item = {need_near[q]: hit for q, hit in near.items()}
         in_batch = dedup.find_duplicates_in_batch(shas, hashes, dhashes=[it.dhash for it in items])
@@ -649,6 +686,13 @@ class Ingestor:
             # done), so what concurrent workers catalogued since our de-duplication has ids
             # above what we saw: look at just those rows for copies of ours.
             db.lock_catalogue(conn)
+            if self.follow_active and new_rows:
+                active = db.active_version(conn)
+                if active is not None and active != self.model.version:
+                    raise ModelSwitched(
+                        f"model {active} was activated while this batch was classified "
+                        f"with {self.model.version}"
+                    )
             new_rows = self._drop_concurrent_copies(new_rows)
             inserted, existing = db.insert_artworks(conn, [row for _, row in new_rows])
             for it, _row in new_rows:
@@ -745,6 +789,14 @@ def sweep(s3, conn, bucket: str, prefix: str = INCOMING_PREFIX, page_size: int =
         conn.commit()
         waiting += sum(1 for r in rows if r.state in CLAIMABLE)
     return waiting
+
+
+def _resized(pixels: np.ndarray, size: int) -> np.ndarray:
+    if pixels.shape[0] == size:
+        return pixels
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
 class _Clock:

@@ -48,8 +48,8 @@ def open_rgb(path: str, *, draft: bool = True) -> Image.Image:
         return normalize_mode(img)
 
 
-def to_model_input(img: Image.Image) -> np.ndarray:
-    """Resize an RGB image to the model's square input: ``uint8`` array of shape (150, 150, 3).
+def to_model_input(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Resize an RGB image to the model's square input: ``uint8`` array (size, size, 3).
 
     The whole picture is squeezed to a square (no crop), as the prototype did: cropping would
     cut away the frame and margins that tell an engraving plate from a painting.
@@ -57,5 +57,5 @@ def to_model_input(img: Image.Image) -> np.ndarray:
     """
     if img.mode != "RGB":
         img = normalize_mode(img)
-    small = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    small = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(small, dtype=np.uint8)

@@ -55,3 +55,50 @@ def register(db_url: str, path: str | os.PathLike[str] | None = None) -> str:
         )
         conn.commit()
     return str(meta["version"])
+
+
+def cache_dir() -> Path:
+    """Where models fetched from the lake are kept (``$ARTCLF_HOME/model-cache``)."""
+    home = Path(os.environ.get("ARTCLF_HOME") or Path.cwd() / ".artclf")
+    return home / "model-cache"
+
+
+def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
+    """A local path for a registered model's ``.keras`` file.
+
+    Artifacts of retrained models live in the lake (``s3://<bucket>/models/<version>/...``)
+    so every worker can load them; they are downloaded once into :func:`cache_dir` (the
+    version names the weights, so a cached file never goes stale). The shipped default model
+    is registered with its local path, which may not exist on another machine: then the
+    installed package's copy is used when its version matches.
+    """
+    if artifact and artifact.startswith("s3://"):
+        target = cache_dir() / f"{version}.keras"
+        if not target.exists():
+            from artclf_core import s3 as s3lib
+
+            bucket, _, key = artifact[len("s3://") :].partition("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            s3lib.client(settings).download_file(bucket, key, str(tmp))
+            os.replace(tmp, target)
+        return target
+    if artifact and Path(artifact).exists():
+        return Path(artifact)
+    shipped = default_model_path()
+    if read_metadata(shipped).get("version") == version:
+        return shipped
+    raise FileNotFoundError(f"model {version}: artifact {artifact!r} is not reachable from here")
+
+
+def active_model_path(settings: Any) -> Path:
+    """The ``.keras`` file of the catalogue's active model (the shipped one if none is)."""
+    from artclf_core import db
+
+    with db.connect(settings.db_url) as conn:
+        row = conn.execute(
+            "SELECT version, artifact FROM artclf.model_versions WHERE is_active"
+        ).fetchone()
+    if row is None:
+        return default_model_path()
+    return fetch_artifact(settings, row[0], row[1])

@@ -59,7 +59,24 @@ def dagbag(tmp_path_factory):
 
 def test_every_dag_file_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert DAG_ID in dagbag.dags
+    assert {DAG_ID, "artclf_retrain", "artclf_reembed"} <= set(dagbag.dags)
+
+
+def test_retraining_and_reembedding_dags_shape(dagbag):
+    retrain = dagbag.dags["artclf_retrain"]
+    assert set(retrain.task_ids) == {"train_and_gate", "promoted", "announce_promotion"}
+    assert retrain.catchup is False and retrain.max_active_runs == 1
+    assert retrain.timetable.expression in ("@daily", "0 0 * * *")
+    assert [o.name for o in retrain.get_task("announce_promotion").outlets] == ["artclf_models"]
+    assert {"arch", "min_gain", "max_f1_drop", "force", "epochs"} == set(retrain.params.keys())
+    reembed = dagbag.dags["artclf_reembed"]
+    assert [a.name for a in reembed.timetable.asset_condition.objects] == ["artclf_models"]
+    assert reembed.max_active_runs == 1 and reembed.get_task("embed_batch").is_mapped
+    assert reembed.get_task("embed_batch").retries >= 2
+    for dag in (retrain, reembed):
+        assert "artclf" in dag.tags and "rollback" in dag.doc_md
+        for task in dag.tasks:
+            assert task.python_callable.__doc__, task.task_id
 
 
 PARSE_ONLY = """
@@ -424,6 +441,53 @@ def test_two_overlapping_runs_process_each_object_exactly_once(lake, harness, tm
     assert len(keys(client, bucket, "catalog/")) == 10
 
 
+@pytest.mark.slow
+def test_retrain_then_reembed_dags_promote_and_switch(lake, harness):
+    """dag.test() of the nightly DAG on a small labelled lake, then of the re-embedding DAG
+    its promotion schedules: the new version becomes active with every artwork embedded."""
+    from test_lifecycle import _draw
+
+    from artclf_core import CLASSES
+    from artclf_core.pipeline import Ingestor
+
+    settings, client = lake
+    put(
+        client,
+        settings.bucket,
+        {
+            f"training/{label}/book{i % 2}__{i:02d}.png": _draw(label, i)
+            for label in CLASSES
+            for i in range(6)
+        },
+    )
+    with Ingestor(settings) as ing:
+        assert ing.ingest_prefix("training/").catalogued == 6 * len(CLASSES)
+        old = ing.model.version
+    conf = json.dumps({"epochs": 2, "min_gain": -1.0, "max_f1_drop": 1.0})
+    trained = harness.run("--dag", "artclf_retrain", "--conf", conf)
+    assert trained["state"] == "success", _tail(Path(trained["log"]))
+    summary = trained["xcom"]["train_and_gate"][0]
+    assert summary["status"] == "promoted" and summary["compared_with"] == old
+    assert trained["xcom"]["announce_promotion"] == [summary["version"]]
+    # The asset event would start artclf_reembed; dag.test() runs it here with the version.
+    moved = harness.run(
+        "--dag", "artclf_reembed", "--conf", json.dumps({"version": summary["version"]})
+    )
+    assert moved["state"] == "success", _tail(Path(moved["log"]))
+    assert moved["xcom"]["switch"][0]["previous"] == old
+    with db.connect(settings.db_url) as conn:
+        assert db.active_version(conn) == summary["version"]
+        missing = conn.execute(
+            "SELECT count(*) FROM artclf.missing_embeddings(%s)", (summary["version"],)
+        ).fetchone()[0]
+    assert missing == 0
+    assert f"models/{summary['version']}/atlas.html" in keys(client, settings.bucket, "models/")
+    # Nothing new: the next nightly run trains nothing and announces nothing.
+    again = harness.run("--dag", "artclf_retrain", "--conf", conf)
+    assert again["xcom"]["train_and_gate"][0]["status"] == "skipped"
+    assert {t["task_id"]: t["state"] for t in again["tis"]}["announce_promotion"] == "skipped"
+
+
 # --------------------------------------------------------------------------- the harness
 
 
@@ -442,6 +506,7 @@ def _harness(argv: list[str]) -> int:
     parser.add_argument("--barrier", help="folder where overlapping runs meet")
     parser.add_argument("--parties", type=int, default=2)
     parser.add_argument("--delete-before-ingest", metavar="KEY")
+    parser.add_argument("--dag", default=DAG_ID)
     args = parser.parse_args(argv)
 
     from artclf_core import pipeline
@@ -487,8 +552,9 @@ def _harness(argv: list[str]) -> int:
     sys.path.insert(0, str(PLUGINS))
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(dag_folder=str(DAGS), safe_mode=False).dags[DAG_ID]
-    dag.get_task("ingest_batch").retry_delay = timedelta(seconds=1)  # not minutes, in tests
+    dag = DagBag(dag_folder=str(DAGS), safe_mode=False).dags[args.dag]
+    for task in dag.tasks:  # retry after a second, not minutes, in tests
+        task.retry_delay = timedelta(seconds=1)
     run = dag.test(run_conf=json.loads(args.conf))
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -497,7 +563,7 @@ def _harness(argv: list[str]) -> int:
     with create_session() as session:
         rows = session.scalars(
             select(XComModel).where(
-                XComModel.dag_id == DAG_ID,
+                XComModel.dag_id == args.dag,
                 XComModel.run_id == run.run_id,
                 XComModel.key == "return_value",
             )

@@ -84,8 +84,10 @@ def test_mixed_batch_lands_every_object_in_its_place(mixed_drop, model):
             r["source_key"]: r
             for r in db.fetch_dicts(
                 conn,
-                "SELECT id, source_key, location, key, label, embedding, model_version,"
-                " sha256, width, height FROM artclf.artworks",
+                "SELECT a.id, a.source_key, a.location, a.key, a.label, e.embedding,"
+                " a.model_version, e.model_version AS embedded_by, a.sha256, a.width, a.height"
+                " FROM artclf.artworks AS a"
+                " LEFT JOIN artclf.embeddings AS e ON e.artwork_id = a.id",
             )
         }
     for key, row in log.items():
@@ -96,7 +98,7 @@ def test_mixed_batch_lands_every_object_in_its_place(mixed_drop, model):
             assert row["artwork_id"] == art["id"]
             assert art["key"] == row["final_key"]
             assert art["key"].startswith(f"catalog/{art['label']}/")
-            assert art["model_version"] == model.version
+            assert art["model_version"] == art["embedded_by"] == model.version
             assert len(art["embedding"].to_numpy()) == 128
             assert (art["width"], art["height"]) == (320, 240)
         elif key in exact:

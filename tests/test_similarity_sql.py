@@ -47,13 +47,16 @@ def _rows(n: int, seed: int = 7) -> list[db.ArtworkRow]:
 def catalogue(stack, settings):
     with db.connect(settings.db_url) as conn:
         conn.execute("TRUNCATE artclf.ingest_log, artclf.artworks, artclf.model_versions CASCADE")
-        db.register_model(conn, version="test-model", arch="cnn", classes=CLASSES, artifact=None)
+        db.register_model(
+            conn, version="test-model", arch="cnn", classes=CLASSES, artifact=None, activate=True
+        )
         rows = _rows(N)
         inserted, existing = db.insert_artworks(conn, rows)
         conn.commit()
         assert len(inserted) == N and not existing
         got = conn.execute(
-            "SELECT id, label, embedding FROM artclf.artworks ORDER BY id"
+            "SELECT artwork_id, label, embedding FROM artclf.embeddings"
+            " WHERE model_version = 'test-model' ORDER BY artwork_id"
         ).fetchall()
     ids = np.array([r[0] for r in got])
     labels = np.array([r[1] for r in got])

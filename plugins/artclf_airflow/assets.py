@@ -58,3 +58,13 @@ def incoming_asset() -> Asset:
             )
         ],
     )
+
+
+MODELS_ASSET_NAME = "artclf_models"
+
+
+def models_asset() -> Asset:
+    """``Asset("artclf_models", uri="s3://<bucket>/models/")``: updated when the retraining
+    DAG promotes a model (the event's ``extra`` names the ``version``); the re-embedding DAG
+    is scheduled on it."""
+    return Asset(name=MODELS_ASSET_NAME, uri=f"s3://{incoming_bucket()}/models/")

@@ -1,0 +1,206 @@
+"""``artclf`` commands for the model lifecycle and curation.
+
+artclf models list | show V | register | activate V | embed V | rollback | drop V
+artclf retrain [--arch A] [--force]       train on the lake's labelled images, gate, publish
+artclf atlas [--version V] [--out F]      interactive HTML projection of a version's embeddings
+artclf label ID LABEL [--by NAME]          confirm or correct an artwork's label
+artclf review [--threshold P]              low-confidence predictions awaiting a curator
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from typing import Any
+
+
+def _settings():
+    from artclf_core.config import Settings
+
+    return Settings.from_env()
+
+
+def _balanced(metrics: Any) -> str:
+    try:
+        return f"{metrics['validation']['balanced_accuracy']:.3f}"
+    except (KeyError, TypeError):
+        return "-"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from artclf_core import db, reembed, registry
+
+    settings = _settings()
+    action = args.action
+    if action == "register":
+        version = registry.register(settings.db_url, args.model)
+        print(f"registered model {version}")
+        return 0
+    if action in ("activate", "embed", "show", "drop") and not args.version:
+        raise SystemExit(f"artclf models {action}: give a VERSION")
+    if action == "list":
+        with db.connect(settings.db_url) as conn:
+            rows = db.fetch_dicts(
+                conn,
+                "SELECT m.version, m.arch, m.status, m.is_active, m.index_built, m.created_at,"
+                " m.metrics, (SELECT count(*) FROM artclf.embeddings e"
+                "  WHERE e.model_version = m.version) AS embedded"
+                " FROM artclf.model_versions m ORDER BY m.created_at, m.version",
+            )
+        if args.json:
+            print(json.dumps(rows, default=str))
+            return 0
+        print(f"{'':2}{'version':34} {'arch':18} {'status':10} {'bal.acc':>7} {'embedded':>9}")
+        for r in rows:
+            mark = "* " if r["is_active"] else "  "
+            print(
+                f"{mark}{r['version']:34} {r['arch']:18} {r['status']:10} "
+                f"{_balanced(r['metrics']):>7} {r['embedded']:>9}"
+            )
+        return 0
+    if action == "show":
+        with db.connect(settings.db_url) as conn:
+            rows = db.fetch_dicts(
+                conn,
+                "SELECT version, arch, status, is_active, artifact, data_fingerprint, params,"
+                " decision, plots, index_built, created_at, activated_at"
+                " FROM artclf.model_versions WHERE version = %s",
+                (args.version,),
+            )
+            if not rows:
+                raise SystemExit(f"artclf models show: no model version {args.version}")
+            record = rows[0]
+            record["activations"] = db.fetch_dicts(
+                conn,
+                "SELECT version, previous, activated_by, reason, activated_at"
+                " FROM artclf.model_activations WHERE version = %s OR previous = %s ORDER BY id",
+                (args.version, args.version),
+            )
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+    if action in ("activate", "embed"):
+
+        def progress(done: int, total: int) -> None:
+            print(f"\rembedded {done}/{total}", end="", file=sys.stderr, flush=True)
+
+        result = reembed.reembed(
+            settings, args.version, activate=action == "activate", progress=progress
+        )
+        print(file=sys.stderr)
+        print(json.dumps(result))
+        return 0
+    if action == "rollback":
+        print(json.dumps(reembed.rollback(settings)))
+        return 0
+    if action == "drop":
+        dropped = reembed.drop(settings, args.version)
+        print(f"{'dropped' if dropped else 'no'} embeddings of {args.version}; status retired")
+        return 0
+    raise SystemExit(f"unknown action {action}")
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from artclf_core import promotion, retrain
+
+    policy = promotion.GatePolicy.from_env()
+    policy = promotion.GatePolicy(
+        min_gain=policy.min_gain if args.min_gain is None else args.min_gain,
+        max_f1_drop=policy.max_f1_drop if args.max_f1_drop is None else args.max_f1_drop,
+    )
+    with tempfile.TemporaryDirectory(prefix="artclf-retrain-") as tmp:
+        summary = retrain.retrain(
+            _settings(),
+            work_dir=args.work_dir or tmp,
+            arch=args.arch,
+            epochs=args.epochs,
+            policy=policy,
+            force=args.force,
+            verbose=2 if args.verbose else 0,
+        )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from artclf_core import reembed
+
+    summary = reembed.write_version_atlas(
+        _settings(), args.version, args.out, upload=not args.no_upload
+    )
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    import getpass
+
+    from artclf_core import db
+
+    with db.connect(_settings().db_url) as conn:
+        conn.execute(
+            "SELECT artclf.confirm_label(%s, %s, %s)",
+            (args.id, args.label, args.by or getpass.getuser()),
+        )
+        conn.commit()
+    print(f"artwork {args.id}: label {args.label} confirmed")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from artclf_core import db
+
+    with db.connect(_settings().db_url) as conn:
+        rows = db.fetch_dicts(
+            conn,
+            "SELECT artwork_id, location, label, probability FROM artclf.review_queue(%s) LIMIT %s",
+            (args.threshold, args.limit),
+        )
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    for r in rows:
+        print(f"{r['artwork_id']:>8}  {r['label']:12} p={r['probability']:.2f}  {r['location']}")
+    print(f"{len(rows)} artwork(s) to review", file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the commands of this module on the main parser."""
+    p = sub.add_parser("models", help="the model registry: list, show, activate, rollback")
+    p.add_argument(
+        "action", choices=["list", "show", "register", "activate", "embed", "rollback", "drop"]
+    )
+    p.add_argument("version", nargs="?")
+    p.add_argument("--model", help="register: a .keras file (default: ARTCLF_MODEL or shipped)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("retrain", help="train on the lake's labelled images, gate and publish")
+    p.add_argument("--arch", default="cnn")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--min-gain", type=float, help="gate: least balanced-accuracy gain")
+    p.add_argument("--max-f1-drop", type=float, help="gate: largest per-class F1 drop")
+    p.add_argument("--force", action="store_true", help="train even if the data is unchanged")
+    p.add_argument("--work-dir", help="keep the dataset and candidate here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("atlas", help="HTML projection of a model version's embeddings")
+    p.add_argument("--version", help="default: the active one")
+    p.add_argument("--out", help="default: $ARTCLF_HOME/atlas/<version>.html")
+    p.add_argument("--no-upload", action="store_true", help="do not copy it to models/<v>/")
+    p.set_defaults(func=cmd_atlas)
+
+    p = sub.add_parser("label", help="confirm or correct an artwork's label (curators)")
+    p.add_argument("id", type=int)
+    p.add_argument("label")
+    p.add_argument("--by", help="curator name (default: your login)")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("review", help="low-confidence predictions awaiting a curator")
+    p.add_argument("--threshold", type=float, help="default: the review_threshold setting")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_review)

@@ -1,0 +1,121 @@
+"""The promotion gate: does a newly trained model replace the active one?
+
+Both models are scored on the *same* validation images (source-disjoint, never trained on by
+the candidate), so the comparison measures the models and not the luck of a split. The rule
+is deliberately simple enough to state in one sentence, because an ML owner has to trust it:
+
+    promote only if balanced accuracy improves by at least ``min_gain`` and no class's F1
+    drops by more than ``max_f1_drop``.
+
+Balanced accuracy rather than accuracy because the classes are imbalanced (63 icons against
+496 paintings in the shared set): accuracy rewards a model that gives up on the rare class.
+The per-class F1 guard stops a model that gains on average by sacrificing one medium that
+curators rely on. With no active model (first training) or an active model that was never
+scored on this set, the candidate is promoted when it is at least valid (every class scored).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Default minimum gain in balanced accuracy (absolute, 0-1): one point.
+DEFAULT_MIN_GAIN = 0.01
+#: Default largest tolerated drop of any class's F1 (absolute, 0-1): five points.
+DEFAULT_MAX_F1_DROP = 0.05
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Thresholds of the gate; ``from_env`` reads ``ARTCLF_GATE_MIN_GAIN`` and
+    ``ARTCLF_GATE_MAX_F1_DROP`` (the retraining DAG's params override both)."""
+
+    min_gain: float = DEFAULT_MIN_GAIN
+    max_f1_drop: float = DEFAULT_MAX_F1_DROP
+
+    @classmethod
+    def from_env(cls) -> GatePolicy:
+        return cls(
+            min_gain=float(os.environ.get("ARTCLF_GATE_MIN_GAIN") or DEFAULT_MIN_GAIN),
+            max_f1_drop=float(os.environ.get("ARTCLF_GATE_MAX_F1_DROP") or DEFAULT_MAX_F1_DROP),
+        )
+
+
+@dataclass
+class Decision:
+    """The gate's verdict, with every reason, stored in ``model_versions.decision``."""
+
+    promote: bool
+    reasons: list[str]
+    candidate: dict[str, Any]
+    active: dict[str, Any] | None
+    policy: dict[str, float]
+    deltas: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PROMOTE" if self.promote else "REFUSE"
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "accuracy": round(float(report["accuracy"]), 4),
+        "balanced_accuracy": round(float(report["balanced_accuracy"]), 4),
+        "f1": {c: round(float(v["f1"]), 4) for c, v in report["per_class"].items()},
+        "n": int(report["n"]),
+    }
+
+
+def decide(
+    candidate: dict[str, Any],
+    active: dict[str, Any] | None,
+    policy: GatePolicy | None = None,
+) -> Decision:
+    """Apply the gate to two classification reports (``artclf_core.metrics`` format) computed
+    on the same validation set; ``active`` is None when there is no model to beat."""
+    policy = policy or GatePolicy()
+    cand = _brief(candidate)
+    pol = {"min_gain": policy.min_gain, "max_f1_drop": policy.max_f1_drop}
+    if cand["n"] == 0:
+        return Decision(
+            False, ["the validation set is empty: nothing to judge on"], cand, None, pol
+        )
+    if active is None:
+        return Decision(True, ["no active model to compare with"], cand, None, pol)
+    act = _brief(active)
+    reasons: list[str] = []
+    promote = True
+    gain = cand["balanced_accuracy"] - act["balanced_accuracy"]
+    deltas = {"balanced_accuracy": round(gain, 4)}
+    if gain + 1e-9 < policy.min_gain:
+        promote = False
+        reasons.append(
+            f"balanced accuracy {cand['balanced_accuracy']:.3f} vs {act['balanced_accuracy']:.3f}"
+            f" (gain {gain:+.3f} < required {policy.min_gain:+.3f})"
+        )
+    else:
+        reasons.append(
+            f"balanced accuracy {cand['balanced_accuracy']:.3f} vs {act['balanced_accuracy']:.3f}"
+            f" (gain {gain:+.3f} >= {policy.min_gain:+.3f})"
+        )
+    worst: tuple[float, str] | None = None
+    for cls, f1 in cand["f1"].items():
+        if cls not in act["f1"]:
+            continue
+        drop = act["f1"][cls] - f1
+        deltas[f"f1_{cls}"] = round(-drop, 4)
+        if worst is None or drop > worst[0]:
+            worst = (drop, cls)
+        if drop > policy.max_f1_drop + 1e-9:
+            promote = False
+            reasons.append(
+                f"F1 of {cls} drops {act['f1'][cls]:.3f} -> {f1:.3f}"
+                f" ({drop:.3f} > allowed {policy.max_f1_drop:.3f})"
+            )
+    if promote and worst is not None:
+        reasons.append(f"largest F1 drop {max(worst[0], 0.0):.3f} ({worst[1]}) within limits")
+    return Decision(promote, reasons, cand, act, pol, deltas)

@@ -1,0 +1,237 @@
+"""Retraining from the lake, the promotion gate, and publishing the candidate.
+
+One call, :func:`retrain`, is what the nightly DAG runs (and ``artclf retrain``):
+
+1. **Dataset from the lake** (:func:`export_training_set`): every catalogued artwork whose
+   label is known, i.e. ``curated_label`` set by a ``training/<label>/`` drop or a curator's
+   ``artclf.confirm_label``. The catalogue holds one row per distinct artwork (exact and near
+   copies were turned away at ingestion), and the split again groups copies by SHA-256 and
+   pHash/dHash (:func:`artclf_core.training.duplicate_groups`) and holds out whole sources
+   (the file-name prefix before ``__`` of the key the image was dropped under), so the same
+   artwork never sits on both sides.
+2. **Training** with :func:`artclf_core.training.train` (augmentation, class weights, early
+   stopping on validation loss).
+3. **The gate** (:mod:`artclf_core.promotion`): the active model is scored on the *same*
+   validation images as the candidate, and the candidate is promoted only if it is better.
+4. **Publishing**: the ``.keras`` file, ``report.json`` (both reports, the decision, the
+   split, the data fingerprint) and PNG plots go to ``s3://<bucket>/models/<version>/``; the
+   version is registered with status ``promoted`` or ``rejected`` and the decision's reasons.
+   A promoted version is not active yet: re-embedding the catalogue and the switch
+   (:mod:`artclf_core.reembed`) make it so.
+
+If the labelled data has not changed since the active model was trained (same fingerprint),
+nothing is trained: a nightly run on an unchanged lake costs a query, not 20 minutes of CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from artclf_core import CLASSES, db, plots, promotion, registry
+from artclf_core import s3 as s3lib
+from artclf_core.config import Settings
+
+log = logging.getLogger("artclf.retrain")
+
+#: Fewest labelled images per class to train at all (a class needs some to validate on).
+MIN_PER_CLASS = 4
+MODELS_PREFIX = "models/"
+
+
+def _source_of(source_key: str) -> str:
+    name = s3lib.basename(source_key)
+    return name.split("__", 1)[0] if "__" in name else "lake"
+
+
+def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
+    """SHA-256 over the sorted ``(sha256, label)`` pairs of a training set: two runs with the
+    same fingerprint trained on the same images with the same labels."""
+    h = hashlib.sha256()
+    for sha, label in sorted(pairs):
+        h.update(f"{sha} {label}\n".encode())
+    return h.hexdigest()
+
+
+def labelled_artworks(conn) -> list[dict[str, Any]]:
+    """Catalogued artworks with a known label (folder or curator), oldest first."""
+    return db.fetch_dicts(
+        conn,
+        "SELECT id, bucket, key, curated_label AS label, source_key, sha256"
+        " FROM artclf.artworks WHERE curated_label IS NOT NULL ORDER BY id",
+    )
+
+
+def export_training_set(settings: Settings, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Download the lake's labelled artworks to ``out_dir/<label>/<source>__<id>-<name>``.
+
+    The folder layout is the one ``artclf train`` reads, so training from the lake and from a
+    local folder are the same code. Returns ``{"dir", "n", "per_class", "fingerprint"}``.
+    """
+    out = Path(out_dir)
+    with db.connect(settings.db_url) as conn:
+        rows = labelled_artworks(conn)
+    if out.exists():
+        shutil.rmtree(out)
+    for label in CLASSES:
+        (out / label).mkdir(parents=True, exist_ok=True)
+    client = s3lib.client(settings, max_pool=20)
+
+    def fetch(r: dict[str, Any]) -> None:
+        name = f"{_source_of(r['source_key'])}__{r['id']}-{s3lib.basename(r['key'])}"
+        client.download_file(r["bucket"], r["key"], str(out / r["label"] / name))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(fetch, rows))
+    return {
+        "dir": str(out),
+        "n": len(rows),
+        "per_class": dict(Counter(r["label"] for r in rows)),
+        "fingerprint": data_fingerprint([(r["sha256"], r["label"]) for r in rows]),
+    }
+
+
+def _active(conn) -> dict[str, Any] | None:
+    rows = db.fetch_dicts(
+        conn,
+        "SELECT version, artifact, data_fingerprint FROM artclf.model_versions WHERE is_active",
+    )
+    return rows[0] if rows else None
+
+
+def retrain(
+    settings: Settings,
+    *,
+    work_dir: str | os.PathLike[str],
+    arch: str = "cnn",
+    epochs: int | None = None,
+    patience: int | None = None,
+    seed: int = 0,
+    policy: promotion.GatePolicy | None = None,
+    force: bool = False,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Build the dataset, train, gate, publish and register; return the run's summary.
+
+    ``summary["status"]`` is ``"skipped"`` (with ``reason``), ``"promoted"`` or
+    ``"rejected"``; the last two carry ``version``, ``decision`` and ``artifact``.
+    """
+    from artclf_core import training
+    from artclf_core.model import ArtModel
+
+    policy = policy or promotion.GatePolicy.from_env()
+    started = time.perf_counter()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = export_training_set(settings, work / "dataset")
+    with db.connect(settings.db_url) as conn:
+        active = _active(conn)
+    summary: dict[str, Any] = {"dataset": {k: v for k, v in dataset.items() if k != "dir"}}
+    short = [c for c in CLASSES if dataset["per_class"].get(c, 0) < MIN_PER_CLASS]
+    if short:
+        return {
+            **summary,
+            "status": "skipped",
+            "reason": f"fewer than {MIN_PER_CLASS} labelled images of {', '.join(short)}",
+        }
+    if not force and active and active["data_fingerprint"] == dataset["fingerprint"]:
+        return {
+            **summary,
+            "status": "skipped",
+            "reason": f"labelled data unchanged since {active['version']} was trained",
+        }
+
+    kwargs: dict[str, Any] = {"seed": seed, "arch": arch, "verbose": verbose}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    if patience is not None:
+        kwargs["patience"] = patience
+    result = training.train(dataset["dir"], work / "candidate.keras", **kwargs)
+    version = result["version"]
+    # The active model on exactly the candidate's validation images.
+    samples = training.scan_labelled_folder(dataset["dir"])
+    split = result["split"]
+    _, val = training.split_by_source(
+        samples, split["val_fraction"], split["seed"], mode=split["mode"]
+    )
+    active_report = None
+    if active is not None:
+        path = registry.fetch_artifact(settings, active["version"], active["artifact"])
+        active_report = training.evaluate_samples(val, ArtModel.load(path))
+    decision = promotion.decide(result["report"], active_report, policy)
+    log.info(
+        "gate for %s against %s: %s", version, active and active["version"], decision.summary()
+    )
+
+    # Publish next to each other in the lake: model, report, plots.
+    prefix = f"{MODELS_PREFIX}{version}/"
+    client = s3lib.client(settings)
+    report = {
+        "version": version,
+        "arch": arch,
+        "compared_with": active and active["version"],
+        "decision": decision.as_dict(),
+        "candidate": result["report"],
+        "active": active_report,
+        "split": split,
+        "dataset": summary["dataset"],
+        "history": result["history"],
+        "best_epoch": result["best_epoch"],
+        "train_seconds": round(result["train_seconds"], 1),
+    }
+    objects = {
+        "model.keras": Path(result["model_path"]).read_bytes(),
+        "report.json": json.dumps(report, indent=2).encode(),
+        "training_curves.png": plots.training_curves_png(
+            result["history"], title=f"{version}", best_epoch=result["best_epoch"]
+        ),
+        "confusion.png": plots.confusion_png(result["report"], title=f"{version} (validation)"),
+    }
+    if active_report is not None:
+        objects["confusion_active.png"] = plots.confusion_png(
+            active_report, title=f"{active['version']} (same validation images)"
+        )
+    for name, body in objects.items():
+        client.put_object(Bucket=settings.bucket, Key=prefix + name, Body=body)
+    artifact = f"s3://{settings.bucket}/{prefix}model.keras"
+    status = "promoted" if decision.promote else "rejected"
+    with db.connect(settings.db_url) as conn:
+        db.register_model(
+            conn,
+            version=version,
+            arch=arch,
+            classes=CLASSES,
+            artifact=artifact,
+            metrics={"validation": result["report"], "split": split},
+            status=status,
+        )
+        db.update_model(
+            conn,
+            version,
+            status=status,
+            decision=decision.as_dict(),
+            plots={n: f"s3://{settings.bucket}/{prefix}{n}" for n in objects if n.endswith(".png")},
+            data_fingerprint=dataset["fingerprint"],
+            params={k: v for k, v in kwargs.items() if k != "verbose"},
+        )
+        conn.commit()
+    return {
+        **summary,
+        "status": status,
+        "version": version,
+        "compared_with": active and active["version"],
+        "decision": decision.as_dict(),
+        "reasons": decision.reasons,
+        "artifact": artifact,
+        "report": f"s3://{settings.bucket}/{prefix}report.json",
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -1,0 +1,143 @@
+"""``artclf_retrain``: nightly retraining on the lake's labelled images, behind a gate.
+
+Thin: building the dataset, training, the gate and publishing are
+:func:`artclf_core.retrain.retrain` (also ``artclf retrain``); this file schedules it, shows
+the decision, and announces a promotion on the ``artclf_models`` asset, which schedules
+``artclf_reembed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from artclf_airflow.assets import models_asset
+
+log = logging.getLogger("artclf.dag")
+
+DAG_ID = "artclf_retrain"
+
+DOC_MD = """
+### artclf_retrain: retrain the model nightly, promote it only if it is better
+
+**When it runs.** Daily (no catch-up: a missed night is not worth re-running; one run at a
+time). It trains nothing if the labelled data is unchanged since the active model was trained.
+
+**What a run does.** `train_and_gate`:
+1. exports every catalogued artwork with a known label (`training/<label>/` drops and labels
+   confirmed by curators with `artclf label` / `artclf.confirm_label`) from the lake;
+2. splits it by source, keeping exact and near copies on one side;
+3. trains the `arch` model (augmentation, class weights, early stopping);
+4. scores the candidate **and the active model on the same validation images** and applies
+   the gate: promote only if balanced accuracy improves by at least `min_gain` and no class's
+   F1 drops by more than `max_f1_drop`;
+5. publishes `model.keras`, `report.json` and PNG plots (training curves, confusion
+   matrices) to `s3://<bucket>/models/<version>/` and registers the version as `promoted` or
+   `rejected`, with the reasons.
+
+If promoted, `announce_promotion` updates the `artclf_models` asset, which starts
+`artclf_reembed`: the new model embeds the whole catalogue beside the old one, then the
+active version switches in one transaction.
+
+**Why was a model (not) promoted?** The `train_and_gate` log prints the verdict and every
+reason; its XCom `return_value` holds the full summary; in SQL:
+`SELECT version, status, decision FROM artclf.model_versions ORDER BY created_at DESC;`
+or `artclf models show <version>`. Plots are next to the model in the lake.
+
+**Operating it.** Trigger with `force` to train on unchanged data, or change the gate's
+thresholds for one run. Roll back a promotion with `artclf models rollback`.
+"""
+
+
+@task(retries=1, retry_delay=timedelta(minutes=5), execution_timeout=timedelta(hours=2))
+def train_and_gate() -> dict:
+    """Build the dataset from the lake, train, compare with the active model, publish."""
+    import tempfile
+
+    from artclf_airflow.connections import settings_from_connections
+
+    from artclf_core import promotion, retrain
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    params = get_current_context()["params"]
+    policy = promotion.GatePolicy(
+        min_gain=float(params["min_gain"]), max_f1_drop=float(params["max_f1_drop"])
+    )
+    with tempfile.TemporaryDirectory(prefix="artclf-retrain-") as work:
+        summary = retrain.retrain(
+            settings_from_connections(),
+            work_dir=work,
+            arch=params["arch"],
+            epochs=params["epochs"],
+            policy=policy,
+            force=bool(params["force"]),
+        )
+    if summary["status"] == "skipped":
+        log.info("nothing trained: %s", summary["reason"])
+    else:
+        log.info(
+            "candidate %s vs active %s: %s",
+            summary["version"],
+            summary["compared_with"],
+            summary["status"].upper(),
+        )
+        for reason in summary["reasons"]:
+            log.info("  - %s", reason)
+        log.info("report: %s", summary["report"])
+    return summary
+
+
+@task.short_circuit
+def promoted(summary: dict) -> bool:
+    """Go on to announce only when the gate promoted the candidate."""
+    return summary.get("status") == "promoted"
+
+
+@task(outlets=[models_asset()])
+def announce_promotion(summary: dict, *, outlet_events=None) -> str:
+    """Update the ``artclf_models`` asset with the promoted version (starts re-embedding)."""
+    outlet_events[models_asset()].extra = {"version": summary["version"]}
+    return summary["version"]
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule="@daily",
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=3),
+    tags=["artclf", "ml", "retraining"],
+    doc_md=DOC_MD,
+    default_args={"owner": "artclf"},
+    params={
+        "arch": Param(
+            os.environ.get("ARTCLF_TRAIN_ARCH", "cnn"),
+            type="string",
+            enum=["cnn", "efficientnet_lite0"],
+            title="Architecture",
+        ),
+        "epochs": Param(
+            None, type=["null", "integer"], minimum=1, title="Max epochs (empty: default)"
+        ),
+        "min_gain": Param(
+            float(os.environ.get("ARTCLF_GATE_MIN_GAIN") or 0.01),
+            type="number",
+            title="Gate: least balanced-accuracy gain",
+        ),
+        "max_f1_drop": Param(
+            float(os.environ.get("ARTCLF_GATE_MAX_F1_DROP") or 0.05),
+            type="number",
+            title="Gate: largest per-class F1 drop",
+        ),
+        "force": Param(False, type="boolean", title="Train even if the data is unchanged"),
+    },
+)
+def artclf_retrain() -> None:
+    summary = train_and_gate()
+    promoted(summary) >> announce_promotion(summary)
+
+
+artclf_retrain()
