@@ -223,7 +223,8 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[
                                         hnsw_ef_construction=args.ef_construction)
         migrated_ef = nearest_ef_search(conn)
         indexdef = _stack.index_definitions(conn)[_stack.HNSW_INDEX]
-    _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks"])
+    _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks",
+                              f"artclf.{_stack.EMBEDDINGS_TABLE}"])
 
     rng = np.random.default_rng(args.seed + 1)
     qidx = rng.choice(n, size=args.warmup + args.queries, replace=False)
@@ -284,7 +285,8 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[
         results += measure_index(url2, cat, ids, warm_ids, exact,
                                  f"hnsw ef_search={migrated_ef}", f"shared_buffers={sb}")
         url = _stack.restart(stack, shared_buffers=_stack.PG_TUNING["shared_buffers"])
-        _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks"])
+        _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks",
+                              f"artclf.{_stack.EMBEDDINGS_TABLE}"])
 
     if args.neardup:
         args.neardup_results += neardup_lookup.run_all(stack, url, cat, args)

@@ -326,14 +326,23 @@ LANGUAGE sql STABLE AS $$
     ORDER BY e.probability, e.artwork_id
 $$;
 
--- Curators: may read, confirm labels through the function above, nothing else.
+-- Curators: may read, confirm labels through the function above, nothing else. Created here
+-- when missing and allowed (the docker-compose init script makes it, so that the catalogue
+-- owner needs no CREATEROLE); without it, only the owner can confirm labels.
+REVOKE EXECUTE ON FUNCTION artclf.confirm_label(bigint, text, text) FROM PUBLIC, artclf_reader;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'artclf_curator') THEN
-        CREATE ROLE artclf_curator NOLOGIN IN ROLE artclf_reader;
+        BEGIN
+            CREATE ROLE artclf_curator NOLOGIN IN ROLE artclf_reader;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'role artclf_curator is missing and cannot be created here; '
+                'a superuser can run: CREATE ROLE artclf_curator NOLOGIN IN ROLE artclf_reader; '
+                'GRANT EXECUTE ON FUNCTION artclf.confirm_label(bigint, text, text) TO artclf_curator;';
+            RETURN;
+        END;
     END IF;
+    GRANT EXECUTE ON FUNCTION artclf.confirm_label(bigint, text, text) TO artclf_curator;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION artclf.confirm_label(bigint, text, text) FROM PUBLIC, artclf_reader;
-GRANT EXECUTE ON FUNCTION artclf.confirm_label(bigint, text, text) TO artclf_curator;
 GRANT SELECT ON ALL TABLES IN SCHEMA artclf TO artclf_reader;

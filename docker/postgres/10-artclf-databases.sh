@@ -20,9 +20,10 @@ CREATE DATABASE :"airflow_db" OWNER :"airflow_user";
 CREATE ROLE :"artclf_user" LOGIN PASSWORD :'artclf_password';
 CREATE DATABASE :"artclf_db" OWNER :"artclf_user";
 
--- Created by sql/003 and sql/004 when missing; made here so the catalogue owner needs no
+-- Created by sql/003, 004 and 005 when missing; made here so the catalogue owner needs no
 -- CREATEROLE.
 CREATE ROLE artclf_reader NOLOGIN;
+CREATE ROLE artclf_curator NOLOGIN IN ROLE artclf_reader;
 CREATE ROLE artclf_minio NOLOGIN;
 CREATE ROLE :"notify_user" LOGIN PASSWORD :'notify_password' IN ROLE artclf_minio;
 -- MinIO refuses a schema-qualified table name: it inserts into `minio_events`.
