@@ -48,11 +48,6 @@ MIN_PER_CLASS = 4
 MODELS_PREFIX = "models/"
 
 
-def _source_of(source_key: str) -> str:
-    name = s3lib.basename(source_key)
-    return name.split("__", 1)[0] if "__" in name else "lake"
-
-
 def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
     """SHA-256 over the sorted ``(sha256, label)`` pairs of a training set: two runs with the
     same fingerprint trained on the same images with the same labels."""
@@ -72,7 +67,7 @@ def labelled_artworks(conn) -> list[dict[str, Any]]:
 
 
 def export_training_set(settings: Settings, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Download the lake's labelled artworks to ``out_dir/<label>/<source>__<id>-<name>``.
+    """Download the lake's labelled artworks to ``out_dir/<label>/<name as dropped>``.
 
     The folder layout is the one ``artclf train`` reads, so training from the lake and from a
     local folder are the same code. Returns ``{"dir", "n", "per_class", "fingerprint"}``.
@@ -86,12 +81,24 @@ def export_training_set(settings: Settings, out_dir: str | os.PathLike[str]) -> 
         (out / label).mkdir(parents=True, exist_ok=True)
     client = s3lib.client(settings, max_pool=20)
 
-    def fetch(r: dict[str, Any]) -> None:
-        name = f"{_source_of(r['source_key'])}__{r['id']}-{s3lib.basename(r['key'])}"
-        client.download_file(r["bucket"], r["key"], str(out / r["label"] / name))
+    # The drop's file name is kept (its prefix before ``__`` is the source the split holds
+    # out, as in a local training folder); a second artwork of the same name gets its id.
+    names: dict[tuple[str, str], int] = Counter()
+    jobs = []
+    for r in rows:
+        name = s3lib.basename(r["source_key"]) or s3lib.basename(r["key"])
+        if names[(r["label"], name)]:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}-{r['id']}.{ext}" if dot else f"{name}-{r['id']}"
+        names[(r["label"], name)] += 1
+        jobs.append((r, out / r["label"] / name))
+
+    def fetch(job: tuple[dict[str, Any], Path]) -> None:
+        r, path = job
+        client.download_file(r["bucket"], r["key"], str(path))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(fetch, rows))
+        list(pool.map(fetch, jobs))
     return {
         "dir": str(out),
         "n": len(rows),
