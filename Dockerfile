@@ -21,3 +21,8 @@ ENV ARTCLF_SQL_DIR=/opt/artclf/sql \
 # DAGs and the Airflow glue (plugins/ is on sys.path for every Airflow process).
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
+
+# Processes that fork task processes (the Celery worker, the scheduler) import TensorFlow and
+# Great Expectations once, so each task starts in a fraction of a second
+# (plugins/artclf_airflow/preload.py; off with ARTCLF_AIRFLOW_PRELOAD=0).
+COPY --chown=airflow:0 plugins/artclf_airflow/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py

@@ -58,7 +58,7 @@ def grow(settings: Settings, rows: int, version: str) -> int:
                     height, format, byte_size, source_key)
                 SELECT s.location || '#' || g, s.bucket, s.key, s.label,
                        s.probability, s.probabilities, s.model_version,
-                       lpad(to_hex(g), 64, 'f'), s.phash, s.dhash, s.phash_bands,
+                       'e' || lpad(to_hex(g), 63, '0'), s.phash, s.dhash, s.phash_bands,
                        s.width, s.height, s.format, s.byte_size, s.source_key
                 FROM gen JOIN src s USING (k) RETURNING id, location)
             INSERT INTO artclf.embeddings (model_version, artwork_id, label, probability,

@@ -294,6 +294,7 @@ class EmbeddedAirflow:
         self._write_config(port)
         self._write_passwords()
         self._write_shim(airflow)
+        self._write_local_settings()
         child_env = self._child_env(env, airflow)
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
@@ -471,6 +472,15 @@ class EmbeddedAirflow:
         for src in [*sorted((root / "dags").glob("*.py")), *map(Path, extra)]:
             (folder / src.name).symlink_to(src.resolve())
         return folder
+
+    def _write_local_settings(self) -> None:
+        """``config/airflow_local_settings.py``: the scheduler, whose LocalExecutor workers
+        fork every task, imports TensorFlow and Great Expectations once
+        (``plugins/artclf_airflow/preload.py``)."""
+        target = self.dir / "config" / "airflow_local_settings.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = repo_root() / "plugins" / "artclf_airflow" / "airflow_local_settings.py"
+        target.write_text(source.read_text())
 
     def _write_shim(self, airflow: str) -> None:
         """``bin/airflow``: the real one, without the all-interfaces log servers."""
