@@ -96,7 +96,7 @@ def register_model(
     activate: bool | None = False,
     status: str = "registered",
 ) -> None:
-    """Record a model version (idempotent) and give it an indexed embedding partition.
+    """Record a model version (idempotent) and give it an embedding partition.
 
     With ``activate`` True it becomes the active version through ``artclf.activate_model``
     (which refuses while the catalogue has artworks it has not embedded); with None only when
@@ -107,7 +107,11 @@ def register_model(
         " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING",
         (version, arch, list(classes), artifact, json.dumps(metrics) if metrics else None, status),
     )
-    conn.execute("SELECT artclf.build_embedding_index(%s)", (version,))
+    if status == "registered":
+        # A model registered to ingest with gets its partition indexed now (rows arrive one
+        # batch at a time); a trained candidate's partition is filled by re-embedding first
+        # and indexed once, at the switch (reembed.switch), which is much faster.
+        conn.execute("SELECT artclf.build_embedding_index(%s)", (version,))
     if activate is None:
         if active_version(conn) is not None:
             return

@@ -123,18 +123,6 @@ def main() -> None:
                 artifact=str(other),
                 status="promoted",
             )
-            # Re-embedding writes to an unindexed partition and indexes once at the switch.
-            conn.execute(
-                "DO $$ DECLARE r record; BEGIN FOR r IN SELECT indexrelid::regclass AS i"
-                " FROM pg_index WHERE indrelid = artclf.embedding_partition(%s)::regclass"
-                " AND NOT indisprimary LOOP EXECUTE 'DROP INDEX ' || r.i; END LOOP; END $$".replace(
-                    "%s", f"'{model.version}-bench2'"
-                )
-            )
-            conn.execute(
-                "UPDATE artclf.model_versions SET index_built = false WHERE version = %s",
-                (f"{model.version}-bench2",),
-            )
             conn.commit()
 
         def progress(done: int, n: int) -> None:
