@@ -394,6 +394,13 @@ class IncomingWatcher:
     #: Longest wait without a notification (re-checks the queue even with no sweep).
     IDLE_CHECK = 60.0
     MAX_BACKOFF = 60.0
+    #: A sweep that queues at least this many new objects means a bulk drop is still
+    #: arriving: the announcement is held until a sweep finds fewer (the upload ended) or
+    #: for at most :attr:`MAX_HOLD` seconds, so that a drop of thousands becomes one run with
+    #: full batches instead of one small run per sweep, each paying the task start-up. A
+    #: single image (or a few) is announced at the first sweep that sees it.
+    BURST = 32
+    MAX_HOLD = 10.0
 
     def __init__(
         self,
@@ -467,10 +474,25 @@ class IncomingWatcher:
             next_sweep = loop.time() if self.sweep_interval > 0 else math.inf
             # Reminders are checked at once: a restart is when a lost announcement shows.
             next_remind = loop.time() if self.reannounce_after > 0 else math.inf
+            held_since: float | None = None
             while True:
                 if loop.time() >= next_sweep:
-                    await self._sweep(work)
+                    added = await self._sweep(work)
                     next_sweep = loop.time() + self.sweep_interval
+                    if added >= self.BURST:
+                        held_since = held_since if held_since is not None else loop.time()
+                    else:
+                        held_since = None
+                    if held_since is not None and loop.time() - held_since < self.MAX_HOLD:
+                        log.info(
+                            "watcher %s: %d new object(s) in one sweep, a bulk drop is still "
+                            "arriving: announcing after the next sweep",
+                            self.name,
+                            added,
+                        )
+                        await asyncio.sleep(max(0.0, next_sweep - loop.time()))
+                        continue
+                    held_since = None
                 found = await asyncio.to_thread(
                     announce, work, self.name, bucket=bucket, prefix=self.prefix
                 )
@@ -501,16 +523,22 @@ class IncomingWatcher:
                 _close_when_idle(work)
             await listen.close()
 
-    async def _sweep(self, work: psycopg.Connection) -> None:
-        """Sweep in a thread; an S3 outage is logged, not fatal (notifications still work)."""
+    async def _sweep(self, work: psycopg.Connection) -> int:
+        """Sweep in a thread; return how many objects it newly queued. An S3 outage is
+        logged, not fatal (notifications still work)."""
         try:
             if self._s3 is None:
                 from artclf_core import s3 as s3lib
 
                 self._s3 = await asyncio.to_thread(s3lib.client, self.settings)
+            before = await asyncio.to_thread(max_log_id, work)
+            await asyncio.to_thread(work.commit)
             await asyncio.to_thread(
                 sweep_and_notify, self._s3, work, self.settings.bucket, self.prefix
             )
+            after = await asyncio.to_thread(max_log_id, work)
+            await asyncio.to_thread(work.commit)
+            return after - before
         except (BotoCoreError, ClientError) as exc:
             await asyncio.to_thread(work.rollback)
             log.warning(
@@ -520,6 +548,7 @@ class IncomingWatcher:
                 self.prefix,
                 exc,
             )
+            return 0
 
     async def _wait(self, listen: psycopg.AsyncConnection, own_pid: int, timeout: float) -> None:
         """Until a notification from another session arrives or ``timeout`` passes."""

@@ -357,3 +357,36 @@ def test_survives_losing_its_database_sessions(lake):
             await run.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_bulk_drop_is_announced_once_when_it_stops_arriving(lake, monkeypatch):
+    """Sweeps that keep finding many new objects hold the announcement (one run with full
+    batches instead of one per sweep); a lone image is still announced at once."""
+    from artclf_core.events import IncomingWatcher
+
+    settings, client, conn = lake
+    monkeypatch.setattr(IncomingWatcher, "BURST", 1)  # any sweep with news holds
+    monkeypatch.setattr(IncomingWatcher, "MAX_HOLD", 30.0)
+
+    async def scenario() -> None:
+        run = Running(trigger(unique()))
+        try:
+            await run.quiet(1.0)
+            # A drop still arriving over several sweeps (every sweep sees new objects).
+            for wave in range(6):
+                for i in range(6):
+                    client.put_object(
+                        Bucket=settings.bucket, Key=f"incoming/bulk/{wave}-{i}.jpg", Body=b"x"
+                    )
+                await asyncio.sleep(SWEEP / 3)
+                assert run.events.empty(), "announced while the drop was still arriving"
+            payload = await run.next()
+            assert payload["count"] == 36
+            await run.quiet()
+            client.put_object(Bucket=settings.bucket, Key="incoming/lone.jpg", Body=b"y")
+            payload = await run.next(timeout=SWEEP * 3)
+            assert payload["count"] == 1
+        finally:
+            await run.stop()
+
+    asyncio.run(scenario())
