@@ -277,9 +277,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from artclf_core import training
 
-    kwargs = {"val": args.val, "seed": args.seed}
-    if args.epochs:
-        kwargs["epochs"] = args.epochs
+    kwargs = {"val": args.val, "seed": args.seed, "arch": args.arch}
+    for name in (
+        "epochs",
+        "patience",
+        "learning_rate",
+        "batch_size",
+        "image_size",
+        "head_epochs",
+        "fine_tune_stages",
+    ):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     result = training.train(args.data, args.out, **kwargs)
     report = result.get("report") or result.get("validation")
     if report:
@@ -362,9 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on DIR/<label>/*")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--arch", default="cnn", help="cnn (default) or efficientnet_lite0")
+    p.add_argument("--epochs", type=int, help="max epochs (backbone: of the fine-tuning phase)")
     p.add_argument("--val", default="source", choices=["source", "random", "none"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, help="early-stopping patience (epochs)")
+    p.add_argument("--learning-rate", type=float, help="(backbone: of the fine-tuning phase)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, help="input side (default: the arch's recipe)")
+    p.add_argument("--head-epochs", type=int, help="backbone: epochs with it frozen")
+    p.add_argument("--fine-tune-stages", type=int, help="backbone: top stages unfrozen (0-7)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model on DIR/<label>/*")

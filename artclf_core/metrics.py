@@ -88,7 +88,9 @@ def format_report(report: dict[str, Any]) -> str:
     """Render a report from :func:`classification_report` as a fixed-width text table.
 
     Macro F1 (over classes with support) is shown as well, computed here from ``per_class`` so
-    the report dict itself keeps exactly its documented keys.
+    the report dict itself keeps exactly its documented keys. The optional keys added by
+    :mod:`artclf_core.training` (``label_precision_at_5``, ``by_source``) are shown when
+    present.
     """
     classes = list(report["classes"])
     per = report["per_class"]
@@ -114,4 +116,50 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(" " * (width + 2) + "".join(f"{c[:10]:>{cell}}" for c in classes))
     for c, row in zip(classes, report["confusion"], strict=True):
         lines.append(f"{c:<{width}}  " + "".join(f"{v:>{cell}d}" for v in row))
+    if "label_precision_at_5" in report:
+        lines.insert(4, f"label precision@5: {report['label_precision_at_5']:.3f}")
+    by_source = report.get("by_source")
+    if by_source and by_source.get("sources"):
+        rows = list(by_source["sources"].values())
+        sw = max(len(f"{r['label']}/{r['source']}") for r in rows)
+        lines += ["", f"{'class/source':<{sw}}      n  accuracy  trained on"]
+        for r in rows:
+            seen = {True: "yes", False: "no", None: "?"}[r.get("trained_on")]
+            name = f"{r['label']}/{r['source']}"
+            lines.append(f"{name:<{sw}}  {r['n']:5d}  {r['accuracy']:8.3f}  {seen}")
     return "\n".join(lines)
+
+
+def label_precision_at_k(
+    embeddings: np.ndarray, labels: Sequence[Any] | np.ndarray, k: int = 5
+) -> float:
+    """Mean share of each item's ``k`` nearest neighbours (cosine) that carry its label.
+
+    This is what a user of similarity search sees: ask for the artworks most like one and count
+    how many are of the same medium. The item itself is excluded from its neighbours (so an
+    exact duplicate elsewhere in the set does count). Ties in similarity are broken by index,
+    so the result is deterministic. When the set has ``k`` or fewer other items, every other
+    item is a neighbour. Rows of zeros have cosine 0 to everything. Returns 0.0 for fewer
+    than two items.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    lab = np.asarray(labels).ravel()
+    if emb.ndim != 2 or emb.shape[0] != lab.size:
+        raise ValueError(f"need embeddings (N, D) and N labels, got {emb.shape} and {lab.size}")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    n = emb.shape[0]
+    if n < 2:
+        return 0.0
+    k = min(k, n - 1)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+    hits = 0
+    # Blocks of rows keep the similarity matrix small for large sets.
+    for start in range(0, n, 1024):
+        sim = unit[start : start + 1024] @ unit.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, start + rows] = -np.inf
+        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        hits += int((lab[nearest] == lab[start : start + sim.shape[0], None]).sum())
+    return float(hits / (n * k))

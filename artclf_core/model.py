@@ -35,23 +35,41 @@ import tensorflow as tf  # noqa: E402
 
 #: Version of the layout of :data:`METADATA_MEMBER`, bumped if its keys change meaning.
 METADATA_FORMAT = 1
-#: Architecture names :func:`build_model` knows.
-ARCHS: tuple[str, ...] = ("cnn",)
+#: Architecture names :func:`build_model` knows: the prototype's CNN trained from scratch and
+#: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.backbones`).
+ARCHS: tuple[str, ...] = ("cnn", "efficientnet_lite0")
+#: Input side per architecture when ``image_size`` is not given. The backbone's 160 was chosen
+#: by measurement (docs/model-card.md "Input resolution").
+DEFAULT_IMAGE_SIZES: dict[str, int] = {"cnn": IMAGE_SIZE, "efficientnet_lite0": 160}
+#: Dropout between the backbone's pooled features and the embedding layer.
+BACKBONE_DROPOUT = 0.3
 #: Largest batch sent through the network at once: bounds peak memory (activations of the
 #: first conv layer are ~1.4 MB per image) while keeping the per-call overhead negligible.
 PREDICT_CHUNK = 64
 
 
 def build_model(
-    num_classes: int = len(CLASSES), seed: int = 0, *, arch: str = "cnn"
+    num_classes: int = len(CLASSES),
+    seed: int = 0,
+    *,
+    arch: str = "cnn",
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
 ) -> keras.Model:
-    """Build the prototype's CNN as one inference model with two named outputs.
+    """Build one inference model with two named outputs, ``probabilities`` and ``embedding``.
 
     The input is raw 0-255 pixels (float32; uint8 arrays are cast by :meth:`ArtModel.predict`)
-    and the ``Rescaling(1/255)`` lives inside the model, so every caller feeds the same thing
-    that :func:`artclf_core.preprocess.to_model_input` produces. Augmentation is deliberately
-    *not* part of this model (it is wrapped around it only while training), so inference is
+    of shape ``(image_size, image_size, 3)`` (default :data:`DEFAULT_IMAGE_SIZES` of the
+    architecture) and any normalisation lives inside the model, so every caller feeds the same
+    thing that :func:`artclf_core.preprocess.to_model_input` produces. Augmentation is
+    deliberately *not* part of this model (it is applied only while training), so inference is
     deterministic.
+
+    ``arch="cnn"``: the prototype's CNN (``Rescaling(1/255)``, five conv/pool blocks, three
+    dense layers). ``arch="efficientnet_lite0"``: the ImageNet-pretrained backbone of
+    :func:`artclf_core.backbones.build_efficientnet_lite0` (nested as the sub-model
+    ``"backbone"``; ``weights=None`` leaves it random, for tests of the plumbing only), its
+    pooled 1280-d features, dropout, then the same two layers.
 
     The embedding is the linear 128-unit layer just before the softmax: a linear layer keeps
     the geometry the classifier uses (no ReLU zeroing half of the space), which is what a
@@ -59,6 +77,7 @@ def build_model(
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    size = int(image_size or DEFAULT_IMAGE_SIZES[arch])
     init = keras.initializers.GlorotUniform
 
     def glorot(i: int) -> keras.initializers.Initializer:
@@ -66,18 +85,25 @@ def build_model(
         # the same shape identical initial weights.
         return init(seed=seed * 1000 + i)
 
-    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    for i, filters in enumerate((16, 32, 64, 128, 256)):
-        x = keras.layers.Conv2D(
-            filters, 3, activation="relu", kernel_initializer=glorot(i), name=f"conv{i + 1}"
-        )(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    for i in range(3):
-        x = keras.layers.Dense(
-            128, activation="relu", kernel_initializer=glorot(10 + i), name=f"dense{i + 1}"
-        )(x)
+    inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
+    if arch == "cnn":
+        x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+        for i, filters in enumerate((16, 32, 64, 128, 256)):
+            x = keras.layers.Conv2D(
+                filters, 3, activation="relu", kernel_initializer=glorot(i), name=f"conv{i + 1}"
+            )(x)
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        for i in range(3):
+            x = keras.layers.Dense(
+                128, activation="relu", kernel_initializer=glorot(10 + i), name=f"dense{i + 1}"
+            )(x)
+    else:
+        from artclf_core.backbones import build_efficientnet_lite0
+
+        backbone = build_efficientnet_lite0((size, size, 3), weights=weights, name="backbone")
+        x = backbone(inputs)
+        x = keras.layers.Dropout(BACKBONE_DROPOUT, seed=seed, name="feature_dropout")(x)
     embedding = keras.layers.Dense(
         EMBEDDING_DIM, activation=None, kernel_initializer=glorot(20), name="embedding"
     )(x)
@@ -89,6 +115,14 @@ def build_model(
         {"probabilities": probabilities, "embedding": embedding},
         name=f"artclf_{arch}",
     )
+
+
+def input_size(model: keras.Model) -> int:
+    """The square input side of ``model`` (what :func:`save_model` records as ``image_size``)."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
+        raise ValueError(f"model input must be (None, size, size, 3), got {tuple(shape)}")
+    return int(shape[1])
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -155,7 +189,7 @@ def save_model(
         "version": version,
         "classes": list(classes),
         "arch": arch,
-        "image_size": IMAGE_SIZE,
+        "image_size": input_size(model),
         "embedding_dim": EMBEDDING_DIM,
         "weights_sha256": weights_digest(model),
         "keras_version": keras.__version__,
@@ -191,14 +225,18 @@ class ArtModel:
         version: str,
         classes: tuple[str, ...],
         arch: str,
-        image_size: int = IMAGE_SIZE,
+        image_size: int | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> None:
+        size = input_size(model)
+        if image_size is not None and int(image_size) != size:
+            raise ValueError(f"image_size {image_size} but the model's input is {size}x{size}")
         self.model = model
         self.version = version
         self.classes = tuple(classes)
         self.arch = arch
-        self.image_size = int(image_size)
+        #: Side of the square input :meth:`predict` expects (the metadata's ``image_size``).
+        self.image_size = size
         self.metrics = metrics
         #: Where the model was loaded from (None when built in memory).
         self.path: Path | None = None
@@ -236,9 +274,10 @@ class ArtModel:
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(probabilities (N, C) float32, embeddings (N, 128) float32)`` for a batch.
 
-        ``batch`` is uint8 of shape (N, 150, 150, 3), as stacked from
-        :func:`artclf_core.preprocess.to_model_input`. Large batches are cut into chunks of
-        :data:`PREDICT_CHUNK` to bound memory; each image still goes through the network once.
+        ``batch`` is uint8 of shape (N, S, S, 3) with S = :attr:`image_size` (150 for the
+        cnn), as stacked from :func:`artclf_core.preprocess.to_model_input`. Large batches are
+        cut into chunks of :data:`PREDICT_CHUNK` to bound memory; each image still goes through
+        the network once.
         """
         arr = np.asarray(batch)
         size = self.image_size

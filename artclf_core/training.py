@@ -29,8 +29,16 @@ from typing import Any, Literal
 import numpy as np
 
 from artclf_core import CLASSES, IMAGE_SIZE
-from artclf_core.metrics import classification_report
-from artclf_core.model import ArtModel, build_model, make_version, save_model
+from artclf_core.metrics import classification_report, label_precision_at_k
+from artclf_core.metrics import format_report as format_report  # for `artclf train/evaluate`
+from artclf_core.model import (
+    DEFAULT_IMAGE_SIZES,
+    ArtModel,
+    build_model,
+    input_size,
+    make_version,
+    save_model,
+)
 from artclf_core.preprocess import open_rgb, to_model_input
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -175,15 +183,17 @@ def split_by_source(
     ``mode="random"`` is a plain stratified split per class (single files), kept only to show
     how much a random split overstates accuracy.
 
-    Files with identical SHA-256 always stay on one side: within a class their groups are
-    merged before choosing, and a duplicate shared by two classes goes to training, so an exact
-    copy can never be scored as an "unseen" image.
+    Copies always stay on one side: files with identical SHA-256, and near copies by the
+    ingest pipeline's own rule (pHash and dHash within 14 bits, see :mod:`artclf_core.dedup`),
+    form one group (:func:`duplicate_groups`); within a class their groups are merged before
+    choosing, and a copy shared by two classes goes to training, so neither an exact nor a
+    re-encoded/resized copy can be scored as an "unseen" image.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError("val_fraction must be between 0 and 1")
     if mode not in ("source", "random"):
         raise ValueError(f"unknown split mode {mode!r}")
-    hashes = {s: file_sha256(s.path) for s in samples}
+    hashes = duplicate_groups(samples)
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for s in sorted(samples):
         by_class[s.label].append(s)
@@ -207,6 +217,30 @@ def split_by_source(
     train_list = [s for s in sorted(samples) if s not in val]
     val_list = [s for s in sorted(samples) if s in val]
     return train_list, val_list
+
+
+def duplicate_groups(samples: Sequence[Sample]) -> dict[Sample, str]:
+    """Map each sample to the SHA-256 of the first member of its group of copies.
+
+    Exact copies share a SHA-256; near copies (re-encoded, resized, slightly cropped) are found
+    with the same pHash + dHash rule ingestion uses. Chains are followed (union-find), so a
+    copy of a copy joins the group too.
+    """
+    from artclf_core import dedup
+
+    ordered = sorted(samples)
+    shas = [file_sha256(s.path) for s in ordered]
+    phashes, dhashes = [], []
+    for s in ordered:
+        img = open_rgb(str(s.path))  # the draft decode ingestion hashes too
+        phashes.append(dedup.phash(img))
+        dhashes.append(dedup.dhash(img))
+    found = dedup.find_duplicates_in_batch(shas, phashes, dhashes=dhashes)
+    root = list(range(len(ordered)))
+    for i, hit in enumerate(found):
+        if hit is not None:
+            root[i] = root[hit[1]]  # hit[1] < i, so its root is final already
+    return {s: shas[root[i]] for i, s in enumerate(ordered)}
 
 
 def _groups_merging_duplicates(
@@ -260,16 +294,20 @@ def describe_split(train: Sequence[Sample], val: Sequence[Sample]) -> dict[str, 
     return out
 
 
-def load_images(samples: Sequence[Sample], *, workers: int | None = None) -> np.ndarray:
-    """Decode samples into a uint8 array (N, 150, 150, 3) with the ingestion preprocessing.
+def load_images(
+    samples: Sequence[Sample], *, size: int = IMAGE_SIZE, workers: int | None = None
+) -> np.ndarray:
+    """Decode samples into a uint8 array (N, size, size, 3) with the ingestion preprocessing.
 
-    Decoding once up front (about 100 MB for the 1,576 shared images) makes each epoch pure
-    tensor work; a couple of threads overlap Pillow's decoding, which releases the GIL.
+    ``size`` is the model's input side (:attr:`ArtModel.image_size`: 150 for the cnn, the
+    backbone's chosen resolution otherwise). Decoding once up front (about 100 MB at 150 px,
+    175 MB at 192 px for the 1,576 shared images) makes each epoch pure tensor work; a couple
+    of threads overlap Pillow's decoding, which releases the GIL.
     """
-    out = np.empty((len(samples), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
 
     def one(i: int) -> None:
-        out[i] = to_model_input(open_rgb(str(samples[i].path)))
+        out[i] = to_model_input(open_rgb(str(samples[i].path)), size)
 
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
@@ -277,8 +315,52 @@ def load_images(samples: Sequence[Sample], *, workers: int | None = None) -> np.
     return out
 
 
+# ------------------------------------------------------------------------------ recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one architecture is trained by default (every field can be overridden in train()).
+
+    ``epochs``/``learning_rate``/``patience`` are the main phase: the whole cnn, or the
+    fine-tuning of the backbone's top ``fine_tune_stages`` stages. ``head_epochs`` and
+    ``head_learning_rate`` are the backbone's first phase, with the backbone frozen (0 for the
+    cnn, which has no such phase).
+    """
+
+    image_size: int
+    epochs: int
+    learning_rate: float
+    patience: int
+    batch_size: int = 32
+    head_epochs: int = 0
+    head_learning_rate: float = 1e-3
+    fine_tune_stages: int = 0
+
+
+#: Default recipe per architecture. The cnn's is the prototype's (unchanged). The backbone's
+#: was chosen by measurement on the shared images (docs/model-card.md): a frozen-backbone
+#: head phase, then stages 6-7 + head fine-tuned at a low learning rate with frozen
+#: BatchNorm, stopped on the source-disjoint validation loss.
+RECIPES: dict[str, Recipe] = {
+    "cnn": Recipe(image_size=IMAGE_SIZE, epochs=EPOCHS, learning_rate=1e-3, patience=PATIENCE),
+    "efficientnet_lite0": Recipe(
+        image_size=DEFAULT_IMAGE_SIZES["efficientnet_lite0"],
+        epochs=20,
+        learning_rate=3e-5,
+        patience=5,
+        head_epochs=15,
+        head_learning_rate=1e-3,
+        fine_tune_stages=2,
+    ),
+}
+
+
+# ------------------------------------------------------------------------- augmentation
+
+
 def build_augmenter(seed: int = 0) -> keras.Sequential:
-    """The training-only augmentation, aimed at the cues that identify a *source*, not a medium.
+    """The cnn's training-only augmentation, aimed at the cues that identify a *source*.
 
     Colour is the strongest such cue here (greyscale book plates vs colour web images), so
     images are randomly turned grey and their saturation, brightness and contrast jittered;
@@ -303,14 +385,80 @@ def build_augmenter(seed: int = 0) -> keras.Sequential:
     )
 
 
-def build_training_model(base: keras.Model, seed: int = 0) -> keras.Model:
-    """Wrap ``base`` with augmentation and keep only the probabilities output for the loss.
+def _coin(seed: tf.Tensor, p: float) -> tf.Tensor:
+    return tf.random.stateless_uniform([], seed) < p
+
+
+def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The backbone's augmentation of one uint8 (S, S, 3) image -> float32 0-255 (S, S, 3).
+
+    Every step attacks a cue that identifies a *source* rather than a medium, and every random
+    draw is stateless from ``seed`` (shape [2]), so a run is reproducible:
+
+    * random crop of 55-100 % of the area, aspect 3:4-4:3, squeezed back to S x S (framing,
+      margins and plate borders differ between books and museums), horizontal flip;
+    * with p=0.3 a down- and up-scale by 0.3-0.7 (blur: scan resolution, the 224 px web
+      images), with p=0.5 a JPEG re-compression at quality 20-90 (compression artefacts);
+    * colour jitter: brightness +-0.15, contrast 0.7-1.3, saturation 0.5-1.5, hue +-0.04 and a
+      per-channel gain of 0.88-1.12 (paper tint, white balance);
+    * with p=0.3 greyscale (colour photographs vs greyscale book plates).
+
+    Runs in the tf.data pipeline, never inside the saved model.
+    """
+    size = tf.shape(image)[:2]
+    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 12)
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=s[0],
+        min_object_covered=0.0,
+        aspect_ratio_range=(0.75, 1.33),
+        area_range=(0.55, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    x = tf.image.resize(tf.slice(image, begin, extent), size)  # float32 0-255
+    x = tf.image.stateless_random_flip_left_right(x, s[1])
+
+    def blur(img: tf.Tensor) -> tf.Tensor:
+        factor = tf.random.stateless_uniform([], s[3], 0.3, 0.7)
+        small = tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32)
+        return tf.image.resize(tf.image.resize(img, small, antialias=True), size)
+
+    x = tf.cond(_coin(s[2], 0.3), lambda: blur(x), lambda: x)
+
+    def jpeg(img: tf.Tensor) -> tf.Tensor:
+        u8 = tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+        out = tf.image.stateless_random_jpeg_quality(u8, 20, 90, s[5])
+        return tf.cast(out, tf.float32)
+
+    x = tf.cond(_coin(s[4], 0.5), lambda: jpeg(x), lambda: x)
+    x = x / 255.0
+    x = tf.image.stateless_random_brightness(x, 0.15, s[6])
+    x = tf.image.stateless_random_contrast(x, 0.7, 1.3, s[7])
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    x = tf.image.stateless_random_saturation(x, 0.5, 1.5, s[8])
+    x = tf.image.stateless_random_hue(x, 0.04, s[9])
+    x = x * tf.random.stateless_uniform([1, 1, 3], s[10], 0.88, 1.12)
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    x = tf.cond(
+        _coin(s[11], 0.3), lambda: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), lambda: x
+    )
+    x = tf.ensure_shape(x * 255.0, image.shape)
+    return x
+
+
+def build_training_model(base: keras.Model, seed: int = 0, *, augment: bool = True) -> keras.Model:
+    """Wrap ``base`` (optionally with the cnn's augmentation) and keep only the probabilities.
 
     The wrapper shares ``base``'s weights, so training it trains ``base``; only ``base`` is
-    saved, which keeps augmentation out of the inference model.
+    saved, which keeps augmentation out of the inference model. The backbone is trained with
+    ``augment=False`` here because its augmentation runs in the tf.data pipeline
+    (:func:`augment_image`).
     """
-    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name="image")
-    x = build_augmenter(seed)(inputs)
+    size = input_size(base)
+    inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
+    x = build_augmenter(seed)(inputs) if augment else inputs
     probs = base(x)["probabilities"]
     # Identity layer so the output (and its logs) is named "probabilities".
     probs = keras.layers.Identity(name="probabilities")(probs)
@@ -327,52 +475,147 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _dataset(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int, *, shuffle_seed: int | None
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None,
+    augment_seed: int | None = None,
 ) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y, w.astype(np.float32)))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(
-        lambda a, b, c: (tf.cast(a, tf.float32), b, c), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    if augment_seed is not None:
+        # One fresh [2] seed per image and epoch (rerandomised every pass over the data).
+        seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, seeds.batch(2))
+        ds = ds.map(
+            lambda e, s: (augment_image(e[0], s), e[1], e[2]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        ds = ds.batch(batch_size)
+    else:
+        ds = ds.batch(batch_size).map(
+            lambda a, b, c: (tf.cast(a, tf.float32), b, c), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _predict(
+    model: ArtModel, images: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, embeddings)`` of a uint8 batch, in chunks."""
+    probs, embs = [], []
+    for i in range(0, len(images), batch_size):
+        p, e = model.predict(images[i : i + batch_size])
+        probs.append(p)
+        embs.append(e)
+    if not probs:
+        return (
+            np.zeros((0, len(model.classes)), np.float32),
+            np.zeros((0, model.embedding_dim), np.float32),
+        )
+    return np.concatenate(probs), np.concatenate(embs)
+
+
 def _predict_labels(model: ArtModel, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    preds = [
-        np.argmax(model.predict(images[i : i + batch_size])[0], axis=1)
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    return np.argmax(_predict(model, images, batch_size)[0], axis=1)
+
+
+class _BestWeights(keras.callbacks.Callback):
+    """Model selection across training phases: keeps the weights of the epoch with the lowest
+    ``monitor`` over every ``fit`` it is passed to, and stops a fit once ``patience`` epochs
+    (counted over all phases) have not improved on it."""
+
+    def __init__(self, target: keras.Model, monitor: str) -> None:
+        super().__init__()
+        self.target = target
+        self.monitor = monitor
+        self.patience: int | None = None
+        self.best = math.inf
+        self.best_epoch = -1
+        self.best_weights: list[np.ndarray] | None = None
+        self.epoch = -1  # global epoch index over all phases
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch += 1
+        value = (logs or {}).get(self.monitor)
+        if value is not None and float(value) < self.best:
+            self.best = float(value)
+            self.best_epoch = self.epoch
+            self.best_weights = self.target.get_weights()
+        elif self.patience is not None and self.epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def restore(self) -> None:
+        if self.best_weights is not None:
+            self.target.set_weights(self.best_weights)
+
+
+def _merge_histories(histories: Sequence[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Concatenate per-phase histories; keys missing from a phase are dropped."""
+    keys = set.intersection(*(set(h) for h in histories)) if histories else set()
+    return {k: [float(v) for h in histories for v in h[k]] for k in sorted(keys)}
 
 
 def train(
     data_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
-    epochs: int = EPOCHS,
-    batch_size: int = 32,
+    epochs: int | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
     val: ValMode = "source",
     val_fraction: float = VAL_FRACTION,
     arch: str = "cnn",
-    patience: int = PATIENCE,
-    learning_rate: float = 1e-3,
+    patience: int | None = None,
+    learning_rate: float | None = None,
+    image_size: int | None = None,
+    head_epochs: int | None = None,
+    head_learning_rate: float | None = None,
+    fine_tune_stages: int | None = None,
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train a model on ``data_dir`` and save it, with its metadata, to ``out_path``.
 
-    Training uses augmentation, class weights, Adam, learning-rate halving on plateaus and early
-    stopping on the (class-weighted) validation loss with the best epoch's weights restored.
+    Every keyword left as None takes the architecture's :data:`RECIPES` value.
+
+    * ``arch="cnn"``: the prototype's recipe: augmentation layers in front of the model, class
+      weights, Adam, learning-rate halving on plateaus and early stopping on the
+      (class-weighted) validation loss with the best epoch's weights restored.
+    * ``arch="efficientnet_lite0"``: the ImageNet backbone, in two phases over the same
+      augmented tf.data pipeline (:func:`augment_image`) and class weights: (a)
+      ``head_epochs`` with the backbone frozen, training dropout + embedding + softmax at
+      ``head_learning_rate``; (b) up to ``epochs`` more with the top ``fine_tune_stages``
+      stages and the backbone head unfrozen (BatchNorm kept frozen, see
+      :func:`artclf_core.backbones.trainable_top`) at ``learning_rate``, halved on plateaus.
+      The weights of the epoch with the lowest validation loss over *both* phases are kept,
+      and phase (b) stops after ``patience`` epochs without a new best.
+
     With ``val="none"`` the training loss is monitored instead and no report is produced.
     The saved model never saw the validation images, so ``bench/model_quality.py`` can rebuild
     the split from the stored parameters and re-measure it.
 
-    Returns ``{"version", "model_path", "report" (validation report or None), "history",
-    "best_epoch", "epochs_run", "train_seconds", "split"}``.
+    Returns ``{"version", "model_path", "report" (validation report with
+    ``label_precision_at_5`` and ``by_source``, or None), "history", "best_epoch",
+    "epochs_run", "train_seconds", "split"}``.
     """
     if val not in ("source", "random", "none"):
         raise ValueError(f"val must be 'source', 'random' or 'none', got {val!r}")
+    if arch not in RECIPES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(RECIPES)}")
+    recipe = RECIPES[arch]
+    epochs = recipe.epochs if epochs is None else int(epochs)
+    batch_size = recipe.batch_size if batch_size is None else int(batch_size)
+    patience = recipe.patience if patience is None else int(patience)
+    learning_rate = recipe.learning_rate if learning_rate is None else float(learning_rate)
+    image_size = recipe.image_size if image_size is None else int(image_size)
+    head_epochs = recipe.head_epochs if head_epochs is None else int(head_epochs)
+    head_lr = recipe.head_learning_rate if head_learning_rate is None else head_learning_rate
+    stages = recipe.fine_tune_stages if fine_tune_stages is None else int(fine_tune_stages)
+    backbone_arch = arch != "cnn"
+
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
     classes = CLASSES
@@ -382,20 +625,27 @@ def train(
     else:
         tr_samples, va_samples = split_by_source(samples, val_fraction, seed, mode=val)
     index = {c: i for i, c in enumerate(classes)}
-    x_tr = load_images(tr_samples)
+    x_tr = load_images(tr_samples, size=image_size)
     y_tr = np.array([index[s.label] for s in tr_samples], dtype=np.int64)
-    x_va = load_images(va_samples)
+    x_va = load_images(va_samples, size=image_size)
     y_va = np.array([index[s.label] for s in va_samples], dtype=np.int64)
     decode_seconds = time.perf_counter() - started
     if verbose:
         print(
-            f"decoded {len(samples)} images in {decode_seconds:.1f}s: "
+            f"decoded {len(samples)} images at {image_size}px in {decode_seconds:.1f}s: "
             f"{len(tr_samples)} train, {len(va_samples)} validation",
             flush=True,
         )
 
     weights = class_weights(y_tr, len(classes))
-    train_ds = _dataset(x_tr, y_tr, weights[y_tr], batch_size, shuffle_seed=seed)
+    train_ds = _dataset(
+        x_tr,
+        y_tr,
+        weights[y_tr],
+        batch_size,
+        shuffle_seed=seed,
+        augment_seed=seed if backbone_arch else None,
+    )
     val_ds = None
     if len(va_samples):
         # Validation is weighted by its own class frequencies, so early stopping optimises the
@@ -403,49 +653,91 @@ def train(
         val_ds = _dataset(
             x_va, y_va, class_weights(y_va, len(classes))[y_va], 64, shuffle_seed=None
         )
-
-    base = build_model(len(classes), seed=seed, arch=arch)
-    trainer = build_training_model(base, seed=seed)
-    trainer.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
     monitor = "val_loss" if val_ds is not None else "loss"
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=patience, restore_best_weights=True, verbose=int(bool(verbose))
-    )
-    callbacks = [
-        stopper,
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=0.5, patience=max(1, patience // 3), min_lr=1e-5, verbose=0
-        ),
-    ]
+
+    def compile_(model: keras.Model, lr: float) -> None:
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+
+    base = build_model(len(classes), seed=seed, arch=arch, image_size=image_size)
     fit_started = time.perf_counter()
-    hist = trainer.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the dataset reshuffles itself, with its own seed
-        verbose=verbose,
-    )
+    fit_args = {"validation_data": val_ds, "shuffle": False, "verbose": verbose}
+    phase_epochs: list[int] = []
+    if not backbone_arch:
+        trainer = build_training_model(base, seed=seed)
+        compile_(trainer, learning_rate)
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            patience=patience,
+            restore_best_weights=True,
+            verbose=int(bool(verbose)),
+        )
+        callbacks = [
+            stopper,
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, factor=0.5, patience=max(1, patience // 3), min_lr=1e-5, verbose=0
+            ),
+        ]
+        hist = trainer.fit(train_ds, epochs=epochs, callbacks=callbacks, **fit_args)
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        epochs_run = len(next(iter(history.values()), []))
+        best_epoch = int(stopper.best_epoch) + 1 if stopper.best_weights is not None else epochs_run
+        phase_epochs = [epochs_run]
+    else:
+        from artclf_core.backbones import trainable_top
+
+        backbone = base.get_layer("backbone")
+        trainer = build_training_model(base, seed=seed, augment=False)
+        best = _BestWeights(base, monitor)
+        histories = []
+        if head_epochs > 0:
+            backbone.trainable = False
+            compile_(trainer, head_lr)
+            hist = trainer.fit(train_ds, epochs=head_epochs, callbacks=[best], **fit_args)
+            histories.append(hist.history)
+            phase_epochs.append(len(hist.history.get("loss", [])))
+        if epochs > 0:
+            trainable_top(backbone, stages)
+            compile_(trainer, learning_rate)
+            best.patience = patience
+            done = sum(phase_epochs)
+            plateau = keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                factor=0.5,
+                patience=max(1, patience // 2),
+                min_lr=learning_rate / 16,
+                verbose=0,
+            )
+            hist = trainer.fit(
+                train_ds,
+                initial_epoch=done,
+                epochs=done + epochs,
+                callbacks=[best, plateau],
+                **fit_args,
+            )
+            histories.append(hist.history)
+            phase_epochs.append(len(hist.history.get("loss", [])))
+        best.restore()
+        history = _merge_histories(histories)
+        epochs_run = sum(phase_epochs)
+        best_epoch = best.best_epoch + 1 if best.best_weights is not None else epochs_run
     fit_seconds = time.perf_counter() - fit_started
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    epochs_run = len(next(iter(history.values()), []))
-    best_epoch = int(stopper.best_epoch) + 1 if stopper.best_weights is not None else epochs_run
 
     version = make_version(arch, base)
     wrapped = ArtModel(base, version=version, classes=classes, arch=arch)
-    report = None
-    if len(va_samples):
-        report = classification_report(y_va, _predict_labels(wrapped, x_va), classes)
     split = {
         "mode": val,
         "val_fraction": val_fraction,
         "seed": seed,
         **describe_split(tr_samples, va_samples),
     }
+    report = None
+    if len(va_samples):
+        probs, embs = _predict(wrapped, x_va)
+        report = _full_report(va_samples, probs, embs, classes, split=split)
     train_seconds = time.perf_counter() - started
     training_info = {
         "epochs_max": epochs,
@@ -455,11 +747,20 @@ def train(
         "learning_rate": learning_rate,
         "patience": patience,
         "seed": seed,
+        "image_size": image_size,
         "class_weights": dict(zip(classes, weights.round(4).tolist(), strict=True)),
         "decode_seconds": round(decode_seconds, 1),
         "fit_seconds": round(fit_seconds, 1),
         "train_seconds": round(train_seconds, 1),
     }
+    if backbone_arch:
+        training_info.update(
+            head_epochs=head_epochs,
+            head_learning_rate=head_lr,
+            fine_tune_stages=stages,
+            phase_epochs=phase_epochs,
+            augmentation="augment_image (tf.data)",
+        )
     metadata_metrics = {
         "validation": report,
         "split": split,
@@ -483,21 +784,107 @@ def train(
     }
 
 
+# --------------------------------------------------------------------------- evaluation
+
+
+def _trained_sources(split: dict[str, Any] | None) -> dict[str, set[str]] | None:
+    """``{class: sources with training images}`` from a model's stored split, if any."""
+    if not split or not isinstance(split.get("classes"), dict):
+        return None
+    return {c: set((info or {}).get("train", {})) for c, info in split["classes"].items()}
+
+
+def by_source_report(
+    samples: Sequence[Sample],
+    y_pred: np.ndarray,
+    classes: Sequence[str],
+    *,
+    split: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Accuracy grouped by (class, source), and per class over its sources.
+
+    ``sources`` maps ``"<class>/<source>"`` to ``{"label", "source", "n", "accuracy",
+    "predicted" (counts by predicted class), "trained_on"}``; ``trained_on`` says whether the
+    model had training images of that source (from the model's stored ``split``; None when
+    unknown), so a high figure on a source the model learnt from is not read as
+    generalisation. ``per_class`` gives, for each class, the leave-one-source-out style view:
+    the accuracy of each of its sources weighted equally (``mean_source_accuracy``), the worst
+    source, and the same mean over the sources the model was *not* trained on
+    (``unseen_source_accuracy``, None when there are none or it is unknown).
+    """
+    classes = tuple(classes)
+    trained = _trained_sources(split)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        groups[(s.label, s.source)].append(i)
+    index = {c: i for i, c in enumerate(classes)}
+    sources: dict[str, Any] = {}
+    for (label, source), rows in sorted(groups.items()):
+        pred = Counter(classes[int(p)] for p in np.asarray(y_pred)[rows])
+        sources[f"{label}/{source}"] = {
+            "label": label,
+            "source": source,
+            "n": len(rows),
+            "accuracy": pred.get(label, 0) / len(rows),
+            "predicted": {c: pred[c] for c in classes if pred.get(c)},
+            "trained_on": None if trained is None else source in trained.get(label, set()),
+        }
+    per_class: dict[str, Any] = {}
+    for label in sorted({s.label for s in samples}, key=lambda c: index.get(c, len(index))):
+        mine = [v for v in sources.values() if v["label"] == label]
+        worst = min(mine, key=lambda v: (v["accuracy"], v["source"]))
+        unseen = [v["accuracy"] for v in mine if v["trained_on"] is False]
+        per_class[label] = {
+            "sources": len(mine),
+            "n": sum(v["n"] for v in mine),
+            "mean_source_accuracy": float(np.mean([v["accuracy"] for v in mine])),
+            "worst_source": worst["source"],
+            "worst_accuracy": worst["accuracy"],
+            "unseen_sources": len(unseen) if trained is not None else None,
+            "unseen_source_accuracy": float(np.mean(unseen)) if unseen else None,
+        }
+    return {"sources": sources, "per_class": per_class}
+
+
+def _full_report(
+    samples: Sequence[Sample],
+    probs: np.ndarray,
+    embs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    split: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    index = {c: i for i, c in enumerate(classes)}
+    y_true = np.array([index[s.label] for s in samples], dtype=np.int64)
+    y_pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    report = classification_report(y_true, y_pred, classes)
+    report["label_precision_at_5"] = label_precision_at_k(embs, y_true, k=5)
+    report["by_source"] = by_source_report(samples, y_pred, classes, split=split)
+    return report
+
+
 def evaluate_samples(samples: Sequence[Sample], model: ArtModel) -> dict[str, Any]:
-    """Classification report of ``model`` over ``samples`` (labels must be model classes)."""
+    """Report of ``model`` over ``samples`` (labels must be model classes).
+
+    The keys of :func:`artclf_core.metrics.classification_report`, plus
+    ``label_precision_at_5`` (the embedding's retrieval quality within ``samples``, see
+    :func:`artclf_core.metrics.label_precision_at_k`) and ``by_source``
+    (:func:`by_source_report`, using the split stored in the model's metadata).
+    """
     unknown = {s.label for s in samples} - set(model.classes)
     if unknown:
         raise ValueError(f"labels {sorted(unknown)} are not classes of model {model.version}")
-    index = {c: i for i, c in enumerate(model.classes)}
-    y_true = np.array([index[s.label] for s in samples], dtype=np.int64)
-    y_pred = np.zeros(0, dtype=np.int64)
-    preds: list[np.ndarray] = []
+    probs = np.zeros((0, len(model.classes)), np.float32)
+    embs = np.zeros((0, model.embedding_dim), np.float32)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
     # Decode in chunks so evaluating a large folder does not hold every image in memory.
     for chunk in _chunks(samples, 256):
-        preds.append(_predict_labels(model, load_images(chunk)))
-    if preds:
-        y_pred = np.concatenate(preds)
-    return classification_report(y_true, y_pred, model.classes)
+        parts.append(_predict(model, load_images(chunk, size=model.image_size)))
+    if parts:
+        probs = np.concatenate([p for p, _ in parts])
+        embs = np.concatenate([e for _, e in parts])
+    split = (model.metrics or {}).get("split") if isinstance(model.metrics, dict) else None
+    return _full_report(samples, probs, embs, model.classes, split=split)
 
 
 def _chunks(items: Sequence[Sample], size: int) -> Iterable[Sequence[Sample]]:
@@ -511,7 +898,8 @@ def evaluate(
     """Report of a saved model (the shipped default when ``model_path`` is None) on a folder.
 
     Every image of the folder is scored, so on the training folder this overstates quality;
-    use ``bench/model_quality.py`` for the held-out figure.
+    ``by_source`` marks which sources the model was trained on, and ``bench/model_quality.py``
+    gives the held-out figure.
     """
     model = ArtModel.load(model_path)
     return evaluate_samples(scan_labelled_folder(data_dir), model)
