@@ -178,7 +178,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("retrain", help="train on the lake's labelled images, gate and publish")
-    p.add_argument("--arch", default="cnn")
+    p.add_argument(
+        "--arch",
+        choices=["cnn", "efficientnet_lite0"],
+        help="default: ARTCLF_TRAIN_ARCH, else the active model's architecture",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--min-gain", type=float, help="gate: least balanced-accuracy gain")
     p.add_argument("--max-f1-drop", type=float, help="gate: largest per-class F1 drop")

@@ -46,6 +46,8 @@ log = logging.getLogger("artclf.retrain")
 #: Fewest labelled images per class to train at all (a class needs some to validate on).
 MIN_PER_CLASS = 4
 MODELS_PREFIX = "models/"
+#: Architecture trained when neither the caller nor an active model says (the shipped one's).
+DEFAULT_ARCH = "efficientnet_lite0"
 
 
 def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
@@ -110,7 +112,8 @@ def export_training_set(settings: Settings, out_dir: str | os.PathLike[str]) -> 
 def _active(conn) -> dict[str, Any] | None:
     rows = db.fetch_dicts(
         conn,
-        "SELECT version, artifact, data_fingerprint FROM artclf.model_versions WHERE is_active",
+        "SELECT version, arch, artifact, data_fingerprint FROM artclf.model_versions"
+        " WHERE is_active",
     )
     return rows[0] if rows else None
 
@@ -119,7 +122,7 @@ def retrain(
     settings: Settings,
     *,
     work_dir: str | os.PathLike[str],
-    arch: str = "cnn",
+    arch: str | None = None,
     epochs: int | None = None,
     patience: int | None = None,
     seed: int = 0,
@@ -128,6 +131,10 @@ def retrain(
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Build the dataset, train, gate, publish and register; return the run's summary.
+
+    ``arch`` defaults to the active model's architecture (the shipped default's when none
+    is active): a nightly run retrains the model the lake uses, and ``ARTCLF_TRAIN_ARCH`` or
+    the DAG's param switch architectures deliberately.
 
     ``summary["status"]`` is ``"skipped"`` (with ``reason``), ``"promoted"`` or
     ``"rejected"``; the last two carry ``version``, ``decision`` and ``artifact``.
@@ -142,6 +149,10 @@ def retrain(
     dataset = export_training_set(settings, work / "dataset")
     with db.connect(settings.db_url) as conn:
         active = _active(conn)
+    if arch is None:
+        arch = os.environ.get("ARTCLF_TRAIN_ARCH") or (
+            active["arch"] if active and active["arch"] in training.RECIPES else DEFAULT_ARCH
+        )
     summary: dict[str, Any] = {"dataset": {k: v for k, v in dataset.items() if k != "dir"}}
     short = [c for c in CLASSES if dataset["per_class"].get(c, 0) < MIN_PER_CLASS]
     if short:

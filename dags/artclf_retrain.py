@@ -114,10 +114,10 @@ def announce_promotion(summary: dict, *, outlet_events=None) -> str:
     default_args={"owner": "artclf"},
     params={
         "arch": Param(
-            os.environ.get("ARTCLF_TRAIN_ARCH", "cnn"),
-            type="string",
-            enum=["cnn", "efficientnet_lite0"],
-            title="Architecture",
+            os.environ.get("ARTCLF_TRAIN_ARCH") or None,
+            type=["null", "string"],
+            enum=[None, "cnn", "efficientnet_lite0"],
+            title="Architecture (empty: the active model's)",
         ),
         "epochs": Param(
             None, type=["null", "integer"], minimum=1, title="Max epochs (empty: default)"
