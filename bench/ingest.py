@@ -76,7 +76,8 @@ def baseline(settings: Settings, model_path: str | None, keys: list[str]) -> flo
         started = time.perf_counter()
         for key in keys:
             data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-            img = Image.open(io.BytesIO(data)).convert("RGB").resize((150, 150))
+            size = art.image_size  # the prototype resized to its fixed 150 x 150
+            img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
             x = np.asarray(img, dtype=np.float32)[None]
             probs = classify.predict(x, verbose=0)[0]
             emb = embed.predict(x, verbose=0)[0]

@@ -48,7 +48,9 @@ CREATE TABLE artclf.embeddings (
     probabilities  jsonb NOT NULL,
     embedding      vector(128) NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (model_version, artwork_id)
+    -- artwork_id first: a leading model_version would make the planner scan this key for
+    -- "model_version = v" (every row of the partition) instead of using the HNSW index.
+    PRIMARY KEY (artwork_id, model_version)
 ) PARTITION BY LIST (model_version);
 
 -- The partition of one version (created on first use); returns its qualified name. Found by
@@ -113,9 +115,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     part text := artclf.embedding_partition(v);
 BEGIN
+    IF (SELECT index_built FROM artclf.model_versions WHERE version = v) THEN
+        RETURN;  -- every ingest worker registers its model at start: keep that cheap
+    END IF;
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (embedding vector_cosine_ops)'
                    ' WITH (m = 16, ef_construction = 128)',
                    replace(split_part(part, '.', 2), '"', '') || '_hnsw', part);
+    -- Fresh statistics, so that the planner sees the rows a re-embedding just wrote.
+    EXECUTE format('ANALYZE %s', part);
     UPDATE artclf.model_versions SET index_built = true WHERE version = v;
 END
 $$;
