@@ -52,7 +52,7 @@ def _row(name: str, report: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
-    parser.add_argument("--arch", default="cnn")
+    parser.add_argument("--arch", help="default: the active (shipped) model's architecture")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
@@ -92,7 +92,7 @@ def main() -> None:
         )
 
     print()
-    print(f"retraining ({args.arch}) took {seconds / 60:.1f} min on {os.cpu_count()} cores")
+    print(f"retraining ({report['arch']}) took {seconds / 60:.1f} min on {os.cpu_count()} cores")
     print(f"dataset: {report['dataset']}")
     print(f"validation: {report['candidate']['n']} images from held-out sources")
     print()
