@@ -542,12 +542,24 @@ def find_near(
     emb_text = [_vector_text(e) for e in embeddings]
     if model_version is None:
         model_version = active_version(conn)
+    # The version's own partition, named in the query: a "model_version = v" filter on the
+    # parent lets the planner pick a key scan plus an exact sort of the whole partition while
+    # its statistics lag behind a fast-growing catalogue (measured: 5 ms instead of 0.1 ms per
+    # query at 800 rows); on the partition the HNSW index is the only ordered path.
+    part = conn.execute(
+        "SELECT artclf._find_embedding_partition(%s)", (model_version,)
+    ).fetchone()[0]
+    nearest = (
+        f"SELECT v.artwork_id FROM {part} AS v"
+        " ORDER BY v.embedding <=> q.e::vector LIMIT %(k)s"
+        if part
+        else "SELECT NULL::bigint AS artwork_id WHERE false"
+    )
     # The classifier's embedding puts look-alikes of one kind close together, so take a few
     # more candidates than one would think (measured: k 5 -> 16 finds more cropped copies).
     # SET LOCAL ends with the transaction.
     conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(k), NEAR_EF_SEARCH)}")
-    rows = conn.execute(
-        """
+    query = """
         SELECT q.i, m.id, m.d
         FROM unnest(%(i)s::int[], %(h)s::bigint[], %(g)s::bigint[], %(e)s::text[],
                     %(b)s::text[]) AS q(i, h, g, e, b)
@@ -558,9 +570,7 @@ def find_near(
                        bit_count((c.dhash # q.g)::bit(64))::int AS e
                 FROM (
                     (SELECT a.id, a.phash, a.dhash
-                     FROM (SELECT v.artwork_id FROM artclf.embeddings AS v
-                           WHERE v.model_version = %(v)s
-                           ORDER BY v.embedding <=> q.e::vector LIMIT %(k)s) AS n
+                     FROM ({nearest}) AS n
                      JOIN artclf.artworks AS a ON a.id = n.artwork_id)
                     UNION
                     (SELECT a.id, a.phash, a.dhash FROM artclf.artworks AS a
@@ -571,7 +581,9 @@ def find_near(
             ORDER BY x.d + x.e, x.d, x.id
             LIMIT 1
         ) AS m
-        """,
+        """.replace("{nearest}", nearest)
+    rows = conn.execute(
+        query,
         {
             "i": list(range(len(phashes))),
             "h": list(phashes),
@@ -579,7 +591,6 @@ def find_near(
             "e": emb_text,
             "b": band_text,
             "k": k,
-            "v": model_version,
             "d": max_distance,
             "dd": max_dhash,
         },

@@ -199,7 +199,12 @@ $$;
 ALTER TABLE artclf.artworks DROP COLUMN embedding;  -- and its HNSW index
 
 -- ------------------------------------------------------------------ similarity, now versioned
-CREATE OR REPLACE FUNCTION artclf._nearest(
+-- The search runs on the active version's partition, named in the query (dynamic SQL): with
+-- a "model_version = v" filter on the parent, a partition whose statistics lag behind its
+-- rows can be planned as a key scan plus an exact sort of the whole partition instead of the
+-- HNSW index. Finding the partition and planning cost ~0.3 ms per call.
+DROP FUNCTION artclf._nearest(vector, integer, text, bigint);
+CREATE FUNCTION artclf._nearest(
     q vector,
     k integer,
     only_label text,
@@ -207,24 +212,32 @@ CREATE OR REPLACE FUNCTION artclf._nearest(
 )
 RETURNS TABLE (rank integer, artwork_id bigint, location text, label text,
                distance double precision)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET hnsw.iterative_scan = 'relaxed_order'
 SET hnsw.ef_search = 100
 AS $$
-    WITH candidates AS MATERIALIZED (
-        SELECT e.artwork_id AS id, e.label, e.embedding <=> q AS distance
-        FROM artclf.embeddings AS e
-        WHERE e.model_version = artclf.active_version()
-          AND (only_label IS NULL OR e.label = only_label)
-          AND (exclude_id IS NULL OR e.artwork_id <> exclude_id)
-        ORDER BY e.embedding <=> q
-        LIMIT greatest(k, 0)
-    )
-    SELECT (row_number() OVER (ORDER BY c.distance, c.id))::integer,
-           c.id, a.location, c.label, c.distance
-    FROM candidates AS c
-    JOIN artclf.artworks AS a ON a.id = c.id
-    ORDER BY c.distance, c.id
+DECLARE
+    part text := artclf._find_embedding_partition(artclf.active_version());
+BEGIN
+    IF part IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format($q$
+        WITH candidates AS MATERIALIZED (
+            SELECT e.artwork_id AS id, e.label, e.embedding <=> $1 AS distance
+            FROM %s AS e
+            WHERE ($2::text IS NULL OR e.label = $2)
+              AND ($3::bigint IS NULL OR e.artwork_id <> $3)
+            ORDER BY e.embedding <=> $1
+            LIMIT greatest($4, 0)
+        )
+        SELECT (row_number() OVER (ORDER BY c.distance, c.id))::integer,
+               c.id, a.location, c.label, c.distance
+        FROM candidates AS c
+        JOIN artclf.artworks AS a ON a.id = c.id
+        ORDER BY c.distance, c.id
+    $q$, part) USING q, only_label, exclude_id, k;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION artclf.similar_artworks(
