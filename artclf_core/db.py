@@ -546,12 +546,11 @@ def find_near(
     # parent lets the planner pick a key scan plus an exact sort of the whole partition while
     # its statistics lag behind a fast-growing catalogue (measured: 5 ms instead of 0.1 ms per
     # query at 800 rows); on the partition the HNSW index is the only ordered path.
-    part = conn.execute(
-        "SELECT artclf._find_embedding_partition(%s)", (model_version,)
-    ).fetchone()[0]
+    part = conn.execute("SELECT artclf._find_embedding_partition(%s)", (model_version,)).fetchone()[
+        0
+    ]
     nearest = (
-        f"SELECT v.artwork_id FROM {part} AS v"
-        " ORDER BY v.embedding <=> q.e::vector LIMIT %(k)s"
+        f"SELECT v.artwork_id FROM {part} AS v ORDER BY v.embedding <=> q.e::vector LIMIT %(k)s"
         if part
         else "SELECT NULL::bigint AS artwork_id WHERE false"
     )
