@@ -104,11 +104,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from artclf_core import promotion, retrain
 
-    policy = promotion.GatePolicy.from_env()
-    policy = promotion.GatePolicy(
-        min_gain=policy.min_gain if args.min_gain is None else args.min_gain,
-        max_f1_drop=policy.max_f1_drop if args.max_f1_drop is None else args.max_f1_drop,
-    )
+    policy = promotion.GatePolicy.from_env(min_gain=args.min_gain, max_f1_drop=args.max_f1_drop)
     with tempfile.TemporaryDirectory(prefix="artclf-retrain-") as tmp:
         summary = retrain.retrain(
             _settings(),

@@ -173,8 +173,16 @@ def sweep_and_notify(
 ) -> int:
     """Run the landing-zone sweep; NOTIFY :data:`CHANNEL` if it queued new rows.
 
-    Returns what :func:`artclf_core.pipeline.sweep` returns (rows waiting under ``prefix``).
+    Returns what :func:`artclf_core.pipeline.sweep` returns (rows waiting under ``prefix``);
+    :func:`sweep_counting` also says how many rows this sweep queued.
     """
+    return sweep_counting(s3, conn, bucket, prefix)[0]
+
+
+def sweep_counting(
+    s3, conn: psycopg.Connection, bucket: str, prefix: str = INCOMING_PREFIX
+) -> tuple[int, int]:
+    """:func:`sweep_and_notify`, returning ``(rows waiting, rows newly queued)``."""
     # Imported here: the pipeline module loads TensorFlow (the model), which a process that
     # only watches the bucket (the Airflow triggerer) should pay for only when it sweeps.
     from artclf_core.pipeline import sweep
@@ -186,7 +194,7 @@ def sweep_and_notify(
     conn.commit()
     if after > before:
         notify(conn, source="sweep", bucket=bucket, last_id=after)
-    return waiting
+    return waiting, after - before
 
 
 # --------------------------------------------------------------------------- watermark
@@ -531,14 +539,10 @@ class IncomingWatcher:
                 from artclf_core import s3 as s3lib
 
                 self._s3 = await asyncio.to_thread(s3lib.client, self.settings)
-            before = await asyncio.to_thread(max_log_id, work)
-            await asyncio.to_thread(work.commit)
-            await asyncio.to_thread(
-                sweep_and_notify, self._s3, work, self.settings.bucket, self.prefix
+            _, added = await asyncio.to_thread(
+                sweep_counting, self._s3, work, self.settings.bucket, self.prefix
             )
-            after = await asyncio.to_thread(max_log_id, work)
-            await asyncio.to_thread(work.commit)
-            return after - before
+            return added
         except (BotoCoreError, ClientError) as exc:
             await asyncio.to_thread(work.rollback)
             log.warning(

@@ -258,7 +258,7 @@ class Ingestor:
     def _load_model(self) -> ArtModel:
         from artclf_core.model import ArtModel
 
-        path = self.settings.model_path or registry.active_model_path(self.settings)
+        path = self.settings.model_path or registry.model_path(self.settings)
         return ArtModel.load(path)
 
     def _follow_model_switch(self) -> None:

@@ -35,11 +35,15 @@ class GatePolicy:
     max_f1_drop: float = DEFAULT_MAX_F1_DROP
 
     @classmethod
-    def from_env(cls) -> GatePolicy:
-        return cls(
-            min_gain=float(os.environ.get("ARTCLF_GATE_MIN_GAIN") or DEFAULT_MIN_GAIN),
-            max_f1_drop=float(os.environ.get("ARTCLF_GATE_MAX_F1_DROP") or DEFAULT_MAX_F1_DROP),
-        )
+    def from_env(
+        cls, *, min_gain: float | None = None, max_f1_drop: float | None = None
+    ) -> GatePolicy:
+        """The environment's thresholds (else the defaults), each overridable by a value."""
+        if min_gain is None:
+            min_gain = float(os.environ.get("ARTCLF_GATE_MIN_GAIN") or DEFAULT_MIN_GAIN)
+        if max_f1_drop is None:
+            max_f1_drop = float(os.environ.get("ARTCLF_GATE_MAX_F1_DROP") or DEFAULT_MAX_F1_DROP)
+        return cls(min_gain=float(min_gain), max_f1_drop=float(max_f1_drop))
 
 
 @dataclass

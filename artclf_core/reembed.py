@@ -35,7 +35,7 @@ import psycopg
 
 from artclf_core import db, registry
 from artclf_core import s3 as s3lib
-from artclf_core.config import Settings
+from artclf_core.config import Settings, default_home
 from artclf_core.images import decode_image
 from artclf_core.preprocess import to_model_input
 
@@ -58,16 +58,26 @@ def load_version(settings: Settings, version: str) -> ArtModel:
     """Load the ``.keras`` file registered for ``version`` (downloaded from the lake once)."""
     from artclf_core.model import ArtModel
 
-    with db.connect(settings.db_url) as conn:
-        row = conn.execute(
-            "SELECT artifact FROM artclf.model_versions WHERE version = %s", (version,)
-        ).fetchone()
-    if row is None:
-        raise LookupError(f"model version {version} is not registered")
-    model = ArtModel.load(registry.fetch_artifact(settings, version, row[0]))
+    model = ArtModel.load(registry.model_path(settings, version))
     if model.version != version:
         raise ValueError(f"artifact of {version} holds model {model.version}")
     return model
+
+
+def version_to_activate(
+    settings: Settings, requested: str | None = None
+) -> tuple[str | None, str | None]:
+    """``(version to move to, active version)``: ``requested`` if given, else the newest
+    ``promoted`` version that is not active (None when there is none)."""
+    with db.connect(settings.db_url) as conn:
+        version = requested
+        if not version:
+            row = conn.execute(
+                "SELECT version FROM artclf.model_versions WHERE status = 'promoted'"
+                " AND NOT is_active ORDER BY created_at DESC LIMIT 1"
+            ).fetchone()
+            version = row[0] if row else None
+        return version, db.active_version(conn)
 
 
 def missing_ids(conn: psycopg.Connection, version: str, limit: int | None = None) -> list[int]:
@@ -316,7 +326,7 @@ def write_version_atlas(
             (version,),
         ).fetchall()
     if out_path is None:
-        out_path = registry.cache_dir().parent / "atlas" / f"{version}.html"
+        out_path = default_home() / "atlas" / f"{version}.html"
     embs = (
         np.stack([np.asarray(r[3].to_numpy(), dtype=np.float32) for r in rows])
         if rows

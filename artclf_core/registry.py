@@ -59,8 +59,9 @@ def register(db_url: str, path: str | os.PathLike[str] | None = None) -> str:
 
 def cache_dir() -> Path:
     """Where models fetched from the lake are kept (``$ARTCLF_HOME/model-cache``)."""
-    home = Path(os.environ.get("ARTCLF_HOME") or Path.cwd() / ".artclf")
-    return home / "model-cache"
+    from artclf_core.config import default_home
+
+    return default_home() / "model-cache"
 
 
 def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
@@ -91,14 +92,23 @@ def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
     raise FileNotFoundError(f"model {version}: artifact {artifact!r} is not reachable from here")
 
 
-def active_model_path(settings: Any) -> Path:
-    """The ``.keras`` file of the catalogue's active model (the shipped one if none is)."""
+def model_path(settings: Any, version: str | None = None) -> Path:
+    """The local ``.keras`` file of a registered version; without ``version``, of the
+    catalogue's active model (the shipped one if none is active)."""
     from artclf_core import db
 
     with db.connect(settings.db_url) as conn:
-        row = conn.execute(
-            "SELECT version, artifact FROM artclf.model_versions WHERE is_active"
-        ).fetchone()
-    if row is None:
-        return default_model_path()
+        if version is None:
+            row = conn.execute(
+                "SELECT version, artifact FROM artclf.model_versions WHERE is_active"
+            ).fetchone()
+            if row is None:
+                return default_model_path()
+        else:
+            row = conn.execute(
+                "SELECT version, artifact FROM artclf.model_versions WHERE version = %s",
+                (version,),
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"model version {version} is not registered")
     return fetch_artifact(settings, row[0], row[1])

@@ -106,9 +106,7 @@ def main() -> None:
         _stack.log(f"catalogue grown to {total:,} artworks")
 
         other = save_model(
-            build_model(seed=11, arch=model.arch)
-            if model.arch == "cnn"
-            else build_model(seed=11, arch=model.arch, image_size=model.image_size),
+            build_model(seed=11, arch=model.arch, image_size=model.image_size),
             Path(tmp) / "v2.keras",
             version=f"{model.version}-bench2",
             classes=CLASSES,

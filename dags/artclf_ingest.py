@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from artclf_airflow.assets import incoming_asset
+from artclf_airflow.connections import settings_from_connections
+from artclf_airflow.preload import quiet_libraries
 
 log = logging.getLogger("artclf.dag")
 
@@ -69,26 +71,10 @@ See docs/operating.md.
 """
 
 
-def _settings():
-    """The core's settings from the Airflow connections ``artclf_db`` and ``artclf_s3``."""
-    from artclf_airflow.connections import settings_from_connections
-
-    return settings_from_connections()
-
-
-def _quiet_libraries() -> None:
-    """TensorFlow's C++ banner and Great Expectations' INFO chatter would bury the task log
-    (Airflow routes every logger at INFO into it)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    for name in ("great_expectations", "tensorflow", "absl", "h5py", "botocore", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 @task
 def plan() -> list[list[int]]:
     """Sweep the landing zone, then split the ingest-log rows that need work into batches."""
-    _quiet_libraries()
+    quiet_libraries()
     from artclf_core import db
     from artclf_core import s3 as s3lib
     from artclf_core.config import INCOMING_PREFIX
@@ -99,7 +85,7 @@ def plan() -> list[list[int]]:
     size = int(params["batch_size"])
     events = context.get("triggering_asset_events") or {}
     announced = sum(len(evs) for evs in events.values())
-    settings = _settings()
+    settings = settings_from_connections()
     client = s3lib.client(settings)
     prefixes = [INCOMING_PREFIX]
     if params.get("prefix") and check_prefix(params["prefix"]) != INCOMING_PREFIX:
@@ -159,7 +145,7 @@ def _take_over_earlier_tries(conn, ids: list[int], task_claims: str) -> None:
 )
 def ingest_batch(batch: list[int]) -> dict:
     """Process one batch of queued ids with one model load; retry what failed transiently."""
-    _quiet_libraries()
+    quiet_libraries()
     from artclf_core import db
     from artclf_core.pipeline import Ingestor
 
@@ -169,7 +155,7 @@ def ingest_batch(batch: list[int]) -> dict:
     ti = context["ti"]
     task_claims = f"{_run_claims(ti)}{ti.map_index}#"
     worker = f"{task_claims}{ti.try_number}@{socket.gethostname()}:{os.getpid()}"
-    settings = _settings()
+    settings = settings_from_connections()
     with Ingestor(settings, worker_id=worker) as ingestor:
         if ti.try_number > 1:
             _take_over_earlier_tries(ingestor.conn, batch, task_claims)
@@ -211,7 +197,7 @@ def report(batches: list[list[int]] | None, summaries) -> dict:
         total.add(part)
         total.seconds += part.seconds  # task-seconds: the batches may have run in parallel
     ids = [i for b in batches for i in b]
-    settings = _settings()
+    settings = settings_from_connections()
     # Claimed by a task of this run that is over: it died before its commit and its retries
     # did not take the rows back. The claim lease (15 min) frees them.
     mine = _run_claims(get_current_context()["ti"])

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from artclf_airflow.assets import models_asset
+from artclf_airflow.connections import settings_from_connections
+from artclf_airflow.preload import quiet_libraries
 
 log = logging.getLogger("artclf.dag")
 
@@ -45,16 +47,10 @@ list versions with `artclf models list`; drop an old version's embeddings with
 """
 
 
-def _settings():
-    from artclf_airflow.connections import settings_from_connections
-
-    return settings_from_connections()
-
-
 @task
 def choose_version() -> str:
     """The version to move to: param, else the asset event's, else the newest promoted."""
-    from artclf_core import db
+    from artclf_core import reembed
 
     context = get_current_context()
     version = context["params"].get("version")
@@ -62,15 +58,7 @@ def choose_version() -> str:
         for events in (context.get("triggering_asset_events") or {}).values():
             for event in events:
                 version = (event.extra or {}).get("version") or version
-    settings = _settings()
-    with db.connect(settings.db_url) as conn:
-        if not version:
-            row = conn.execute(
-                "SELECT version FROM artclf.model_versions WHERE status = 'promoted'"
-                " AND NOT is_active ORDER BY created_at DESC LIMIT 1"
-            ).fetchone()
-            version = row[0] if row else None
-        active = db.active_version(conn)
+    version, active = reembed.version_to_activate(settings_from_connections(), version)
     if not version:
         raise AirflowSkipException("no promoted version waits to be activated")
     if version == active:
@@ -84,7 +72,7 @@ def plan(version: str) -> list[list[int]]:
     """Batches of the artworks that have no embedding of ``version`` yet."""
     from artclf_core import reembed
 
-    batches = reembed.plan(_settings(), version, reembed.BATCH_SIZE)
+    batches = reembed.plan(settings_from_connections(), version, reembed.BATCH_SIZE)
     log.info("%d artwork(s) to embed in %d batch(es)", sum(map(len, batches)), len(batches))
     return batches
 
@@ -101,8 +89,8 @@ def embed_batch(version: str, ids: list[int]) -> int:
     """Embed one batch with ``version`` (only the rows still missing)."""
     from artclf_core import reembed
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    settings = _settings()
+    quiet_libraries()
+    settings = settings_from_connections()
     return reembed.embed_ids(settings, reembed.load_version(settings, version), ids)
 
 
@@ -112,7 +100,7 @@ def switch(version: str, written: list[int]) -> dict:
     """Build the index, embed late arrivals and activate ``version`` in one transaction."""
     from artclf_core import reembed
 
-    result = reembed.switch(_settings(), version, reason="artclf_reembed")
+    result = reembed.switch(settings_from_connections(), version, reason="artclf_reembed")
     log.info(
         "active version is now %s (was %s); %d embedded at the switch (%d before)",
         version,
@@ -132,7 +120,9 @@ def atlas(version: str) -> dict:
     from artclf_core import reembed
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = reembed.write_version_atlas(_settings(), version, Path(tmp) / "atlas.html")
+        summary = reembed.write_version_atlas(
+            settings_from_connections(), version, Path(tmp) / "atlas.html"
+        )
     log.info("atlas: %s (%d points)", summary.get("uri"), summary["n_points"])
     return {k: v for k, v in summary.items() if k != "path"}
 

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 from artclf_airflow.assets import models_asset
+from artclf_airflow.connections import settings_from_connections
+from artclf_airflow.preload import quiet_libraries
 
 log = logging.getLogger("artclf.dag")
 
@@ -56,14 +58,12 @@ def train_and_gate() -> dict:
     """Build the dataset from the lake, train, compare with the active model, publish."""
     import tempfile
 
-    from artclf_airflow.connections import settings_from_connections
-
     from artclf_core import promotion, retrain
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_libraries()
     params = get_current_context()["params"]
-    policy = promotion.GatePolicy(
-        min_gain=float(params["min_gain"]), max_f1_drop=float(params["max_f1_drop"])
+    policy = promotion.GatePolicy.from_env(
+        min_gain=params["min_gain"], max_f1_drop=params["max_f1_drop"]
     )
     with tempfile.TemporaryDirectory(prefix="artclf-retrain-") as work:
         summary = retrain.retrain(

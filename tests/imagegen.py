@@ -312,3 +312,24 @@ def odd_expected_size(name: str) -> tuple[int, int]:
 def odd_expected_frames(name: str) -> int:
     """Number of frames ``decode_image`` must report for ``odd_but_good()[name]``."""
     return {"animated_gif": 3, "tiff_two_pages": 2, "mpo": 2}.get(name, 1)
+
+
+def labelled_png(label: str, i: int) -> bytes:
+    """A picture whose colours/shapes differ by class, so a short training learns them."""
+    rng = np.random.default_rng([zlib.crc32(label.encode()), i])
+    background = {
+        "drawings": (236, 224, 196),
+        "engraving": (250, 250, 250),
+        "iconography": (200, 160, 40),
+        "painting": tuple(int(v) for v in rng.integers(0, 255, 3)),
+        "sculpture": (40, 40, 40),
+    }[label]
+    img = Image.new("RGB", (120 + i, 100), background)
+    d = ImageDraw.Draw(img)
+    for k in range(6 + i % 4):
+        x, y = int(rng.integers(0, 100)), int(rng.integers(0, 80))
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        if label == "engraving":
+            d.line([(0, 3 * k + i % 3), (120, 3 * k + 10)], fill=(0, 0, 0))
+        d.rectangle([x, y, x + 15 + k, y + 12], fill=colour)
+    return encode(img, fmt="PNG")

@@ -445,8 +445,6 @@ def test_two_overlapping_runs_process_each_object_exactly_once(lake, harness, tm
 def test_retrain_then_reembed_dags_promote_and_switch(lake, harness):
     """dag.test() of the nightly DAG on a small labelled lake, then of the re-embedding DAG
     its promotion schedules: the new version becomes active with every artwork embedded."""
-    from test_lifecycle import _draw
-
     from artclf_core import CLASSES
     from artclf_core.pipeline import Ingestor
 
@@ -455,7 +453,7 @@ def test_retrain_then_reembed_dags_promote_and_switch(lake, harness):
         client,
         settings.bucket,
         {
-            f"training/{label}/book{i % 2}__{i:02d}.png": _draw(label, i)
+            f"training/{label}/book{i % 2}__{i:02d}.png": imagegen.labelled_png(label, i)
             for label in CLASSES
             for i in range(6)
         },

@@ -4,13 +4,11 @@ the promotion gate, retraining from the lake, curation and the low-confidence re
 from __future__ import annotations
 
 import json
-import zlib
 
 import imagegen
 import numpy as np
 import psycopg
 import pytest
-from PIL import Image, ImageDraw
 
 from artclf_core import CLASSES, db, promotion, reembed, retrain
 from artclf_core import s3 as s3lib
@@ -250,27 +248,6 @@ def test_gate_promotes_a_clearly_better_model_and_refuses_a_worse_one():
 # --------------------------------------------------------------------------- retraining
 
 
-def _draw(label: str, i: int) -> bytes:
-    """A picture whose colours/shapes differ by class, so a short training learns them."""
-    rng = np.random.default_rng([zlib.crc32(label.encode()), i])
-    background = {
-        "drawings": (236, 224, 196),
-        "engraving": (250, 250, 250),
-        "iconography": (200, 160, 40),
-        "painting": tuple(int(v) for v in rng.integers(0, 255, 3)),
-        "sculpture": (40, 40, 40),
-    }[label]
-    img = Image.new("RGB", (120 + i, 100), background)
-    d = ImageDraw.Draw(img)
-    for k in range(6 + i % 4):
-        x, y = int(rng.integers(0, 100)), int(rng.integers(0, 80))
-        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
-        if label == "engraving":
-            d.line([(0, 3 * k + i % 3), (120, 3 * k + 10)], fill=(0, 0, 0))
-        d.rectangle([x, y, x + 15 + k, y + 12], fill=colour)
-    return imagegen.encode(img, fmt="PNG")
-
-
 @pytest.mark.slow
 def test_retraining_from_the_lake_gates_publishes_and_skips_unchanged_data(clean, model, tmp_path):
     settings = clean
@@ -281,7 +258,7 @@ def test_retraining_from_the_lake_gates_publishes_and_skips_unchanged_data(clean
             client.put_object(
                 Bucket=settings.bucket,
                 Key=f"training/{label}/{source}__{i:02d}.png",
-                Body=_draw(label, i),
+                Body=imagegen.labelled_png(label, i),
             )
     with Ingestor(settings, model=model) as ing:
         summary = ing.ingest_prefix("training/")

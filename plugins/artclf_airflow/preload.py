@@ -36,12 +36,19 @@ def forks_tasks(argv: list[str] | None = None) -> bool:
     return any(tuple(args[: len(cmd)]) == cmd for cmd in FORKING_COMMANDS)
 
 
+def quiet_libraries() -> None:
+    """TensorFlow's C++ banner and Great Expectations' INFO chatter would bury the task log
+    (Airflow routes every logger at INFO into it). Called by every artclf task, and here."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    for name in ("great_expectations", "tensorflow", "absl", "h5py", "botocore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def preload() -> float:
     """Import TensorFlow, Keras, Great Expectations and the artclf pipeline; return seconds."""
     started = time.perf_counter()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    quiet_libraries()
     import great_expectations  # noqa: F401
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
