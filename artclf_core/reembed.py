@@ -46,7 +46,7 @@ log = logging.getLogger("artclf.reembed")
 
 #: Artworks per re-embedding batch (one mapped task each in the DAG).
 BATCH_SIZE = 500
-#: Images per forward pass within a batch (bounds memory; see model.PREDICT_CHUNK).
+#: Images decoded and passed to the model at a time (bounds the memory of decoded pixels).
 CHUNK = 64
 
 

@@ -165,6 +165,38 @@ def test_predict_shapes_sum_and_determinism(images: np.ndarray) -> None:
         am.predict(images[:, :100])
 
 
+def test_tflite_and_keras_runtimes_agree(
+    tmp_path: Path, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default TFLite runtime is a faster executor of the same float32 model, not a
+    different model: both runtimes give the same classes and (to rounding) the same outputs,
+    and the converted model is cached by the .keras file's digest."""
+    from artclf_core import runtime
+
+    monkeypatch.setenv("ARTCLF_HOME", str(tmp_path / "home"))
+    model = build_model(seed=4)
+    path = save_model(model, tmp_path / "m.keras", version="cnn-rt", classes=CLASSES, arch="cnn")
+    lite = ArtModel.load(path)
+    keras_run = ArtModel.load(path, runtime="keras")
+    assert isinstance(lite.runner, runtime.LiteRunner)
+    assert isinstance(keras_run.runner, runtime.KerasRunner)
+    batch = np.concatenate([images] * 2)  # 20 images: one full chunk of 16 and a tail of 4
+    p_lite, e_lite = lite.predict(batch)
+    p_keras, e_keras = keras_run.predict(batch)
+    np.testing.assert_allclose(p_lite, p_keras, atol=1e-5)
+    np.testing.assert_allclose(e_lite, e_keras, rtol=1e-4, atol=1e-4)
+    assert (p_lite.argmax(1) == p_keras.argmax(1)).all()
+    cached = list((tmp_path / "home" / "model-cache" / "tflite").glob("*.tflite"))
+    assert len(cached) == 1
+    again = ArtModel.load(path)
+    mtime = cached[0].stat().st_mtime_ns
+    np.testing.assert_array_equal(again.predict(batch)[0], p_lite)
+    assert cached[0].stat().st_mtime_ns == mtime  # read from the cache, not converted again
+    monkeypatch.setenv("ARTCLF_RUNTIME", "onnx")
+    with pytest.raises(ValueError, match="ARTCLF_RUNTIME"):
+        runtime.runtime_name()
+
+
 def test_save_load_round_trip(tmp_path: Path, images: np.ndarray) -> None:
     model = build_model(seed=2)
     version = make_version("cnn", model)
