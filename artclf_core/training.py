@@ -233,8 +233,8 @@ def duplicate_groups(samples: Sequence[Sample]) -> dict[Sample, str]:
     phashes, dhashes = [], []
     for s in ordered:
         img = open_rgb(str(s.path))  # the draft decode ingestion hashes too
-        phashes.append(dedup.phash(img))
-        dhashes.append(dedup.dhash(img))
+        phashes.append(dedup.phash(grey := img.convert("L")))
+        dhashes.append(dedup.dhash(grey))
     found = dedup.find_duplicates_in_batch(shas, phashes, dhashes=dhashes)
     root = list(range(len(ordered)))
     for i, hit in enumerate(found):

@@ -96,6 +96,31 @@ def baseline(settings: Settings, model_path: str | None, keys: list[str]) -> flo
     return len(keys) / elapsed
 
 
+def server_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by the S3 server and by PostgreSQL (with its exited backends,
+    which the postmaster has reaped), to show where the two cores go during the ingest."""
+    import psutil
+
+    from artclf_core.embedded.procs import read_pid
+
+    out = {}
+    for name, pid in (
+        ("seaweedfs", read_pid(stack.seaweed.pid_file)),
+        ("postgres", read_pid(stack.postgres.data_dir / "postmaster.pid")),
+    ):
+        if pid is None:
+            continue
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:4])  # user, system, children_user, children_system
+        for child in proc.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        out[name] = total
+    return out
+
+
 def run_ingest(env: dict, model_path: str | None, batch_size: int) -> tuple[dict, float, float]:
     args = [
         sys.executable,
@@ -115,8 +140,10 @@ def run_ingest(env: dict, model_path: str | None, batch_size: int) -> tuple[dict
     wall = time.perf_counter() - started
     if out.returncode != 0:
         raise SystemExit(f"artclf ingest failed:\n{out.stderr[-3000:]}")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return json.loads(out.stdout), wall, peak_kib / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(out.stdout)
+    summary["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    return summary, wall, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -146,7 +173,11 @@ def main() -> None:
             base_rate = baseline(settings, args.model, sample)
             print(f"baseline (prototype style): {base_rate:.1f} images/s over {len(sample)}")
 
+            cpu_before = server_cpu(stack)
             summary, wall, peak_mib = run_ingest(env, args.model, args.batch_size)
+            cpu_after = server_cpu(stack)
+            cpu = {"artclf ingest": summary["cpu_seconds"]}
+            cpu.update({k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after})
             rate = summary["seen"] / summary["seconds"]
             rate_wall = summary["seen"] / wall
         finally:
@@ -165,6 +196,8 @@ def main() -> None:
     print(f"  peak RSS of the ingest process: {peak_mib:.0f} MiB")
     stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.get("stages", {}).items())
     print(f"  wall seconds by stage: {stages}")
+    spent = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+    print(f"  CPU seconds during the command: {spent} (of {(os.cpu_count() or 1) * wall:.1f} available)")
     print(
         f"  ratio against baseline: {rate / base_rate:.1f}x (pipeline), "
         f"{rate_wall / base_rate:.1f}x (whole command)"
