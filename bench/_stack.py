@@ -46,7 +46,11 @@ from artclf_core.stack import Stack  # noqa: E402
 #: artworks (iconography is the rare class), so that ``same_label`` filters remove 69-96 % of
 #: the neighbours an unfiltered HNSW scan would see.
 LABEL_SHARES: dict[str, float] = {
-    "drawings": 0.30, "engraving": 0.21, "iconography": 0.04, "painting": 0.31, "sculpture": 0.14,
+    "drawings": 0.30,
+    "engraving": 0.21,
+    "iconography": 0.04,
+    "painting": 0.31,
+    "sculpture": 0.14,
 }
 MODEL_VERSION = "bench-model"
 CHUNK = 50_000
@@ -54,8 +58,10 @@ CHUNK = 50_000
 #: benchmarks can prewarm and inspect them).
 EMBEDDINGS_TABLE = "embeddings_bench"
 HNSW_INDEX = "embeddings_bench_hnsw"
-HNSW_DEF = (f"CREATE INDEX {HNSW_INDEX} ON artclf.{EMBEDDINGS_TABLE}"
-            " USING hnsw (embedding vector_cosine_ops) WITH (m='16', ef_construction='128')")
+HNSW_DEF = (
+    f"CREATE INDEX {HNSW_INDEX} ON artclf.{EMBEDDINGS_TABLE}"
+    " USING hnsw (embedding vector_cosine_ops) WITH (m='16', ef_construction='128')"
+)
 GIN_INDEX = "artworks_phash_bands"
 
 #: Server settings of the throw-away cluster. Durability is off (the data is disposable);
@@ -128,8 +134,9 @@ def prewarm(stack: Stack, relations: list[str]) -> None:
             log(f"prewarmed {rel}: {blocks * 8 / 1024:.0f} MiB in {time.perf_counter() - t0:.1f}s")
 
 
-def logged_plans(stack: Stack, run: Callable[[psycopg.Connection], object],
-                 settings: tuple[str, ...] = ()) -> list[str]:
+def logged_plans(
+    stack: Stack, run: Callable[[psycopg.Connection], object], settings: tuple[str, ...] = ()
+) -> list[str]:
     """The EXPLAIN ANALYZE text of every statement ``run`` executes, nested ones included.
 
     Functions that are not inlined (the SQL contract's) hide their plans from EXPLAIN on the
@@ -138,9 +145,13 @@ def logged_plans(stack: Stack, run: Callable[[psycopg.Connection], object],
     messages: list[str] = []
     with superuser(stack) as conn:
         conn.add_notice_handler(lambda diag: messages.append(diag.message_primary or ""))
-        for stmt in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
-                     "SET auto_explain.log_nested_statements = on",
-                     "SET auto_explain.log_analyze = on", *settings):
+        for stmt in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            *settings,
+        ):
             conn.execute(stmt)
         conn.execute("SET client_min_messages = log")
         run(conn)
@@ -149,8 +160,11 @@ def logged_plans(stack: Stack, run: Callable[[psycopg.Connection], object],
 
 def scan_summary(plan_text: str) -> str:
     """The scan nodes of a plan and how many rows its filters threw away, on one line."""
-    scans = re.findall(r"(Index Scan using \w+|Index Only Scan using \w+|Seq Scan on \w+"
-                       r"|Bitmap Heap Scan on \w+|Bitmap Index Scan on \w+)", plan_text)
+    scans = re.findall(
+        r"(Index Scan using \w+|Index Only Scan using \w+|Seq Scan on \w+"
+        r"|Bitmap Heap Scan on \w+|Bitmap Index Scan on \w+)",
+        plan_text,
+    )
     removed = sum(int(x) for x in re.findall(r"Rows Removed by Filter: (\d+)", plan_text))
     scans = [s for s in scans if "artworks_pkey" not in s]
     return f"{', '.join(dict.fromkeys(scans)) or '?'}; rows removed by filter: {removed}"
@@ -203,8 +217,9 @@ def synthetic_catalogue(
     shares = shares / shares.sum()
     centre_rng = np.random.default_rng(10_000 + seed)
     centres = centre_rng.normal(size=(n_centres, EMBEDDING_DIM)).astype(np.float32)
-    bases = (centre_rng.normal(size=(n_centres, latent_dim, EMBEDDING_DIM))
-             / np.sqrt(EMBEDDING_DIM)).astype(np.float32)
+    bases = (
+        centre_rng.normal(size=(n_centres, latent_dim, EMBEDDING_DIM)) / np.sqrt(EMBEDDING_DIM)
+    ).astype(np.float32)
     centre_label = centre_rng.choice(len(CLASSES), size=n_centres, p=shares).astype(np.int8)
 
     which = rng.integers(0, n_centres, size=n)
@@ -216,16 +231,17 @@ def synthetic_catalogue(
     if embeddings:
         step = 5_000
         for lo in range(0, n, step):
-            c = which[lo:lo + step]
+            c = which[lo : lo + step]
             z = rng.normal(size=(len(c), latent_dim)).astype(np.float32)
-            emb[lo:lo + step] = (
+            emb[lo : lo + step] = (
                 centres[c]
                 + spread * np.einsum("nk,nkd->nd", z, bases[c])
                 + noise * rng.normal(size=(len(c), EMBEDDING_DIM)).astype(np.float32)
             )
     phashes = balanced_hashes(n, rng)
-    dhashes = rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=n,
-                           dtype=np.int64, endpoint=True)
+    dhashes = rng.integers(
+        np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=n, dtype=np.int64, endpoint=True
+    )
     return Catalogue(emb, labels, phashes, dhashes)
 
 
@@ -244,7 +260,7 @@ def balanced_hashes(n: int, rng: np.random.Generator) -> np.ndarray:
         m = min(step, n - lo)
         bits = rng.permuted(np.broadcast_to(base, (m, 64)), axis=1)
         packed = np.ascontiguousarray(np.packbits(bits, axis=1))
-        out[lo:lo + m] = packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
+        out[lo : lo + m] = packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
     return out
 
 
@@ -270,17 +286,36 @@ def _raw_dumper(conn: psycopg.Connection, type_name: str) -> None:
 #: Column and wire type; bpchar has no psycopg binary dumper but its binary input is the
 #: text bytes, so sha256 travels as text.
 _COPY_COLS: list[tuple[str, str]] = [
-    ("location", "text"), ("bucket", "text"), ("key", "text"), ("label", "text"),
-    ("probability", "float4"), ("probabilities", "jsonb"), ("embedding", "vector"),
-    ("model_version", "text"), ("sha256", "text"), ("phash", "int8"), ("dhash", "int8"),
-    ("phash_bands", "int4[]"), ("width", "int4"), ("height", "int4"), ("format", "text"),
-    ("byte_size", "int8"), ("source_key", "text"),
+    ("location", "text"),
+    ("bucket", "text"),
+    ("key", "text"),
+    ("label", "text"),
+    ("probability", "float4"),
+    ("probabilities", "jsonb"),
+    ("embedding", "vector"),
+    ("model_version", "text"),
+    ("sha256", "text"),
+    ("phash", "int8"),
+    ("dhash", "int8"),
+    ("phash_bands", "int4[]"),
+    ("width", "int4"),
+    ("height", "int4"),
+    ("format", "text"),
+    ("byte_size", "int8"),
+    ("source_key", "text"),
 ]
 
 
 #: Columns left to their default or NULL.
-_DEFAULTED = {"id", "source_etag", "curated_label", "curated_by", "curated_at", "created_at",
-              "updated_at"}
+_DEFAULTED = {
+    "id",
+    "source_etag",
+    "curated_label",
+    "curated_by",
+    "curated_at",
+    "created_at",
+    "updated_at",
+}
 
 
 def _vector_payloads(emb: np.ndarray) -> list[bytes]:
@@ -308,8 +343,9 @@ def with_hnsw_params(indexdef: str, m: int | None, ef_construction: int | None) 
     if m is not None:
         indexdef = re.sub(r"\bm='?\d+'?", f"m='{m}'", indexdef)
     if ef_construction is not None:
-        indexdef = re.sub(r"ef_construction='?\d+'?", f"ef_construction='{ef_construction}'",
-                          indexdef)
+        indexdef = re.sub(
+            r"ef_construction='?\d+'?", f"ef_construction='{ef_construction}'", indexdef
+        )
     return indexdef
 
 
@@ -354,25 +390,33 @@ def load_catalogue(
         f"CREATE TABLE IF NOT EXISTS artclf.{EMBEDDINGS_TABLE} PARTITION OF artclf.embeddings"
         f" FOR VALUES IN ('{MODEL_VERSION}')"
     )
-    db.register_model(conn, version=MODEL_VERSION, arch="synthetic", classes=CLASSES,
-                      artifact=None, activate=True)
+    db.register_model(
+        conn, version=MODEL_VERSION, arch="synthetic", classes=CLASSES, artifact=None, activate=True
+    )
     for name in conn.execute(
         "SELECT indexname FROM pg_indexes WHERE schemaname = 'artclf' AND tablename = %s"
-        " AND indexdef ILIKE '%%hnsw%%'", (EMBEDDINGS_TABLE,)
+        " AND indexdef ILIKE '%%hnsw%%'",
+        (EMBEDDINGS_TABLE,),
     ).fetchall():
         conn.execute(f"DROP INDEX artclf.{name[0]}")
 
     for type_name in ("vector", "jsonb"):
         _raw_dumper(conn, type_name)
-    present = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns"
-        " WHERE table_schema = 'artclf' AND table_name = 'artworks'").fetchall()}
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'artclf' AND table_name = 'artworks'"
+        ).fetchall()
+    }
     # The schema is still moving: columns are copied only if the table has them.
     cols = [(c, t) for c, t in _COPY_COLS if c in present]
     if missing := [c for c in present - {c for c, _ in cols} if c not in _DEFAULTED]:
         raise RuntimeError(f"the loader does not fill artworks columns {missing}")
-    probs = [b"\x01" + json.dumps({c: (0.9 if c == lab else 0.025) for c in CLASSES}).encode()
-             for lab in CLASSES]
+    probs = [
+        b"\x01" + json.dumps({c: (0.9 if c == lab else 0.025) for c in CLASSES}).encode()
+        for lab in CLASSES
+    ]
     # Rows without embeddings of their own (near-duplicate benchmark) still get full-size
     # vectors: the column is NOT NULL, and the heap must have the real row width.
     has_emb = len(cat.embeddings) == n
@@ -383,8 +427,7 @@ def load_catalogue(
         hi = min(n, lo + CHUNK)
         vecs = _vector_payloads(cat.embeddings[lo:hi] if has_emb else filler[: hi - lo])
         with conn.cursor().copy(
-            f"COPY artclf.artworks ({', '.join(c for c, _ in cols)})"
-            " FROM STDIN (FORMAT BINARY)"
+            f"COPY artclf.artworks ({', '.join(c for c, _ in cols)}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.set_types([t for _, t in cols])
             for j, i in enumerate(range(lo, hi)):
@@ -393,12 +436,22 @@ def load_catalogue(
                 h = int(cat.phashes[i])
                 key = f"catalog/{label}/{i:08d}.jpg"
                 value = {
-                    "location": f"s3://artclf-bench/{key}", "bucket": "artclf-bench",
-                    "key": key, "label": label, "probability": 0.9, "probabilities": probs[li],
-                    "embedding": vecs[j], "model_version": MODEL_VERSION,
-                    "sha256": f"{i:064x}", "phash": h, "dhash": int(cat.dhashes[i]),
-                    "phash_bands": _band_keys(h), "width": 1024, "height": 768,
-                    "format": "JPEG", "byte_size": 200_000,
+                    "location": f"s3://artclf-bench/{key}",
+                    "bucket": "artclf-bench",
+                    "key": key,
+                    "label": label,
+                    "probability": 0.9,
+                    "probabilities": probs[li],
+                    "embedding": vecs[j],
+                    "model_version": MODEL_VERSION,
+                    "sha256": f"{i:064x}",
+                    "phash": h,
+                    "dhash": int(cat.dhashes[i]),
+                    "phash_bands": _band_keys(h),
+                    "width": 1024,
+                    "height": 768,
+                    "format": "JPEG",
+                    "byte_size": 200_000,
                     "source_key": f"incoming/{i:08d}.jpg",
                 }
                 copy.write_row([value[c] for c, _ in cols])
@@ -418,7 +471,8 @@ def load_catalogue(
                 copy.write_row([MODEL_VERSION, i + 1, CLASSES[li], 0.9, probs[li], vecs[j]])
     timings = {"copy_s": time.perf_counter() - t0}
     first, last, count = conn.execute(
-        "SELECT min(id), max(id), count(*) FROM artclf.artworks").fetchone()
+        "SELECT min(id), max(id), count(*) FROM artclf.artworks"
+    ).fetchone()
     if (first, last, count) != (1, n, n):
         raise RuntimeError(f"ids are not 1..{n}: {first}..{last}, {count} rows")
 
@@ -429,9 +483,12 @@ def load_catalogue(
         log(f"building: {definition}")
         timings["hnsw_build_s"] = build_index(conn, definition)
         size = conn.execute(
-            f"SELECT pg_size_pretty(pg_relation_size('artclf.{HNSW_INDEX}'))").fetchone()[0]
-        conn.execute("UPDATE artclf.model_versions SET index_built = true WHERE version = %s",
-                     (MODEL_VERSION,))
+            f"SELECT pg_size_pretty(pg_relation_size('artclf.{HNSW_INDEX}'))"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE artclf.model_versions SET index_built = true WHERE version = %s",
+            (MODEL_VERSION,),
+        )
         log(f"HNSW index built in {timings['hnsw_build_s']:.1f}s ({size})")
         print(f"HNSW build ({n:,} rows): {timings['hnsw_build_s']:.1f}s, {size}", flush=True)
     t0 = time.perf_counter()
@@ -463,5 +520,7 @@ def percentiles(samples_s: list[float]) -> tuple[float, float]:
 def machine() -> str:
     """One line about where the figures come from (the cores are shared: say the load)."""
     load = os.getloadavg()
-    return (f"{os.cpu_count()} CPU cores, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}"
-            f" (1/5/15 min)")
+    return (
+        f"{os.cpu_count()} CPU cores, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}"
+        f" (1/5/15 min)"
+    )

@@ -107,8 +107,9 @@ class Product:
 
     def up(self) -> None:
         t0 = time.perf_counter()
-        subprocess.run(["artclf", "up"], cwd=REPO, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["artclf", "up"], cwd=REPO, env=self.env, check=True, stdout=subprocess.DEVNULL
+        )
         log(f"artclf up in {time.perf_counter() - t0:.0f}s (home {self.home})")
         self.stack_env = read_env_file(self.home / "stack.env")
         self.cli_env = {**self.env, **self.stack_env}
@@ -138,8 +139,9 @@ class Product:
         if self._token is None:
             req = urllib.request.Request(
                 self.airflow.url() + "/auth/token",
-                data=json.dumps({"username": "admin", "password": self.airflow.password()})
-                .encode(),
+                data=json.dumps(
+                    {"username": "admin", "password": self.airflow.password()}
+                ).encode(),
                 headers={"Content-Type": "application/json"},
                 method="POST",
             )
@@ -151,8 +153,7 @@ class Product:
         req = urllib.request.Request(
             self.airflow.url() + "/api/v2" + path,
             data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Bearer {self.token()}",
-                     "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
             method=method,
         )
         try:
@@ -200,7 +201,7 @@ class Product:
         for i in range(0, len(keys), 1000):
             self.s3.delete_objects(
                 Bucket=self.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True},
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
             )
         log(f"catalogue and bucket emptied ({len(keys)} objects deleted)")
 
@@ -237,13 +238,26 @@ def drop_and_wait(p: Product, key: str, body: bytes, timeout: float) -> dict:
         if claimed_by and claim is None:
             claim = claimed_by
         if created is not None or state in ("duplicate", "quarantined", "failed"):
-            return {"key": key, "t0": t0, "put_s": put_s, "latency": now - t0,
-                    "state": "catalogued" if created is not None else state,
-                    "row_created": created.timestamp() if created else None,
-                    "first_seen": first_seen, "claim": claim}
+            return {
+                "key": key,
+                "t0": t0,
+                "put_s": put_s,
+                "latency": now - t0,
+                "state": "catalogued" if created is not None else state,
+                "row_created": created.timestamp() if created else None,
+                "first_seen": first_seen,
+                "claim": claim,
+            }
         if now - t0 > timeout:
-            return {"key": key, "t0": t0, "put_s": put_s, "latency": None, "state": "timeout",
-                    "first_seen": first_seen, "claim": claim}
+            return {
+                "key": key,
+                "t0": t0,
+                "put_s": put_s,
+                "latency": None,
+                "state": "timeout",
+                "first_seen": first_seen,
+                "claim": claim,
+            }
         time.sleep(0.05)
 
 
@@ -257,8 +271,7 @@ def breakdown(p: Product, dag: str, d: dict) -> dict:
         for r in reversed(p.runs(dag)[-5:]):
             for ti in p.task_instances(dag, r["dag_run_id"]):
                 start, end = ts(ti.get("start_date")), ts(ti.get("end_date"))
-                if ti["task_id"] == "ingest" and start and end and \
-                        start <= d["row_created"] <= end:
+                if ti["task_id"] == "ingest" and start and end and start <= d["row_created"] <= end:
                     run_id = r["dag_run_id"]
             if run_id:
                 break
@@ -296,8 +309,16 @@ def breakdown(p: Product, dag: str, d: dict) -> dict:
     return out
 
 
-def run_latency(p: Product, files: list[Path], n: int, dag: str, tag: str,
-                timeout: float, jitter: float, rng: random.Random) -> list[dict]:
+def run_latency(
+    p: Product,
+    files: list[Path],
+    n: int,
+    dag: str,
+    tag: str,
+    timeout: float,
+    jitter: float,
+    rng: random.Random,
+) -> list[dict]:
     results = []
     for i, path in enumerate(files[:n]):
         if jitter:
@@ -334,15 +355,22 @@ def print_latency(name: str, results: list[dict]) -> list[float]:
     bad = [d for d in results if d["latency"] is None or d["state"] != "catalogued"]
     print(f"\n## {name}: {len(results)} drops, {len(bad)} not catalogued/timeout")
     if lats:
-        print(f"PUT->row latency  p50 {pct(lats, .5):6.2f} s   p95 {pct(lats, .95):6.2f} s"
-              f"   max {max(lats):6.2f} s   mean {statistics.mean(lats):6.2f} s")
+        print(
+            f"PUT->row latency  p50 {pct(lats, 0.5):6.2f} s   p95 {pct(lats, 0.95):6.2f} s"
+            f"   max {max(lats):6.2f} s   mean {statistics.mean(lats):6.2f} s"
+        )
     print("median offset from PUT (s), over the drops that have it:")
     for key, label in STEPS:
-        vals = [d["breakdown"][key] for d in results
-                if d.get("breakdown") and d["breakdown"].get(key) is not None]
+        vals = [
+            d["breakdown"][key]
+            for d in results
+            if d.get("breakdown") and d["breakdown"].get(key) is not None
+        ]
         if vals:
-            print(f"  {label:55s} {pct(vals, .5):7.2f}  (min {min(vals):6.2f}, "
-                  f"max {max(vals):6.2f}, n={len(vals)})")
+            print(
+                f"  {label:55s} {pct(vals, 0.5):7.2f}  (min {min(vals):6.2f}, "
+                f"max {max(vals):6.2f}, n={len(vals)})"
+            )
     return lats
 
 
@@ -366,8 +394,7 @@ def payloads(files: list[Path], total: int, seed: int) -> list[tuple[str, bytes]
 def put_all(p: Product, items: list[tuple[str, bytes]]) -> float:
     t0 = time.time()
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda kv: p.s3.put_object(Bucket=p.bucket, Key=kv[0], Body=kv[1]),
-                      items))
+        list(pool.map(lambda kv: p.s3.put_object(Bucket=p.bucket, Key=kv[0], Body=kv[1]), items))
     return time.time() - t0
 
 
@@ -375,13 +402,15 @@ def copies_catalogued(p: Product) -> int:
     """Re-encoded copies that were catalogued instead of being recorded as duplicates."""
     return p.db.execute(
         "SELECT count(*) FROM artclf.ingest_log WHERE key LIKE 'incoming/tp/reencoded/%'"
-        " AND state = 'catalogued'").fetchone()[0]
+        " AND state = 'catalogued'"
+    ).fetchone()[0]
 
 
 def count_final(p: Product) -> tuple[int, dict[str, int]]:
     rows = p.db.execute(
         "SELECT state, count(DISTINCT key) FROM artclf.ingest_log"
-        " WHERE key LIKE 'incoming/tp/%' GROUP BY state").fetchall()
+        " WHERE key LIKE 'incoming/tp/%' GROUP BY state"
+    ).fetchall()
     states = dict(rows)
     return sum(v for k, v in states.items() if k in FINAL), states
 
@@ -433,8 +462,11 @@ def run_throughput_airflow(p: Product, items: list[tuple[str, bytes]]) -> dict:
     log(f"airflow: {done}/{n} final in {wall:.1f}s: {states}")
     missed = copies_catalogued(p)
     p.wait_runs_idle(EVENT_DAG, timeout=120)
-    runs = [r for r in p.runs(EVENT_DAG) if (ts(r.get("run_after")) or 0) >= since - 1
-            or (ts(r.get("start_date")) or 0) >= since - 1]
+    runs = [
+        r
+        for r in p.runs(EVENT_DAG)
+        if (ts(r.get("run_after")) or 0) >= since - 1 or (ts(r.get("start_date")) or 0) >= since - 1
+    ]
     mapped = tries = 0
     batch_durations = []
     for r in runs:
@@ -444,9 +476,19 @@ def run_throughput_airflow(p: Product, items: list[tuple[str, bytes]]) -> dict:
                 tries += int(ti.get("try_number") or 1)
                 if ti.get("duration"):
                     batch_durations.append(float(ti["duration"]))
-    return {"wall": wall, "put_s": put_s, "done": done, "states": states, "runs": len(runs),
-            "run_states": [r["state"] for r in runs], "mapped": mapped, "tries": tries,
-            "batch_durations": batch_durations, "rss": sampler, "missed": missed}
+    return {
+        "wall": wall,
+        "put_s": put_s,
+        "done": done,
+        "states": states,
+        "runs": len(runs),
+        "run_states": [r["state"] for r in runs],
+        "mapped": mapped,
+        "tries": tries,
+        "batch_durations": batch_durations,
+        "rss": sampler,
+        "missed": missed,
+    }
 
 
 def run_throughput_cli(p: Product, items: list[tuple[str, bytes]]) -> dict:
@@ -457,8 +499,13 @@ def run_throughput_cli(p: Product, items: list[tuple[str, bytes]]) -> dict:
     put_s = put_all(p, items)
     t1 = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run(["artclf", "ingest", "--prefix", "incoming/tp/", "--json"], cwd=REPO,
-                          env=p.cli_env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["artclf", "ingest", "--prefix", "incoming/tp/", "--json"],
+        cwd=REPO,
+        env=p.cli_env,
+        capture_output=True,
+        text=True,
+    )
     t2 = time.time()
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode:
@@ -466,9 +513,16 @@ def run_throughput_cli(p: Product, items: list[tuple[str, bytes]]) -> dict:
     done, states = count_final(p)
     missed = copies_catalogued(p)
     p.pause(EVENT_DAG, False)
-    return {"wall": t2 - t0, "ingest_s": t2 - t1, "put_s": put_s, "done": done,
-            "states": states, "maxrss": max(maxrss, before) * 1024,
-            "summary": proc.stdout.strip()[-500:], "missed": missed}
+    return {
+        "wall": t2 - t0,
+        "ingest_s": t2 - t1,
+        "put_s": put_s,
+        "done": done,
+        "states": states,
+        "maxrss": max(maxrss, before) * 1024,
+        "summary": proc.stdout.strip()[-500:],
+        "missed": missed,
+    }
 
 
 # ------------------------------------------------------------------------------ main
@@ -483,8 +537,11 @@ def main() -> int:
     ap.add_argument("--total", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--home", help="ARTCLF_HOME to use (default: a fresh temporary one)")
-    ap.add_argument("--json-out", default="/tmp/artclf-afbench-latency.json",
-                    help="per-drop latency records (with their breakdown)")
+    ap.add_argument(
+        "--json-out",
+        default="/tmp/artclf-afbench-latency.json",
+        help="per-drop latency records (with their breakdown)",
+    )
     ap.add_argument("--keep", action="store_true", help="leave the product up at the end")
     args = ap.parse_args()
 
@@ -496,31 +553,35 @@ def main() -> int:
     try:
         p.up()
         print(f"# artclf Airflow bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"{os.cpu_count()} cores; load average at start {load0[0]:.2f}/{load0[1]:.2f}/"
-              f"{load0[2]:.2f}")
+        print(
+            f"{os.cpu_count()} cores; load average at start {load0[0]:.2f}/{load0[1]:.2f}/"
+            f"{load0[2]:.2f}"
+        )
         if args.mode in ("all", "latency"):
             sample = rng.sample(files, args.drops + args.baseline_drops + 1)
             warm = run_latency(p, sample[:1], 1, EVENT_DAG, "warmup", 180, 0, rng)
-            print(f"\nwarm-up drop (first after `artclf up`, not counted): "
-                  f"{warm[0]['latency']}")
+            print(f"\nwarm-up drop (first after `artclf up`, not counted): {warm[0]['latency']}")
             ev = run_latency(p, sample[1:], args.drops, EVENT_DAG, "lat", 180, 5.0, rng)
             ev_l = print_latency("event-driven (artclf_ingest, AssetWatcher)", ev)
             p.pause(EVENT_DAG, True)
             p.pause(BASE_DAG, False)
-            base = run_latency(p, sample[1 + args.drops:], args.baseline_drops, BASE_DAG,
-                               "base", 400, 60.0, rng)
+            base = run_latency(
+                p, sample[1 + args.drops :], args.baseline_drops, BASE_DAG, "base", 400, 60.0, rng
+            )
             p.pause(BASE_DAG, True)
             p.pause(EVENT_DAG, False)
             b_l = print_latency("baseline (S3KeySensor, poke_interval 60 s)", base)
             if ev_l and b_l:
                 print("\n| | event-driven | S3KeySensor | ratio |\n|---|---|---|---|")
-                for q, name in ((.5, "p50"), (.95, "p95")):
-                    print(f"| {name} | {pct(ev_l, q):.2f} s | {pct(b_l, q):.2f} s | "
-                          f"{pct(b_l, q) / pct(ev_l, q):.1f}x |")
-                print(f"| max | {max(ev_l):.2f} s | {max(b_l):.2f} s | "
-                      f"{max(b_l) / max(ev_l):.1f}x |")
-            Path(args.json_out).write_text(json.dumps({"event": ev, "baseline": base},
-                                                          indent=1))
+                for q, name in ((0.5, "p50"), (0.95, "p95")):
+                    print(
+                        f"| {name} | {pct(ev_l, q):.2f} s | {pct(b_l, q):.2f} s | "
+                        f"{pct(b_l, q) / pct(ev_l, q):.1f}x |"
+                    )
+                print(
+                    f"| max | {max(ev_l):.2f} s | {max(b_l):.2f} s | {max(b_l) / max(ev_l):.1f}x |"
+                )
+            Path(args.json_out).write_text(json.dumps({"event": ev, "baseline": base}, indent=1))
         if args.mode in ("all", "throughput"):
             p.wait_runs_idle(EVENT_DAG, timeout=120)
             items = payloads(files, args.total, args.seed)
@@ -529,30 +590,49 @@ def main() -> int:
             af = run_throughput_airflow(p, items)
             cli = run_throughput_cli(p, items)
             print(f"\n## throughput: {len(items)} objects ({mb:.0f} MB)")
-            print("| path | wall s (first PUT -> all final) | images/s | of which PUT s |"
-                  " final states |\n|---|---|---|---|---|")
-            print(f"| Airflow (artclf_ingest) | {af['wall']:.1f} | {af['done'] / af['wall']:.1f}"
-                  f" | {af['put_s']:.1f} | {af['states']} |")
-            print(f"| `artclf ingest` (CLI) | {cli['wall']:.1f} | "
-                  f"{cli['done'] / cli['wall']:.1f} | {cli['put_s']:.1f} | {cli['states']} |")
-            print(f"CLI ingest alone (after the PUTs): {cli['ingest_s']:.1f} s = "
-                  f"{cli['done'] / cli['ingest_s']:.1f} images/s; peak RSS "
-                  f"{cli['maxrss'] / 2**20:.0f} MiB; {cli['summary']}")
-            print(f"re-encoded copies catalogued instead of recorded as duplicates: Airflow "
-                  f"{af['missed']}, CLI {cli['missed']} (of {max(0, len(items) - len(files))})")
+            print(
+                "| path | wall s (first PUT -> all final) | images/s | of which PUT s |"
+                " final states |\n|---|---|---|---|---|"
+            )
+            print(
+                f"| Airflow (artclf_ingest) | {af['wall']:.1f} | {af['done'] / af['wall']:.1f}"
+                f" | {af['put_s']:.1f} | {af['states']} |"
+            )
+            print(
+                f"| `artclf ingest` (CLI) | {cli['wall']:.1f} | "
+                f"{cli['done'] / cli['wall']:.1f} | {cli['put_s']:.1f} | {cli['states']} |"
+            )
+            print(
+                f"CLI ingest alone (after the PUTs): {cli['ingest_s']:.1f} s = "
+                f"{cli['done'] / cli['ingest_s']:.1f} images/s; peak RSS "
+                f"{cli['maxrss'] / 2**20:.0f} MiB; {cli['summary']}"
+            )
+            print(
+                f"re-encoded copies catalogued instead of recorded as duplicates: Airflow "
+                f"{af['missed']}, CLI {cli['missed']} (of {max(0, len(items) - len(files))})"
+            )
             bd = af["batch_durations"]
-            print(f"Airflow: {af['runs']} DAG run(s) {af['run_states']}, {af['mapped']} mapped "
-                  f"ingest_batch task(s), {af['tries']} tries; batch durations "
-                  f"{[round(x, 1) for x in bd]}")
+            print(
+                f"Airflow: {af['runs']} DAG run(s) {af['run_states']}, {af['mapped']} mapped "
+                f"ingest_batch task(s), {af['tries']} tries; batch durations "
+                f"{[round(x, 1) for x in bd]}"
+            )
             rss = af["rss"]
             # Airflow 3 names a task's process "airflow worker -- <task instance uuid>".
-            tasks = [b for b, cmd in rss.peak.values()
-                     if re.match(r"airflow worker -- [0-9a-f]{8}-", cmd)]
+            tasks = [
+                b
+                for b, cmd in rss.peak.values()
+                if re.match(r"airflow worker -- [0-9a-f]{8}-", cmd)
+            ]
             if tasks:
-                print(f"task processes: {len(tasks)} seen, peak RSS max "
-                      f"{max(tasks) / 2**20:.0f} MiB, median {pct(tasks, .5) / 2**20:.0f} MiB")
-            print(f"Airflow instance peak total RSS {rss.peak_total / 2**20:.0f} MiB; "
-                  "top processes by peak RSS:")
+                print(
+                    f"task processes: {len(tasks)} seen, peak RSS max "
+                    f"{max(tasks) / 2**20:.0f} MiB, median {pct(tasks, 0.5) / 2**20:.0f} MiB"
+                )
+            print(
+                f"Airflow instance peak total RSS {rss.peak_total / 2**20:.0f} MiB; "
+                "top processes by peak RSS:"
+            )
             for pid, (b, cmd) in sorted(rss.peak.items(), key=lambda kv: -kv[1][0])[:10]:
                 print(f"  {b / 2**20:7.0f} MiB  pid {pid}  {cmd}")
         load1 = os.getloadavg()

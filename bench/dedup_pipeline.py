@@ -72,8 +72,9 @@ def main() -> None:
                         " coalesce(a.source_key, '') FROM artclf.ingest_log l"
                         " LEFT JOIN artclf.artworks a ON a.id = l.duplicate_of"
                     ).fetchall()
-                    artwork_of = dict(conn.execute(
-                        "SELECT source_key, id FROM artclf.artworks").fetchall())
+                    artwork_of = dict(
+                        conn.execute("SELECT source_key, id FROM artclf.artworks").fetchall()
+                    )
                 folded = [(k, kind, src) for k, state, kind, _, src in log1 if state == "duplicate"]
                 # Every original maps to the artwork that stands for it (itself, or what it
                 # was folded into).
@@ -95,9 +96,13 @@ def main() -> None:
                 print(f"pass 2: {second.line()}")
                 elapsed = time.perf_counter() - t0
             with db.connect(settings.db_url) as conn:
-                log2 = {k: (state, dup) for k, state, dup in conn.execute(
-                    "SELECT key, state, duplicate_of FROM artclf.ingest_log"
-                    " WHERE key LIKE 'incoming/copy/%'").fetchall()}
+                log2 = {
+                    k: (state, dup)
+                    for k, state, dup in conn.execute(
+                        "SELECT key, state, duplicate_of FROM artclf.ingest_log"
+                        " WHERE key LIKE 'incoming/copy/%'"
+                    ).fetchall()
+                }
         finally:
             stack.down()
 
@@ -112,18 +117,21 @@ def main() -> None:
             miss[kind] += 1
     print()
     print(f"{len(files)} originals, {len(copies)} copies, {elapsed:.0f} s in the pipeline")
-    print(f"pass 1 folded {len(folded)} originals into others (exact pairs in the data "
-          f"and false positives): {Counter(k for _, k, _ in folded)}")
+    print(
+        f"pass 1 folded {len(folded)} originals into others (exact pairs in the data "
+        f"and false positives): {Counter(k for _, k, _ in folded)}"
+    )
     print(f"{'kind':<16}{'copies':>8}{'found':>8}{'wrong':>8}{'missed':>8}{'recall':>9}")
     for kind in KINDS:
         n = tp[kind] + fp[kind] + miss[kind]
-        print(f"{kind:<16}{n:>8}{tp[kind]:>8}{fp[kind]:>8}{miss[kind]:>8}"
-              f"{tp[kind] / n:>9.4f}")
+        print(f"{kind:<16}{n:>8}{tp[kind]:>8}{fp[kind]:>8}{miss[kind]:>8}{tp[kind] / n:>9.4f}")
     near_folds = sum(1 for _, k, _ in folded if k == "near")
     n_tp, n_fp = sum(tp.values()), sum(fp.values()) + near_folds
-    print(f"precision {n_tp / (n_tp + n_fp):.4f} (false positives: {sum(fp.values())} copies"
-          f" matched to another artwork + {near_folds} distinct originals folded as near"
-          " copies; exact byte-identical originals are true duplicates)")
+    print(
+        f"precision {n_tp / (n_tp + n_fp):.4f} (false positives: {sum(fp.values())} copies"
+        f" matched to another artwork + {near_folds} distinct originals folded as near"
+        " copies; exact byte-identical originals are true duplicates)"
+    )
     print(f"recall    {n_tp / len(copies):.4f}")
 
 

@@ -79,8 +79,11 @@ def main() -> None:
                 if (a, b) == (dedup.NEAR_DUP_MAX_DISTANCE, dedup.NEAR_DUP_MAX_DHASH)
                 else ""
             )
-            row(f"pHash <= {a} and dHash <= {b}{mark}", (pos_p <= a) & (pos_d <= b),
-                (neg_p <= a) & (neg_d <= b))
+            row(
+                f"pHash <= {a} and dHash <= {b}{mark}",
+                (pos_p <= a) & (pos_d <= b),
+                (neg_p <= a) & (neg_d <= b),
+            )
 
 
 if __name__ == "__main__":

@@ -197,7 +197,8 @@ def main() -> None:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.get("stages", {}).items())
     print(f"  wall seconds by stage: {stages}")
     spent = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-    print(f"  CPU seconds during the command: {spent} (of {(os.cpu_count() or 1) * wall:.1f} available)")
+    available = (os.cpu_count() or 1) * wall
+    print(f"  CPU seconds during the command: {spent} (of {available:.1f} available)")
     print(
         f"  ratio against baseline: {rate / base_rate:.1f}x (pipeline), "
         f"{rate_wall / base_rate:.1f}x (whole command)"

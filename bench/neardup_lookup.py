@@ -118,17 +118,26 @@ class Queries:
     sources: list[int]  # row of the original for a planted copy, -1 for a new artwork
 
     def __getitem__(self, sel: slice) -> Queries:
-        return Queries(self.hashes[sel], self.dhashes[sel], self.embeddings[sel],
-                       self.flips[sel], self.sources[sel])
+        return Queries(
+            self.hashes[sel],
+            self.dhashes[sel],
+            self.embeddings[sel],
+            self.flips[sel],
+            self.sources[sel],
+        )
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     @staticmethod
     def concat(parts: list[Queries]) -> Queries:
-        return Queries([h for p in parts for h in p.hashes], [g for p in parts for g in p.dhashes],
-                       np.concatenate([p.embeddings for p in parts]),
-                       [f for p in parts for f in p.flips], [x for p in parts for x in p.sources])
+        return Queries(
+            [h for p in parts for h in p.hashes],
+            [g for p in parts for g in p.dhashes],
+            np.concatenate([p.embeddings for p in parts]),
+            [f for p in parts for f in p.flips],
+            [x for p in parts for x in p.sources],
+        )
 
 
 def _flip_balanced(h: int, k: int, rng: np.random.Generator) -> int:
@@ -137,13 +146,19 @@ def _flip_balanced(h: int, k: int, rng: np.random.Generator) -> int:
     ones = [b for b in range(64) if u >> b & 1]
     zeros = [b for b in range(64) if not u >> b & 1]
     for b in list(rng.choice(ones, k // 2, replace=False)) + list(
-            rng.choice(zeros, k // 2, replace=False)):
+        rng.choice(zeros, k // 2, replace=False)
+    ):
         u ^= 1 << int(b)
     return to_signed64(u)
 
 
-def make_queries(cat: _stack.Catalogue, fresh: np.ndarray, count: int,
-                 rng: np.random.Generator, copy_noise: float) -> Queries:
+def make_queries(
+    cat: _stack.Catalogue,
+    fresh: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    copy_noise: float,
+) -> Queries:
     """``count`` queries, alternately a near copy of a catalogued artwork and a new one.
 
     A copy flips an even number 2..D of its original's pHash bits (pHash distances are even;
@@ -260,8 +275,10 @@ def create_alternative(conn: psycopg.Connection) -> float:
     """Build the per-band expression indexes; return the seconds it took."""
     t0 = time.perf_counter()
     for i in range(N_BANDS):
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {ALT_INDEX.format(i=i)} ON artclf.artworks"
-                     f" ({_band_expr(i)}) INCLUDE (phash, dhash, id)")
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {ALT_INDEX.format(i=i)} ON artclf.artworks"
+            f" ({_band_expr(i)}) INCLUDE (phash, dhash, id)"
+        )
     conn.execute("VACUUM ANALYZE artclf.artworks")
     return time.perf_counter() - t0
 
@@ -280,7 +297,9 @@ def alt_lookup(conn: psycopg.Connection, qs: Queries) -> dict[int, tuple[int, in
     arms = " UNION ALL ".join(
         f"SELECT a.id, bit_count((a.phash # q.h)::bit(64))::int AS d FROM artclf.artworks a"
         f" WHERE {_band_expr(b, 'a.')} = ANY(q.p{b}::int[])"
-        f" AND bit_count((a.dhash # q.g)::bit(64)) <= %(dd)s" for b in range(N_BANDS))
+        f" AND bit_count((a.dhash # q.g)::bit(64)) <= %(dd)s"
+        for b in range(N_BANDS)
+    )
     cols = ", ".join(f"p{b}" for b in range(N_BANDS))
     casts = ", ".join(f"%(p{b})s::text[]" for b in range(N_BANDS))
     rows = conn.execute(
@@ -293,8 +312,14 @@ def alt_lookup(conn: psycopg.Connection, qs: Queries) -> dict[int, tuple[int, in
             WHERE c.d <= %(d)s ORDER BY c.d, c.id LIMIT 1
         ) AS m
         """,
-        {"i": list(range(len(qs))), "h": qs.hashes, "g": qs.dhashes, "d": D, "dd": DD,
-         **{f"p{b}": per_band[b] for b in range(N_BANDS)}},
+        {
+            "i": list(range(len(qs))),
+            "h": qs.hashes,
+            "g": qs.dhashes,
+            "d": D,
+            "dd": DD,
+            **{f"p{b}": per_band[b] for b in range(N_BANDS)},
+        },
     ).fetchall()
     return {i: (aid, d) for i, aid, d in rows}
 
@@ -313,18 +338,23 @@ def lookup_plans(stack, lookup: Lookup, qs: Queries) -> str:
     """Scan nodes of one single and one batched lookup (auto_explain, in a transaction)."""
     out = []
     for what, sel in (("1 query", slice(0, 1)), (f"{len(qs)} queries", slice(None))):
+
         def run(conn: psycopg.Connection, sel: slice = sel) -> None:
             with conn.transaction():
                 lookup(conn, qs[sel])
+
         text = "\n".join(m for m in _stack.logged_plans(stack, run) if "unnest" in m)
         ms = re.search(r"duration: ([\d.]+) ms", text)
-        out.append(f"{what}: {_stack.scan_summary(text)}"
-                   f" ({ms.group(1) if ms else '?'} ms under EXPLAIN ANALYZE)")
+        out.append(
+            f"{what}: {_stack.scan_summary(text)}"
+            f" ({ms.group(1) if ms else '?'} ms under EXPLAIN ANALYZE)"
+        )
     return " | ".join(out)
 
 
-def _timed(conn: psycopg.Connection, lookup: Lookup,
-           qs: Queries) -> tuple[float, dict[int, tuple[int, int]]]:
+def _timed(
+    conn: psycopg.Connection, lookup: Lookup, qs: Queries
+) -> tuple[float, dict[int, tuple[int, int]]]:
     """One call in its own transaction; the rollback after it is not timed."""
     t0 = time.perf_counter()
     found = lookup(conn, qs)
@@ -333,10 +363,15 @@ def _timed(conn: psycopg.Connection, lookup: Lookup,
     return elapsed, found
 
 
-def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=None,
-            lookup: Lookup = catalogue_lookup, name: str = "db.find_near",
-            candidates: Callable[[psycopg.Connection, int], int] = catalogue_candidates,
-            ) -> NearDupResult:
+def measure(
+    url: str,
+    cat: _stack.Catalogue,
+    args: argparse.Namespace,
+    stack=None,
+    lookup: Lookup = catalogue_lookup,
+    name: str = "db.find_near",
+    candidates: Callable[[psycopg.Connection, int], int] = catalogue_candidates,
+) -> NearDupResult:
     """All the figures for the catalogue loaded at ``url`` (ids 1..N).
 
     The queries depend only on the seed, so every lookup measured sees the very same ones.
@@ -345,19 +380,19 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
     n = len(cat)
     rng = np.random.default_rng(args.seed + 7)
     n_fresh = 20 + args.singles + 256 * args.batches
-    fresh = _stack.synthetic_catalogue(n_fresh, seed=args.seed,
-                                       point_seed=args.seed + 999).embeddings
+    fresh = _stack.synthetic_catalogue(
+        n_fresh, seed=args.seed, point_seed=args.seed + 999
+    ).embeddings
     warm = make_queries(cat, fresh, 20, rng, args.copy_noise)
     singles = make_queries(cat, fresh, args.singles, rng, args.copy_noise)
-    batches = [make_queries(cat, fresh, 256, rng, args.copy_noise)
-               for _ in range(args.batches)]
+    batches = [make_queries(cat, fresh, 256, rng, args.copy_noise) for _ in range(args.batches)]
 
     with db.connect(url) as conn:
         for j in range(len(warm)):
-            _timed(conn, lookup, warm[j:j + 1])
+            _timed(conn, lookup, warm[j : j + 1])
         lat, got = [], []
         for j in range(len(singles)):
-            t, found = _timed(conn, lookup, singles[j:j + 1])
+            t, found = _timed(conn, lookup, singles[j : j + 1])
             lat.append(t)
             got.append(found.get(0))
         s50, s95 = _stack.percentiles(lat)
@@ -380,8 +415,9 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
         conn.rollback()
         f50 = _stack.percentiles(flat)[0]
         idx50 = _stack.percentiles(lat[:m])[0]
-        _stack.log(f"{n:,} full scan: p50 {f50:.1f} ms ({f50 / idx50:.0f}x {name} on the"
-                   f" same {m} queries)")
+        _stack.log(
+            f"{n:,} full scan: p50 {f50:.1f} ms ({f50 / idx50:.0f}x {name} on the same {m} queries)"
+        )
         cands = float(np.mean([candidates(conn, h) for h in singles.hashes[:50]]))
         conn.rollback()
 
@@ -390,30 +426,51 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
     truth = brute_force(cat, every)
     if any(a != t for a, t in zip(full_answers, truth, strict=False)):
         raise RuntimeError("the full-scan baseline disagrees with numpy: the bench is wrong")
-    missed_rows = [j for j, (g, k) in enumerate(zip(got, every.flips, strict=True))
-                   if k and (g is None or g[1] > k)]
+    missed_rows = [
+        j
+        for j, (g, k) in enumerate(zip(got, every.flips, strict=True))
+        if k and (g is None or g[1] > k)
+    ]
     planted = sum(1 for k in every.flips if k)
     missed_far = sum(1 for j in missed_rows if every.flips[j] > 3)
-    nearest = original_is_nearest(cat, every.embeddings[missed_rows],
-                                  [every.sources[j] for j in missed_rows])
-    chance = [(g, t) for g, t, k in zip(got, truth, every.flips, strict=True)
-              if not k and t is not None]
+    nearest = original_is_nearest(
+        cat, every.embeddings[missed_rows], [every.sources[j] for j in missed_rows]
+    )
+    chance = [
+        (g, t) for g, t, k in zip(got, truth, every.flips, strict=True) if not k and t is not None
+    ]
     chance_found = sum(1 for g, t in chance if g is not None)
     agree = sum(1 for g, t in zip(got, truth, strict=True) if g == t)
-    _stack.log(f"{n:,} {name}: {planted - len(missed_rows)}/{planted} planted copies found;"
-               f" {chance_found}/{len(chance)} chance matches of new artworks reported;"
-               f" {agree}/{len(got)} answers equal to brute force")
+    _stack.log(
+        f"{n:,} {name}: {planted - len(missed_rows)}/{planted} planted copies found;"
+        f" {chance_found}/{len(chance)} chance matches of new artworks reported;"
+        f" {agree}/{len(got)} answers equal to brute force"
+    )
 
     plans = lookup_plans(stack, lookup, batches[0]) if stack is not None else ""
     if plans:
         _stack.log(f"{n:,} {name} plans: {plans}")
     return NearDupResult(
-        size=n, lookup=name, single_p50_ms=s50, single_p95_ms=s95, batch_p50_ms=b50,
-        batch_p95_ms=b95, per_query_in_batch_ms=b50 / 256, full_scan_p50_ms=f50,
-        speed_up=f50 / idx50, planted=planted, planted_found=planted - len(missed_rows),
-        planted_missed_over_3_bits=missed_far, missed_original_is_nearest=nearest,
-        chance_matches=len(chance), chance_found=chance_found, agree_brute_force=agree,
-        answers=len(got), mean_candidates=cands, singles=len(singles), batches=len(batches),
+        size=n,
+        lookup=name,
+        single_p50_ms=s50,
+        single_p95_ms=s95,
+        batch_p50_ms=b50,
+        batch_p95_ms=b95,
+        per_query_in_batch_ms=b50 / 256,
+        full_scan_p50_ms=f50,
+        speed_up=f50 / idx50,
+        planted=planted,
+        planted_found=planted - len(missed_rows),
+        planted_missed_over_3_bits=missed_far,
+        missed_original_is_nearest=nearest,
+        chance_matches=len(chance),
+        chance_found=chance_found,
+        agree_brute_force=agree,
+        answers=len(got),
+        mean_candidates=cands,
+        singles=len(singles),
+        batches=len(batches),
         plans=plans,
     )
 
@@ -423,18 +480,22 @@ def measure(url: str, cat: _stack.Catalogue, args: argparse.Namespace, stack=Non
 
 def layout() -> str:
     """The dedup and lookup parameters the figures were measured with."""
-    return (f"near duplicate: pHash <= {D} and dHash <= {DD} bits; find_near:"
-            f" {db.NEAR_EMBEDDING_CANDIDATES} embedding candidates at hnsw.ef_search="
-            f"{db.NEAR_EF_SEARCH} + rows sharing one of {len(band_keys(0))} pHash band keys"
-            f" exactly; --alternative probes radii {probe_radii()}"
-            f" ({sum(len(v) for v in probes_by_band(0))} values)")
+    return (
+        f"near duplicate: pHash <= {D} and dHash <= {DD} bits; find_near:"
+        f" {db.NEAR_EMBEDDING_CANDIDATES} embedding candidates at hnsw.ef_search="
+        f"{db.NEAR_EF_SEARCH} + rows sharing one of {len(band_keys(0))} pHash band keys"
+        f" exactly; --alternative probes radii {probe_radii()}"
+        f" ({sum(len(v) for v in probes_by_band(0))} values)"
+    )
 
 
 def table(results: list[NearDupResult]) -> str:
     """The summary table printed at the end (and pasted into docs/bench-similarity.md)."""
-    head = ("| rows | lookup | single p50 ms | single p95 ms | batch-256 p50 ms (per query) |"
-            " batch-256 p95 ms | full scan p50 ms | speed-up | planted copies found |"
-            " chance matches reported | = brute force | candidates/query |")
+    head = (
+        "| rows | lookup | single p50 ms | single p95 ms | batch-256 p50 ms (per query) |"
+        " batch-256 p95 ms | full scan p50 ms | speed-up | planted copies found |"
+        " chance matches reported | = brute force | candidates/query |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(
@@ -451,16 +512,20 @@ def report(result: NearDupResult) -> None:
     """Print one size's figures as soon as they are known."""
     print(table([result]), flush=True)
     if result.planted_missed_over_3_bits:
-        print(f"  {result.planted_missed_over_3_bits} missed copies differ in > 3 bits (no"
-              " exact band in common): only the embedding could have found them; for"
-              f" {result.missed_original_is_nearest} of them the original is the query's"
-              " exact nearest embedding (the HNSW search missed it)", flush=True)
+        print(
+            f"  {result.planted_missed_over_3_bits} missed copies differ in > 3 bits (no"
+            " exact band in common): only the embedding could have found them; for"
+            f" {result.missed_original_is_nearest} of them the original is the query's"
+            " exact nearest embedding (the HNSW search missed it)",
+            flush=True,
+        )
     if result.plans:
         print(f"  plans: {result.plans}", flush=True)
 
 
-def run_all(stack, url: str, cat: _stack.Catalogue, args: argparse.Namespace
-            ) -> list[NearDupResult]:
+def run_all(
+    stack, url: str, cat: _stack.Catalogue, args: argparse.Namespace
+) -> list[NearDupResult]:
     """The catalogue lookup, then (with --alternative) the candidate design, on one load."""
     results = []
     default_ef = db.NEAR_EF_SEARCH
@@ -478,8 +543,17 @@ def run_all(stack, url: str, cat: _stack.Catalogue, args: argparse.Namespace
             built = create_alternative(conn)
         _stack.log(f"per-band btree indexes built in {built:.1f}s")
         _stack.prewarm(stack, [f"artclf.{ALT_INDEX.format(i=i)}" for i in range(N_BANDS)])
-        results.append(measure(url, cat, args, stack, alt_lookup,
-                               "btree per band, all probes (candidate)", alt_candidates))
+        results.append(
+            measure(
+                url,
+                cat,
+                args,
+                stack,
+                alt_lookup,
+                "btree per band, all probes (candidate)",
+                alt_candidates,
+            )
+        )
         with db.connect(url, autocommit=True) as conn:
             drop_alternative(conn)
         report(results[-1])
@@ -490,15 +564,29 @@ def add_options(ap: argparse.ArgumentParser) -> None:
     """Options shared with ``bench/similarity.py --neardup``."""
     ap.add_argument("--singles", type=int, default=200, help="single-query calls measured")
     ap.add_argument("--batches", type=int, default=10, help="batches of 256 queries measured")
-    ap.add_argument("--baseline-queries", type=int, default=20,
-                    help="full-scan baseline calls (each reads the whole table)")
-    ap.add_argument("--copy-noise", type=float, default=0.02,
-                    help="per-dimension noise added to a copy's embedding")
-    ap.add_argument("--alternative", action="store_true",
-                    help="also measure per-band btree indexes with all probe keys")
-    ap.add_argument("--near-ef-search", default="",
-                    help="comma-separated hnsw.ef_search values to measure find_near with"
-                         " (default: db.NEAR_EF_SEARCH)")
+    ap.add_argument(
+        "--baseline-queries",
+        type=int,
+        default=20,
+        help="full-scan baseline calls (each reads the whole table)",
+    )
+    ap.add_argument(
+        "--copy-noise",
+        type=float,
+        default=0.02,
+        help="per-dimension noise added to a copy's embedding",
+    )
+    ap.add_argument(
+        "--alternative",
+        action="store_true",
+        help="also measure per-band btree indexes with all probe keys",
+    )
+    ap.add_argument(
+        "--near-ef-search",
+        default="",
+        help="comma-separated hnsw.ef_search values to measure find_near with"
+        " (default: db.NEAR_EF_SEARCH)",
+    )
 
 
 def parse_options(args: argparse.Namespace) -> None:
@@ -510,8 +598,7 @@ def parse_options(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run every size on one throw-away stack, print the summary."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100000,1000000",
-                    help="comma-separated catalogue sizes")
+    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated catalogue sizes")
     add_options(ap)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -526,8 +613,10 @@ def main(argv: list[str] | None = None) -> int:
             cat = _stack.synthetic_catalogue(n, seed=args.seed)
             with db.connect(url, autocommit=True) as conn:
                 _stack.load_catalogue(conn, cat)
-            _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", f"artclf.{_stack.GIN_INDEX}",
-                                   "artclf.artworks"])
+            _stack.prewarm(
+                stack,
+                [f"artclf.{_stack.HNSW_INDEX}", f"artclf.{_stack.GIN_INDEX}", "artclf.artworks"],
+            )
             results += run_all(stack, url, cat, args)
     print(f"\nmachine at the end: {_stack.machine()}")
     print(layout() + "\n")

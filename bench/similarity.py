@@ -84,7 +84,7 @@ def exact_neighbours(
     ids = np.empty((len(qidx), k), dtype=np.int64)
     dists = np.empty((len(qidx), k), dtype=np.float64)
     for lo in range(0, len(qidx), 32):
-        qb = qidx[lo:lo + 32]
+        qb = qidx[lo : lo + 32]
         dist = 1.0 - unit[qb] @ unit.T
         dist[np.arange(len(qb)), qb] = np.inf
         if same_label:
@@ -92,8 +92,8 @@ def exact_neighbours(
         top = np.argpartition(dist, k, axis=1)[:, :k]
         top_d = np.take_along_axis(dist, top, axis=1)
         order = np.argsort(top_d, axis=1)
-        ids[lo:lo + len(qb)] = np.take_along_axis(top, order, axis=1) + 1
-        dists[lo:lo + len(qb)] = np.take_along_axis(top_d, order, axis=1)
+        ids[lo : lo + len(qb)] = np.take_along_axis(top, order, axis=1) + 1
+        dists[lo : lo + len(qb)] = np.take_along_axis(top_d, order, axis=1)
     return ids, dists
 
 
@@ -114,8 +114,11 @@ def distance_ratio(got: list[list[tuple[int, float]]], dists: np.ndarray) -> flo
     Recall counts a miss whether the neighbour returned instead is almost as close or not;
     this says which: 1.01 means the returned five are 1 % farther than the best five.
     """
-    ratios = [np.mean([d for _, d in rows]) / np.mean(exact)
-              for rows, exact in zip(got, dists, strict=True) if rows]
+    ratios = [
+        np.mean([d for _, d in rows]) / np.mean(exact)
+        for rows, exact in zip(got, dists, strict=True)
+        if rows
+    ]
     return float(np.mean(ratios))
 
 
@@ -131,8 +134,11 @@ def timed_calls(
     as any client repeating a query does. A fresh connection per configuration, so that
     session settings and cached plans of one configuration never leak into another.
     """
-    sql = ("SELECT * FROM artclf.similar_artworks(%s)" if same_label
-           else "SELECT * FROM artclf.similar_artworks(%s, 5, false)")
+    sql = (
+        "SELECT * FROM artclf.similar_artworks(%s)"
+        if same_label
+        else "SELECT * FROM artclf.similar_artworks(%s, 5, false)"
+    )
     latencies: list[float] = []
     rows_out: list[list[tuple[int, float]]] = []
     with psycopg.connect(url, autocommit=True, options=options) as conn:
@@ -150,18 +156,23 @@ def plan_scans(stack, artwork_id: int, same_label: bool, settings: list[str]) ->
     """How ``_nearest`` actually ran for one call: its scan nodes and filtered-out rows."""
     messages = _stack.logged_plans(
         stack,
-        lambda conn: conn.execute("SELECT * FROM artclf.similar_artworks(%s, 5, %s)",
-                                  (artwork_id, same_label)).fetchall(),
-        tuple(settings))
+        lambda conn: conn.execute(
+            "SELECT * FROM artclf.similar_artworks(%s, 5, %s)", (artwork_id, same_label)
+        ).fetchall(),
+        tuple(settings),
+    )
     inner = [m for m in messages if "candidates" in m or "embedding <=>" in m]
     return _stack.scan_summary("\n".join(inner or messages))
 
 
 def nearest_ef_search(conn: psycopg.Connection) -> str:
     """The ``hnsw.ef_search`` the migrated ``_nearest`` function sets."""
-    config = conn.execute(
-        "SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure", (NEAREST_SIGNATURE,)
-    ).fetchone()[0] or []
+    config = (
+        conn.execute(
+            "SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure", (NEAREST_SIGNATURE,)
+        ).fetchone()[0]
+        or []
+    )
     return next((c.split("=", 1)[1] for c in config if c.startswith("hnsw.ef_search=")), "40")
 
 
@@ -177,8 +188,13 @@ def set_ef_search(url: str, ef: int | str) -> None:
 
 
 def measure_index(
-    url: str, cat: _stack.Catalogue, ids: list[int], warmup: list[int],
-    exact: dict[bool, tuple[np.ndarray, np.ndarray]], search: str, note: str = "",
+    url: str,
+    cat: _stack.Catalogue,
+    ids: list[int],
+    warmup: list[int],
+    exact: dict[bool, tuple[np.ndarray, np.ndarray]],
+    search: str,
+    note: str = "",
 ) -> list[Result]:
     """Both modes through the HNSW index as the function is currently configured."""
     out = []
@@ -193,14 +209,24 @@ def measure_index(
                 sel = [t for t, lab in zip(lat, labels, strict=True) if lab == li]
                 if sel:
                     per_label[name] = round(_stack.percentiles(sel)[0], 2)
-        res = Result(len(cat), MODES[same_label], search, p50, p95,
-                     recall_at_k(rows, want, dists), len(ids),
-                     short_results=sum(1 for r in rows if len(r) < K),
-                     distance_ratio=distance_ratio(rows, dists),
-                     per_label_p50_ms=per_label, note=note)
-        _stack.log(f"{res.size:,} {res.mode} {search}: p50 {p50:.2f} ms, p95 {p95:.2f} ms,"
-                   f" recall@5 {res.recall:.4f}, distance ratio {res.distance_ratio:.4f}"
-                   f" {per_label or ''}")
+        res = Result(
+            len(cat),
+            MODES[same_label],
+            search,
+            p50,
+            p95,
+            recall_at_k(rows, want, dists),
+            len(ids),
+            short_results=sum(1 for r in rows if len(r) < K),
+            distance_ratio=distance_ratio(rows, dists),
+            per_label_p50_ms=per_label,
+            note=note,
+        )
+        _stack.log(
+            f"{res.size:,} {res.mode} {search}: p50 {p50:.2f} ms, p95 {p95:.2f} ms,"
+            f" recall@5 {res.recall:.4f}, distance ratio {res.distance_ratio:.4f}"
+            f" {per_label or ''}"
+        )
         out.append(res)
     return out
 
@@ -215,26 +241,31 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[
     (``--also-shared-buffers``: the embedded stack picks a free port on every start).
     """
     t0 = time.perf_counter()
-    cat = _stack.synthetic_catalogue(n, seed=args.seed, latent_dim=args.latent_dim,
-                                     label_purity=args.label_purity)
+    cat = _stack.synthetic_catalogue(
+        n, seed=args.seed, latent_dim=args.latent_dim, label_purity=args.label_purity
+    )
     _stack.log(f"generated {n:,} rows in {time.perf_counter() - t0:.1f}s")
     with db.connect(url, autocommit=True) as conn:
-        timings = _stack.load_catalogue(conn, cat, hnsw_m=args.m,
-                                        hnsw_ef_construction=args.ef_construction)
+        timings = _stack.load_catalogue(
+            conn, cat, hnsw_m=args.m, hnsw_ef_construction=args.ef_construction
+        )
         migrated_ef = nearest_ef_search(conn)
         indexdef = _stack.index_definitions(conn)[_stack.HNSW_INDEX]
-    _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks",
-                              f"artclf.{_stack.EMBEDDINGS_TABLE}"])
+    _stack.prewarm(
+        stack,
+        [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks", f"artclf.{_stack.EMBEDDINGS_TABLE}"],
+    )
 
     rng = np.random.default_rng(args.seed + 1)
     qidx = rng.choice(n, size=args.warmup + args.queries, replace=False)
     warm_ids = (qidx[: args.warmup] + 1).tolist()
-    qidx = qidx[args.warmup:]
+    qidx = qidx[args.warmup :]
     ids = (qidx + 1).tolist()
     t0 = time.perf_counter()
     exact = {s: exact_neighbours(cat, qidx, s) for s in (True, False)}
-    _stack.log(f"exact top-{K} in numpy for {len(ids)} queries x 2 modes:"
-               f" {time.perf_counter() - t0:.1f}s")
+    _stack.log(
+        f"exact top-{K} in numpy for {len(ids)} queries x 2 modes: {time.perf_counter() - t0:.1f}s"
+    )
 
     params = re.search(r"WITH \((.*)\)", indexdef)
     build = f"{params.group(1) if params else ''}, built in {timings['hnsw_build_s']:.0f}s"
@@ -251,42 +282,64 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[
             aid = next((i for i in ids if cat.labels[i - 1] == li), None)
             if aid is None:  # a small --queries may hold no artwork of the rare label
                 continue
-            _stack.log(f"plan {MODES[same_label]} {CLASSES[li]} (id {aid}): "
-                       + plan_scans(stack, aid, same_label, []))
+            _stack.log(
+                f"plan {MODES[same_label]} {CLASSES[li]} (id {aid}): "
+                + plan_scans(stack, aid, same_label, [])
+            )
 
     # Baseline: the exact scan the index replaces, on a prefix of the same queries.
     m = min(args.exact_queries, len(ids))
     for same_label in (True, False) if m else ():
         aid = ids[0]
-        _stack.log(f"plan exact {MODES[same_label]}: "
-                   + plan_scans(stack, aid, same_label, ["SET enable_indexscan = off"]))
-        lat, rows = timed_calls(url, ids[:m], warm_ids[:2], same_label,
-                                options="-c enable_indexscan=off")
+        _stack.log(
+            f"plan exact {MODES[same_label]}: "
+            + plan_scans(stack, aid, same_label, ["SET enable_indexscan = off"])
+        )
+        lat, rows = timed_calls(
+            url, ids[:m], warm_ids[:2], same_label, options="-c enable_indexscan=off"
+        )
         want, dists = exact[same_label]
         p50, p95 = _stack.percentiles(lat)
-        idx = next((r for r in results if r.mode == MODES[same_label]
-                    and r.search == f"hnsw ef_search={migrated_ef}"),
-                   next(r for r in results if r.mode == MODES[same_label]))
+        idx = next(
+            (
+                r
+                for r in results
+                if r.mode == MODES[same_label] and r.search == f"hnsw ef_search={migrated_ef}"
+            ),
+            next(r for r in results if r.mode == MODES[same_label]),
+        )
         # Same queries through the index, for a like-for-like ratio.
         lat_idx, _ = timed_calls(url, ids[:m], warm_ids, same_label)
         ratio = p50 / _stack.percentiles(lat_idx)[0]
-        res = Result(n, MODES[same_label], "exact scan (enable_indexscan=off)", p50, p95,
-                     recall_at_k(rows, want[:m], dists[:m]), m,
-                     short_results=sum(1 for r in rows if len(r) < K),
-                     note=f"{ratio:.0f}x slower than the index on the same {m} queries")
+        res = Result(
+            n,
+            MODES[same_label],
+            "exact scan (enable_indexscan=off)",
+            p50,
+            p95,
+            recall_at_k(rows, want[:m], dists[:m]),
+            m,
+            short_results=sum(1 for r in rows if len(r) < K),
+            note=f"{ratio:.0f}x slower than the index on the same {m} queries",
+        )
         idx.note += f"; {ratio:.0f}x faster than exact scan"
-        _stack.log(f"{n:,} {res.mode} exact: p50 {p50:.1f} ms, p95 {p95:.1f} ms,"
-                   f" recall {res.recall:.4f}, index speed-up {ratio:.0f}x")
+        _stack.log(
+            f"{n:,} {res.mode} exact: p50 {p50:.1f} ms, p95 {p95:.1f} ms,"
+            f" recall {res.recall:.4f}, index speed-up {ratio:.0f}x"
+        )
         results.append(res)
 
     for sb in args.also_shared_buffers:
         url2 = _stack.restart(stack, shared_buffers=sb)
         _stack.log(f"restarted with shared_buffers={sb}")
-        results += measure_index(url2, cat, ids, warm_ids, exact,
-                                 f"hnsw ef_search={migrated_ef}", f"shared_buffers={sb}")
+        results += measure_index(
+            url2, cat, ids, warm_ids, exact, f"hnsw ef_search={migrated_ef}", f"shared_buffers={sb}"
+        )
         url = _stack.restart(stack, shared_buffers=_stack.PG_TUNING["shared_buffers"])
-        _stack.prewarm(stack, [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks",
-                              f"artclf.{_stack.EMBEDDINGS_TABLE}"])
+        _stack.prewarm(
+            stack,
+            [f"artclf.{_stack.HNSW_INDEX}", "artclf.artworks", f"artclf.{_stack.EMBEDDINGS_TABLE}"],
+        )
 
     if args.neardup:
         args.neardup_results += neardup_lookup.run_all(stack, url, cat, args)
@@ -294,8 +347,9 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[
     return results, url
 
 
-def insert_cost(url: str, cat: _stack.Catalogue, seed: int, batches: int = 10,
-                batch: int = 100) -> Result:
+def insert_cost(
+    url: str, cat: _stack.Catalogue, seed: int, batches: int = 10, batch: int = 100
+) -> Result:
     """What the index costs the pipeline: ``db.insert_artworks`` of new rows, per batch.
 
     Every catalogued artwork is inserted into the HNSW index as it arrives, at the
@@ -306,73 +360,121 @@ def insert_cost(url: str, cat: _stack.Catalogue, seed: int, batches: int = 10,
     for j in range(len(new)):
         label = CLASSES[int(new.labels[j])]
         key = f"catalog/{label}/new-{j:06d}.jpg"
-        rows.append(db.ArtworkRow(
-            bucket="artclf-bench", key=key, label=label, probability=0.9,
-            probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
-            embedding=new.embeddings[j], model_version=_stack.MODEL_VERSION,
-            sha256=f"{len(cat) + j:064x}", phash=int(new.phashes[j]),
-            phash_bands=_stack._band_keys(int(new.phashes[j])), dhash=int(new.dhashes[j]),
-            width=1024, height=768,
-            format="JPEG", byte_size=200_000, source_key=f"incoming/new-{j:06d}.jpg",
-            source_etag=None))
+        rows.append(
+            db.ArtworkRow(
+                bucket="artclf-bench",
+                key=key,
+                label=label,
+                probability=0.9,
+                probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
+                embedding=new.embeddings[j],
+                model_version=_stack.MODEL_VERSION,
+                sha256=f"{len(cat) + j:064x}",
+                phash=int(new.phashes[j]),
+                phash_bands=_stack._band_keys(int(new.phashes[j])),
+                dhash=int(new.dhashes[j]),
+                width=1024,
+                height=768,
+                format="JPEG",
+                byte_size=200_000,
+                source_key=f"incoming/new-{j:06d}.jpg",
+                source_etag=None,
+            )
+        )
     lat = []
     with db.connect(url) as conn:
         for lo in range(0, len(rows), batch):
             t0 = time.perf_counter()
-            inserted, _ = db.insert_artworks(conn, rows[lo:lo + batch])
+            inserted, _ = db.insert_artworks(conn, rows[lo : lo + batch])
             lat.append(time.perf_counter() - t0)
             assert len(inserted) == batch
         conn.rollback()
     p50, p95 = _stack.percentiles(lat)
-    _stack.log(f"{len(cat):,} insert_artworks of {batch} rows: p50 {p50:.0f} ms"
-               f" ({p50 / batch:.2f} ms/row)")
-    return Result(len(cat), f"insert {batch} rows", "db.insert_artworks",
-                  p50, p95, float("nan"), batches, distance_ratio=float("nan"),
-                  note=f"{p50 / batch:.2f} ms per row; rolled back")
+    _stack.log(
+        f"{len(cat):,} insert_artworks of {batch} rows: p50 {p50:.0f} ms ({p50 / batch:.2f} ms/row)"
+    )
+    return Result(
+        len(cat),
+        f"insert {batch} rows",
+        "db.insert_artworks",
+        p50,
+        p95,
+        float("nan"),
+        batches,
+        distance_ratio=float("nan"),
+        note=f"{p50 / batch:.2f} ms per row; rolled back",
+    )
 
 
 def summary(results: list[Result]) -> str:
     """The clean table printed at the end (and pasted into docs/bench-similarity.md)."""
-    head = (f"| {'rows':>9} | {'mode':<16} | {'search':<33} | {'p50 ms':>7} | {'p95 ms':>7} |"
-            f" {'recall@5':>8} | {'dist/exact':>10} | {'queries':>7} | notes")
+    head = (
+        f"| {'rows':>9} | {'mode':<16} | {'search':<33} | {'p50 ms':>7} | {'p95 ms':>7} |"
+        f" {'recall@5':>8} | {'dist/exact':>10} | {'queries':>7} | notes"
+    )
     lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|---"]
     for r in results:
-        note = r.note + (f"; {r.short_results} calls returned < 5 rows" if r.short_results
-                         else "")
+        note = r.note + (f"; {r.short_results} calls returned < 5 rows" if r.short_results else "")
         if r.per_label_p50_ms:
-            note += "; p50 by label: " + ", ".join(f"{k} {v}" for k, v in
-                                                    r.per_label_p50_ms.items())
-        lines.append(f"| {r.size:>9,} | {r.mode:<16} | {r.search:<33} | {r.p50_ms:>7.2f} |"
-                     f" {r.p95_ms:>7.2f} | {r.recall:>8.4f} | {r.distance_ratio:>10.4f} |"
-                     f" {r.queries:>7} | {note}")
+            note += "; p50 by label: " + ", ".join(
+                f"{k} {v}" for k, v in r.per_label_p50_ms.items()
+            )
+        lines.append(
+            f"| {r.size:>9,} | {r.mode:<16} | {r.search:<33} | {r.p50_ms:>7.2f} |"
+            f" {r.p95_ms:>7.2f} | {r.recall:>8.4f} | {r.distance_ratio:>10.4f} |"
+            f" {r.queries:>7} | {note}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run every size on one throw-away stack, print the summary."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100000,1000000",
-                    help="comma-separated catalogue sizes")
+    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated catalogue sizes")
     ap.add_argument("--queries", type=int, default=200, help="measured calls per mode")
     ap.add_argument("--warmup", type=int, default=20, help="uncounted calls before measuring")
-    ap.add_argument("--exact-queries", type=int, default=50,
-                    help="calls measured with the exact scan (each is a full table scan)")
-    ap.add_argument("--ef-search", default="",
-                    help="comma-separated hnsw.ef_search values to measure (default: the"
-                         " function's own)")
+    ap.add_argument(
+        "--exact-queries",
+        type=int,
+        default=50,
+        help="calls measured with the exact scan (each is a full table scan)",
+    )
+    ap.add_argument(
+        "--ef-search",
+        default="",
+        help="comma-separated hnsw.ef_search values to measure (default: the function's own)",
+    )
     ap.add_argument("--m", type=int, default=None, help="build the HNSW index with this m")
-    ap.add_argument("--ef-construction", type=int, default=None,
-                    help="build the HNSW index with this ef_construction")
-    ap.add_argument("--also-shared-buffers", default="",
-                    help="comma-separated shared_buffers values to re-measure with")
-    ap.add_argument("--neardup", action="store_true",
-                    help="also run bench/neardup_lookup.py's measurements on the same rows")
+    ap.add_argument(
+        "--ef-construction",
+        type=int,
+        default=None,
+        help="build the HNSW index with this ef_construction",
+    )
+    ap.add_argument(
+        "--also-shared-buffers",
+        default="",
+        help="comma-separated shared_buffers values to re-measure with",
+    )
+    ap.add_argument(
+        "--neardup",
+        action="store_true",
+        help="also run bench/neardup_lookup.py's measurements on the same rows",
+    )
     neardup_lookup.add_options(ap.add_argument_group("with --neardup"))
-    ap.add_argument("--latent-dim", type=int, default=24,
-                    help="intrinsic dimension of a cluster (128 = isotropic, the hard case)")
-    ap.add_argument("--label-purity", type=float, default=0.7,
-                    help="chance a point keeps its cluster's label (lower: label filters"
-                         " remove more neighbours)")
+    ap.add_argument(
+        "--latent-dim",
+        type=int,
+        default=24,
+        help="intrinsic dimension of a cluster (128 = isotropic, the hard case)",
+    )
+    ap.add_argument(
+        "--label-purity",
+        type=float,
+        default=0.7,
+        help="chance a point keeps its cluster's label (lower: label filters"
+        " remove more neighbours)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
