@@ -141,7 +141,7 @@ def convert_to_tflite(model: Any, image_size: int) -> bytes:
         return out["probabilities"], out["embedding"]
 
     frozen = convert_variables_to_constants_v2(tf.function(forward).get_concrete_function(spec))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return converter.convert()
