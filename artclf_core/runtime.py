@@ -141,10 +141,18 @@ def convert_to_tflite(model: Any, image_size: int) -> bytes:
         return out["probabilities"], out["embedding"]
 
     frozen = convert_variables_to_constants_v2(tf.function(forward).get_concrete_function(spec))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return converter.convert()
+    # Without ``trackable_obj`` the converter logs a deprecation notice and takes its older
+    # path, which is 5x faster here (1.1 s against 5.8 s) for the same flatbuffer.
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return converter.convert()
+    finally:
+        absl_log.setLevel(level)
 
 
 def _cache_path(source: Path) -> Path:
