@@ -183,13 +183,32 @@ _LOG_COLS = (
 )
 
 
-def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> list[LogRow]:
+def clock(conn: psycopg.Connection) -> datetime:
+    """The database's wall clock (``clock_timestamp()``, not the transaction's ``now()``)."""
+    return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def register_objects(
+    conn: psycopg.Connection,
+    objects: Sequence[ObjectRef],
+    *,
+    listed_at: datetime | None = None,
+) -> list[LogRow]:
     """Insert the objects into the ingest log if new; return their current log rows.
 
     An object version is (bucket, key, etag). One whose latest row says it was already moved
     away (finalised, final key elsewhere) but that is listed or announced again is a new drop
     of the same bytes under the same key: it gets a new row, one generation up. (If it was a
     stale listing instead, the object is gone and the pipeline forgets that row.)
+
+    ``listed_at`` (the database clock, :func:`clock`, read just before the LIST request)
+    tells a stale listing from a re-upload: a listing that began before a worker finalised the
+    move of that object version may have seen it on its way out, so it registers nothing
+    instead of a new generation that a later run would only find gone (337 such rows in a
+    2,000-image drop through Airflow). Finalising happens after the S3 delete, so an object
+    listed by a LIST that began after it is really there again: a new drop. A re-upload that
+    the stale rule skipped is registered by the next listing. Events (no ``listed_at``) always
+    register a moved-away version again.
     """
     if not objects:
         return []
@@ -206,7 +225,8 @@ def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> 
                 AS t(bucket, key, etag, last_modified, size)
         ), latest AS (
             SELECT DISTINCT ON ({ident}) {prefixed},
-                   (l.finalized AND l.final_key IS DISTINCT FROM l.key) AS moved_away
+                   (l.finalized AND l.final_key IS DISTINCT FROM l.key) AS moved_away,
+                   (l.updated_at >= %s::timestamptz) AS maybe_stale
             FROM artclf.ingest_log l JOIN input i USING ({ident})
             ORDER BY {ident}, l.generation DESC
         ), ins AS (
@@ -214,7 +234,7 @@ def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> 
             SELECT i.bucket, i.key, i.etag, i.last_modified, i.size,
                    coalesce(lt.generation + 1, 0)
             FROM input i LEFT JOIN latest lt USING ({ident})
-            WHERE lt.id IS NULL OR lt.moved_away
+            WHERE lt.id IS NULL OR (lt.moved_away AND NOT coalesce(lt.maybe_stale, false))
             ON CONFLICT DO NOTHING
             RETURNING {_LOG_COLS}
         )
@@ -222,7 +242,7 @@ def register_objects(conn: psycopg.Connection, objects: Sequence[ObjectRef]) -> 
         UNION ALL
         SELECT {_LOG_COLS} FROM latest WHERE NOT moved_away
         """,
-        [list(c) for c in cols],
+        [*[list(c) for c in cols], listed_at],
     ).fetchall()
     return [LogRow(*r) for r in rows]
 
@@ -437,7 +457,8 @@ def mark_finalized(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
     ids = list(log_ids)
     if ids:
         conn.execute(
-            "UPDATE artclf.ingest_log SET finalized = true, updated_at = now() WHERE id = ANY(%s)",
+            "UPDATE artclf.ingest_log SET finalized = true, updated_at = clock_timestamp()"
+            " WHERE id = ANY(%s)",
             (ids,),
         )
 

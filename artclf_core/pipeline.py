@@ -28,9 +28,10 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -306,10 +307,10 @@ class Ingestor:
         staged: _Staged | None = None
         following: _Staged | None = None
         try:
-            for refs in s3lib.iter_pages(
-                self.s3, self.settings.bucket, prefix, page_size=batch_size
+            for listed_at, refs in timed_pages(
+                self.s3, self.conn, self.settings.bucket, prefix, batch_size
             ):
-                rows = db.register_objects(self.conn, refs)
+                rows = db.register_objects(self.conn, refs, listed_at=listed_at)
                 self.conn.commit()
                 following = self._stage(rows, retry_failed=retry_failed)
                 if staged is not None:
@@ -787,11 +788,25 @@ def sweep(s3, conn, bucket: str, prefix: str = INCOMING_PREFIX, page_size: int =
     """
     prefix = check_prefix(prefix)
     waiting = 0
-    for refs in s3lib.iter_pages(s3, bucket, prefix, page_size=page_size):
-        rows = db.register_objects(conn, refs)
+    for listed_at, refs in timed_pages(s3, conn, bucket, prefix, page_size):
+        rows = db.register_objects(conn, refs, listed_at=listed_at)
         conn.commit()
         waiting += sum(1 for r in rows if r.state in CLAIMABLE)
     return waiting
+
+
+def timed_pages(
+    s3, conn, bucket: str, prefix: str, page_size: int
+) -> Iterator[tuple[datetime, list[db.ObjectRef]]]:
+    """Listing pages, each with the database clock read just before its LIST request, so that
+    :func:`db.register_objects` can tell a stale listing from a re-upload."""
+    pages = iter(s3lib.iter_pages(s3, bucket, prefix, page_size=page_size))
+    while True:
+        listed_at = db.clock(conn)
+        refs = next(pages, None)
+        if refs is None:
+            return
+        yield listed_at, refs
 
 
 def _resized(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -224,6 +224,27 @@ def test_minio_event_after_the_object_moved_away_is_a_new_generation(conn, setti
     assert [(r["generation"], r["state"]) for r in rows] == [(0, "quarantined"), (1, "pending")]
 
 
+def test_stale_listing_of_a_moved_object_registers_nothing(conn, settings):
+    """A listing that began before a worker finalised an object's move must not queue that
+    object again; a listing that began after it means the key was uploaded again."""
+    ref = ObjectRef(settings.bucket, "incoming/s.jpg", "etag-s", None, 10)
+    (row,) = db.register_objects(conn, [ref])
+    conn.commit()
+    listed_before_the_move = db.clock(conn)
+    conn.execute(
+        "UPDATE artclf.ingest_log SET state = 'quarantined', reason = 'test',"
+        " final_key = 'quarantine/s.jpg' WHERE id = %s",
+        (row.id,),
+    )
+    db.mark_finalized(conn, [row.id])
+    conn.commit()
+    assert db.register_objects(conn, [ref], listed_at=listed_before_the_move) == []
+    assert [r["generation"] for r in log_rows(conn)] == [0]
+    (new,) = db.register_objects(conn, [ref], listed_at=db.clock(conn))
+    assert (new.generation, new.state) == (1, "pending")
+    conn.commit()
+
+
 # --------------------------------------------------------------------------- watermark
 
 
