@@ -218,7 +218,7 @@ class ArtModel:
 
     def __init__(
         self,
-        model: keras.Model,
+        model: keras.Model | None,
         *,
         version: str,
         classes: tuple[str, ...],
@@ -226,11 +226,19 @@ class ArtModel:
         image_size: int | None = None,
         metrics: dict[str, Any] | None = None,
         runtime: str | None = None,
+        path: Path | None = None,
+        embedding_dim: int = EMBEDDING_DIM,
     ) -> None:
-        size = input_size(model)
-        if image_size is not None and int(image_size) != size:
-            raise ValueError(f"image_size {image_size} but the model's input is {size}x{size}")
-        self.model = model
+        if model is None and path is None:
+            raise ValueError("ArtModel needs a Keras model or the path of its .keras file")
+        if model is not None:
+            size = input_size(model)
+            if image_size is not None and int(image_size) != size:
+                raise ValueError(f"image_size {image_size} but the model's input is {size}x{size}")
+            embedding_dim = int(model.output["embedding"].shape[-1])
+        else:
+            size = int(image_size or IMAGE_SIZE)
+        self._model = model
         self.version = version
         self.classes = tuple(classes)
         self.arch = arch
@@ -238,18 +246,26 @@ class ArtModel:
         self.image_size = size
         self.metrics = metrics
         #: Where the model was loaded from (None when built in memory).
-        self.path: Path | None = None
-        self.embedding_dim = int(model.output["embedding"].shape[-1])
+        self.path = path
+        self.embedding_dim = int(embedding_dim)
         #: ``tflite`` or ``keras`` (:mod:`artclf_core.runtime`); None picks ``ARTCLF_RUNTIME``.
         self.runtime = runtime
         self._runner: KerasRunner | LiteRunner | None = None
+
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model, read from :attr:`path` on first use: inference from a cached TFLite
+        conversion never needs it, which saves ~1 s per process (every Airflow task)."""
+        if self._model is None:
+            self._model = keras.saving.load_model(self.path, compile=False)
+        return self._model
 
     @property
     def runner(self) -> KerasRunner | LiteRunner:
         """The forward pass, built on first use (a conversion to TFLite costs ~2 s, cached)."""
         if self._runner is None:
             self._runner = make_runner(
-                self.model,
+                lambda: self.model,
                 image_size=self.image_size,
                 n_classes=len(self.classes),
                 dim=self.embedding_dim,
@@ -262,21 +278,21 @@ class ArtModel:
     def load(
         cls, path: str | os.PathLike[str] | None = None, *, runtime: str | None = None
     ) -> ArtModel:
-        """Load a model saved by :func:`save_model` (the shipped default when ``path`` is None)."""
+        """Open a model saved by :func:`save_model` (the shipped default when ``path`` is
+        None): its metadata now, its Keras graph when first needed (:attr:`model`)."""
         path = Path(path) if path is not None else default_model_path()
         meta = read_metadata(path)
-        model = keras.saving.load_model(path, compile=False)
-        loaded = cls(
-            model,
+        return cls(
+            None,
             version=str(meta["version"]),
             classes=tuple(meta["classes"]),
             arch=str(meta.get("arch", "cnn")),
             image_size=int(meta.get("image_size", IMAGE_SIZE)),
             metrics=meta.get("metrics"),
             runtime=runtime,
+            path=path,
+            embedding_dim=int(meta.get("embedding_dim", EMBEDDING_DIM)),
         )
-        loaded.path = path
-        return loaded
 
     def __repr__(self) -> str:
         return f"ArtModel(version={self.version!r}, arch={self.arch!r}, classes={self.classes})"

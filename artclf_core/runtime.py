@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,12 +167,13 @@ def _cache_path(source: Path) -> Path:
     return cache_dir() / "tflite" / f"{digest.hexdigest()[:32]}.tflite"
 
 
-def _flatbuffer(model: Any, image_size: int, source: Path | None) -> bytes:
-    """The converted model, from the disk cache when ``source`` (the .keras file) was seen."""
+def _flatbuffer(load_model: Callable[[], Any], image_size: int, source: Path | None) -> bytes:
+    """The converted model, from the disk cache when ``source`` (the .keras file) was seen:
+    then the Keras model is not even loaded."""
     cached = _cache_path(source) if source is not None else None
     if cached is not None and cached.is_file():
         return cached.read_bytes()
-    flatbuffer = convert_to_tflite(model, image_size)
+    flatbuffer = convert_to_tflite(load_model(), image_size)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +186,7 @@ def _flatbuffer(model: Any, image_size: int, source: Path | None) -> bytes:
 
 
 def make_runner(
-    model: Any,
+    load_model: Callable[[], Any],
     *,
     image_size: int,
     n_classes: int,
@@ -192,12 +194,13 @@ def make_runner(
     source: Path | None = None,
     runtime: str | None = None,
 ) -> KerasRunner | LiteRunner:
-    """The runner for ``model``: TFLite unless ``runtime``/``ARTCLF_RUNTIME`` says keras or the
-    conversion fails."""
+    """The runner for the model ``load_model()`` returns: TFLite unless
+    ``runtime``/``ARTCLF_RUNTIME`` says keras or the conversion fails."""
     runtime = runtime or runtime_name()
     if runtime == "tflite":
         try:
-            return LiteRunner(_flatbuffer(model, image_size, source), image_size, n_classes, dim)
+            flatbuffer = _flatbuffer(load_model, image_size, source)
+            return LiteRunner(flatbuffer, image_size, n_classes, dim)
         except Exception as exc:  # noqa: BLE001 - any converter failure: Keras still works
             log.warning("TFLite conversion failed (%s); running the model with Keras", exc)
-    return KerasRunner(model, image_size)
+    return KerasRunner(load_model(), image_size)

@@ -192,6 +192,8 @@ def test_tflite_and_keras_runtimes_agree(
     mtime = cached[0].stat().st_mtime_ns
     np.testing.assert_array_equal(again.predict(batch)[0], p_lite)
     assert cached[0].stat().st_mtime_ns == mtime  # read from the cache, not converted again
+    assert again._model is None  # and the Keras model was not even loaded
+    assert again.model.name == lite.model.name  # still there on demand
     monkeypatch.setenv("ARTCLF_RUNTIME", "onnx")
     with pytest.raises(ValueError, match="ARTCLF_RUNTIME"):
         runtime.runtime_name()
