@@ -212,7 +212,7 @@ class ArtModel:
 
     :meth:`predict` is the only inference entry point: it returns probabilities and embeddings
     from the same forward pass, run by :mod:`artclf_core.runtime` (TFLite's XNNPACK kernels by
-    default, 2.7x faster than TensorFlow's graph on 2 cores for the same float32 results;
+    default, 2.5x faster than TensorFlow's graph on 2 cores for the same float32 results;
     batches of any size reuse the same compiled model).
     """
 

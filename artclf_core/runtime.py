@@ -3,10 +3,11 @@ fallback.
 
 The ``.keras`` file stays the model's one artifact (training, the registry and the lake keep
 it); this module derives an inference copy from it. On 2 CPU cores the shipped
-EfficientNet-Lite0 at 160 px runs 226 images/s through TensorFlow's graph executor and
-~600 images/s through the TFLite interpreter with its XNNPACK kernels, with the same float32
-weights and arithmetic: the probabilities and embeddings agree to ~1e-6 (measured in
-``docs/benchmarks.md``, "Inference runtime"; the tests compare both runtimes). No quantisation
+EfficientNet-Lite0 at 160 px runs ~200 images/s through TensorFlow's graph executor and ~500
+images/s through the TFLite interpreter with its XNNPACK kernels (``bench/inference.py``:
+2.5x), with the same float32 weights and arithmetic: the probabilities agree to ~5e-6 and
+the embeddings to a cosine of 1.000000 (``docs/benchmarks.md``, "Inference runtime"; the
+tests compare both runtimes). No quantisation
 is applied: int8 doubles the speed again but moves embeddings by up to 4 % (cosine), which would
 change near-duplicate and similarity answers for already catalogued artworks.
 
