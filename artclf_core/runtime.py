@@ -168,11 +168,14 @@ def _cache_path(source: Path) -> Path:
     return cache_dir() / "tflite" / f"{digest.hexdigest()[:32]}.tflite"
 
 
-def _flatbuffer(load_model: Callable[[], Any], image_size: int, source: Path | None) -> bytes:
+def _flatbuffer(
+    load_model: Callable[[], Any], image_size: int, source: Path | None, *, fresh: bool = False
+) -> bytes:
     """The converted model, from the disk cache when ``source`` (the .keras file) was seen:
-    then the Keras model is not even loaded."""
+    then the Keras model is not even loaded. ``fresh`` converts again whatever the cache
+    holds."""
     cached = _cache_path(source) if source is not None else None
-    if cached is not None and cached.is_file():
+    if cached is not None and cached.is_file() and not fresh:
         return cached.read_bytes()
     flatbuffer = convert_to_tflite(load_model(), image_size)
     if cached is not None:
@@ -199,9 +202,15 @@ def make_runner(
     ``runtime``/``ARTCLF_RUNTIME`` says keras or the conversion fails."""
     runtime = runtime or runtime_name()
     if runtime == "tflite":
-        try:
-            flatbuffer = _flatbuffer(load_model, image_size, source)
-            return LiteRunner(flatbuffer, image_size, n_classes, dim)
-        except Exception as exc:  # noqa: BLE001 - any converter failure: Keras still works
-            log.warning("TFLite conversion failed (%s); running the model with Keras", exc)
+        # A cached file that does not load (a damaged disk, a TFLite upgrade that reads it
+        # differently) is converted again once before giving up on TFLite.
+        for fresh in (False, True):
+            try:
+                flatbuffer = _flatbuffer(load_model, image_size, source, fresh=fresh)
+                return LiteRunner(flatbuffer, image_size, n_classes, dim)
+            except Exception as exc:  # noqa: BLE001 - any converter failure: Keras still works
+                failure = exc
+            if source is None:
+                break
+        log.warning("TFLite conversion failed (%s); running the model with Keras", failure)
     return KerasRunner(load_model(), image_size)

@@ -194,6 +194,14 @@ def test_tflite_and_keras_runtimes_agree(
     assert cached[0].stat().st_mtime_ns == mtime  # read from the cache, not converted again
     assert again._model is None  # and the Keras model was not even loaded
     assert again.model.name == lite.model.name  # still there on demand
+    cached[0].write_bytes(b"not a flatbuffer")  # a damaged cache is converted again
+    repaired = ArtModel.load(path)
+    np.testing.assert_array_equal(repaired.predict(batch)[0], p_lite)
+    assert isinstance(repaired.runner, runtime.LiteRunner)
+    assert (
+        cached[0].read_bytes().startswith(b"\x1c\x00\x00\x00TFL3")
+        or len(cached[0].read_bytes()) > 1000
+    )
     monkeypatch.setenv("ARTCLF_RUNTIME", "onnx")
     with pytest.raises(ValueError, match="ARTCLF_RUNTIME"):
         runtime.runtime_name()
