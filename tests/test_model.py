@@ -198,10 +198,7 @@ def test_tflite_and_keras_runtimes_agree(
     repaired = ArtModel.load(path)
     np.testing.assert_array_equal(repaired.predict(batch)[0], p_lite)
     assert isinstance(repaired.runner, runtime.LiteRunner)
-    assert (
-        cached[0].read_bytes().startswith(b"\x1c\x00\x00\x00TFL3")
-        or len(cached[0].read_bytes()) > 1000
-    )
+    assert len(cached[0].read_bytes()) > 1000  # the cache holds a real model again
     monkeypatch.setenv("ARTCLF_RUNTIME", "onnx")
     with pytest.raises(ValueError, match="ARTCLF_RUNTIME"):
         runtime.runtime_name()
