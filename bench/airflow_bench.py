@@ -99,6 +99,9 @@ class Product:
         self.home = home
         self.env = {
             **os.environ,
+            # `artclf` and `airflow standalone` (which starts `airflow` by name) from this
+            # interpreter's environment, even when its bin/ is not on the caller's PATH.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
             "ARTCLF_HOME": str(home),
             EXTRA_DAGS_ENV: str(BASE_DAG_FILE),
         }
