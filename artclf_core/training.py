@@ -519,10 +519,6 @@ def _predict(
     return np.concatenate(probs), np.concatenate(embs)
 
 
-def _predict_labels(model: ArtModel, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.argmax(_predict(model, images, batch_size)[0], axis=1)
-
-
 class _BestWeights(keras.callbacks.Callback):
     """Model selection across training phases: keeps the weights of the epoch with the lowest
     ``monitor`` over every ``fit`` it is passed to, and stops a fit once ``patience`` epochs
