@@ -276,6 +276,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from artclf_core import training
+    from artclf_core.metrics import format_report
 
     kwargs = {"val": args.val, "seed": args.seed, "arch": args.arch}
     for name in (
@@ -292,19 +293,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = training.train(args.data, args.out, **kwargs)
     report = result.get("report") or result.get("validation")
     if report:
-        print(training.format_report(report))
+        print(format_report(report))
     print(f"saved {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from artclf_core import training
+    from artclf_core.metrics import format_report
 
     report = training.evaluate(args.data, args.model)
     if args.json:
         print(json.dumps(report))
     else:
-        print(training.format_report(report))
+        print(format_report(report))
     return 0
 
 

@@ -183,6 +183,14 @@ _LOG_COLS = (
 )
 
 
+def embedding_partition(conn: psycopg.Connection, version: str | None) -> str | None:
+    """The qualified name of ``version``'s embedding partition; None when it has none (never
+    embedded, or dropped). Finds it without creating it."""
+    if version is None:
+        return None
+    return conn.execute("SELECT artclf._find_embedding_partition(%s)", (version,)).fetchone()[0]
+
+
 def clock(conn: psycopg.Connection) -> datetime:
     """The database's wall clock (``clock_timestamp()``, not the transaction's ``now()``)."""
     return conn.execute("SELECT clock_timestamp()").fetchone()[0]
@@ -567,9 +575,7 @@ def find_near(
     # parent lets the planner pick a key scan plus an exact sort of the whole partition while
     # its statistics lag behind a fast-growing catalogue (measured: 5 ms instead of 0.1 ms per
     # query at 800 rows); on the partition the HNSW index is the only ordered path.
-    part = conn.execute("SELECT artclf._find_embedding_partition(%s)", (model_version,)).fetchone()[
-        0
-    ]
+    part = embedding_partition(conn, model_version)
     nearest = (
         f"SELECT v.artwork_id FROM {part} AS v ORDER BY v.embedding <=> q.e::vector LIMIT %(k)s"
         if part

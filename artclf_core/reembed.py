@@ -279,11 +279,7 @@ def rollback(settings: Settings, *, reason: str = "rollback") -> dict[str, Any]:
     """Switch back to the previously active version without recomputing its embeddings."""
     with db.connect(settings.db_url) as conn:
         target = previous_version(conn)
-        part = (
-            conn.execute("SELECT artclf._find_embedding_partition(%s)", (target,)).fetchone()[0]
-            if target
-            else None
-        )
+        part = db.embedding_partition(conn, target)
     if target is None:
         raise LookupError("no earlier active version to roll back to")
     if part is None:

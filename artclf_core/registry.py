@@ -97,18 +97,13 @@ def model_path(settings: Any, version: str | None = None) -> Path:
     catalogue's active model (the shipped one if none is active)."""
     from artclf_core import db
 
+    where, args = ("is_active", ()) if version is None else ("version = %s", (version,))
     with db.connect(settings.db_url) as conn:
-        if version is None:
-            row = conn.execute(
-                "SELECT version, artifact FROM artclf.model_versions WHERE is_active"
-            ).fetchone()
-            if row is None:
-                return default_model_path()
-        else:
-            row = conn.execute(
-                "SELECT version, artifact FROM artclf.model_versions WHERE version = %s",
-                (version,),
-            ).fetchone()
-            if row is None:
-                raise LookupError(f"model version {version} is not registered")
+        row = conn.execute(
+            f"SELECT version, artifact FROM artclf.model_versions WHERE {where}", args
+        ).fetchone()
+    if row is None and version is None:
+        return default_model_path()
+    if row is None:
+        raise LookupError(f"model version {version} is not registered")
     return fetch_artifact(settings, row[0], row[1])

@@ -123,10 +123,8 @@ class LiteRunner:
                 self._batch = n
             self._interp.set_tensor(self._input, np.ascontiguousarray(batch))
             self._interp.invoke()
-            return (
-                self._interp.get_tensor(self._probs).copy(),
-                self._interp.get_tensor(self._embs).copy(),
-            )
+            # get_tensor returns copies, so the next call cannot overwrite them.
+            return self._interp.get_tensor(self._probs), self._interp.get_tensor(self._embs)
 
 
 def convert_to_tflite(model: Any, image_size: int) -> bytes:

@@ -30,7 +30,6 @@ import numpy as np
 
 from artclf_core import CLASSES, IMAGE_SIZE
 from artclf_core.metrics import classification_report, label_precision_at_k
-from artclf_core.metrics import format_report as format_report  # for `artclf train/evaluate`
 from artclf_core.model import (
     DEFAULT_IMAGE_SIZES,
     ArtModel,
@@ -502,23 +501,6 @@ def _dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _predict(
-    model: ArtModel, images: np.ndarray, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities, embeddings)`` of a uint8 batch, in chunks."""
-    probs, embs = [], []
-    for i in range(0, len(images), batch_size):
-        p, e = model.predict(images[i : i + batch_size])
-        probs.append(p)
-        embs.append(e)
-    if not probs:
-        return (
-            np.zeros((0, len(model.classes)), np.float32),
-            np.zeros((0, model.embedding_dim), np.float32),
-        )
-    return np.concatenate(probs), np.concatenate(embs)
-
-
 class _BestWeights(keras.callbacks.Callback):
     """Model selection across training phases: keeps the weights of the epoch with the lowest
     ``monitor`` over every ``fit`` it is passed to, and stops a fit once ``patience`` epochs
@@ -732,7 +714,7 @@ def train(
     }
     report = None
     if len(va_samples):
-        probs, embs = _predict(wrapped, x_va)
+        probs, embs = wrapped.predict(x_va)
         report = _full_report(va_samples, probs, embs, classes, split=split)
     train_seconds = time.perf_counter() - started
     training_info = {
@@ -875,7 +857,7 @@ def evaluate_samples(samples: Sequence[Sample], model: ArtModel) -> dict[str, An
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     # Decode in chunks so evaluating a large folder does not hold every image in memory.
     for chunk in _chunks(samples, 256):
-        parts.append(_predict(model, load_images(chunk, size=model.image_size)))
+        parts.append(model.predict(load_images(chunk, size=model.image_size)))
     if parts:
         probs = np.concatenate([p for p, _ in parts])
         embs = np.concatenate([e for _, e in parts])

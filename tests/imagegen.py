@@ -314,17 +314,21 @@ def odd_expected_frames(name: str) -> int:
     return {"animated_gif": 3, "tiff_two_pages": 2, "mpo": 2}.get(name, 1)
 
 
-def labelled_png(label: str, i: int) -> bytes:
-    """A picture whose colours/shapes differ by class, so a short training learns them."""
-    rng = np.random.default_rng([zlib.crc32(label.encode()), i])
-    background = {
+def class_background(label: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    """The paper colour of a class's test pictures (paintings draw theirs from ``rng``)."""
+    return {
         "drawings": (236, 224, 196),
         "engraving": (250, 250, 250),
         "iconography": (200, 160, 40),
         "painting": tuple(int(v) for v in rng.integers(0, 255, 3)),
         "sculpture": (40, 40, 40),
     }[label]
-    img = Image.new("RGB", (120 + i, 100), background)
+
+
+def labelled_png(label: str, i: int) -> bytes:
+    """A picture whose colours/shapes differ by class, so a short training learns them."""
+    rng = np.random.default_rng([zlib.crc32(label.encode()), i])
+    img = Image.new("RGB", (120 + i, 100), class_background(label, rng))
     d = ImageDraw.Draw(img)
     for k in range(6 + i % 4):
         x, y = int(rng.integers(0, 100)), int(rng.integers(0, 80))

@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import imagegen
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -61,14 +62,7 @@ def _draw(label: str, i: int) -> Image.Image:
     """A tiny picture whose colours/shapes differ by class, so one epoch can learn something."""
     rng = np.random.default_rng([zlib.crc32(label.encode()), i])
     w, h = 96 + 8 * (i % 3), 80
-    background = {
-        "drawings": (236, 224, 196),
-        "engraving": (250, 250, 250),
-        "iconography": (200, 160, 40),
-        "painting": tuple(int(v) for v in rng.integers(0, 255, 3)),
-        "sculpture": (40, 40, 40),
-    }[label]
-    img = Image.new("RGB", (w, h), background)
+    img = Image.new("RGB", (w, h), imagegen.class_background(label, rng))
     d = ImageDraw.Draw(img)
     x0, y0 = int(rng.integers(5, 30)), int(rng.integers(5, 30))
     if label == "drawings":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from catalogue_rows import artwork_row
 
 from artclf_core import CLASSES, quality
 from artclf_core.db import ArtworkRow
@@ -17,24 +18,15 @@ def _rows(n: int) -> list[ArtworkRow]:
     for i in range(n):
         p = rng.dirichlet(np.ones(len(CLASSES)))
         rows.append(
-            ArtworkRow(
-                bucket="lake",
-                key=f"catalog/painting/{i:04d}.jpg",
+            artwork_row(
+                i,
                 label=CLASSES[int(p.argmax())],
-                probability=float(p.max()),
                 probabilities=dict(zip(CLASSES, map(float, p), strict=True)),
-                embedding=rng.normal(size=128).astype(np.float32),
+                embedding=rng.normal(size=128),
+                key=f"catalog/painting/{i:04d}.jpg",
                 model_version="cnn-test",
-                sha256=f"{i:064x}",
-                phash=i,
                 phash_bands=[0, 0, 0, i],
                 dhash=i,
-                width=400,
-                height=300,
-                format="JPEG",
-                byte_size=40_000,
-                source_key=f"incoming/{i}.jpg",
-                source_etag=None,
             )
         )
     return rows

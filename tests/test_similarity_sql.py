@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
+from catalogue_rows import artwork_row
 
 from artclf_core import CLASSES, db
 
@@ -20,24 +21,15 @@ def _rows(n: int, seed: int = 7) -> list[db.ArtworkRow]:
         emb = centres[i % 20] + 0.6 * rng.normal(size=128)
         label = CLASSES[(i * 7 + i // 3) % len(CLASSES)]
         rows.append(
-            db.ArtworkRow(
-                bucket="b",
-                key=f"catalog/{label}/{i:06d}.jpg",
+            artwork_row(
+                i,
                 label=label,
-                probability=0.9,
-                probabilities={c: (0.9 if c == label else 0.025) for c in CLASSES},
-                embedding=emb.astype(np.float32),
-                model_version="test-model",
-                sha256=f"{i:064x}",
+                embedding=emb,
+                bucket="b",
                 phash=int(rng.integers(-(2**63), 2**63 - 1)),
-                dhash=0,
-                phash_bands=[i],
                 width=100,
                 height=100,
-                format="JPEG",
                 byte_size=1000,
-                source_key=f"incoming/{i}.jpg",
-                source_etag=None,
             )
         )
     return rows
