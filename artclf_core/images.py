@@ -19,8 +19,9 @@ Design choices, and why:
   False, so a truncated upload is caught here instead of becoming a grey half-picture in the
   lake.
 * JPEGs are decoded with ``draft()``: libjpeg scales by 1/2, 1/4 or 1/8 while decoding, which
-  is several times faster for camera-sized uploads. Nothing downstream needs more than 150 px
-  (model input) or 32 px (pHash), and the draft keeps at least 300 px on each side.
+  is several times faster for camera-sized uploads. Nothing downstream needs more than 160 px
+  (model input) or 32 px (pHash), and the draft keeps at least
+  :data:`~artclf_core.preprocess.DRAFT_SIZE` (160 px) on each side.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from artclf_core import IMAGE_SIZE
-from artclf_core.preprocess import normalize_mode
+from artclf_core.preprocess import DRAFT_SIZE, normalize_mode
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -46,10 +46,6 @@ __all__ = [
     "Limits",
     "decode_image",
 ]
-
-#: Smallest size libjpeg's draft mode may scale a JPEG down to: twice the model input, so the
-#: final 150 px resize still averages several source pixels per output pixel.
-DRAFT_SIZE: tuple[int, int] = (2 * IMAGE_SIZE, 2 * IMAGE_SIZE)
 
 #: Every reason code :class:`ImageRejected` can carry, with what it means. Kept as data so a
 #: dashboard or a test can enumerate them.

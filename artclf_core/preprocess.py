@@ -11,6 +11,14 @@ from PIL import Image, ImageOps
 
 from artclf_core import IMAGE_SIZE
 
+#: Smallest size libjpeg's draft mode may scale a JPEG down to while decoding (by 1/2, 1/4 or
+#: 1/8): the largest model input we ship (the backbone's 160 px), so the final resize never
+#: enlarges. Ingestion (:func:`artclf_core.images.decode_image`) and training
+#: (:func:`open_rgb`) both use it, so a model sees the pixels it was trained on. Decoding a
+#: 640 x 480 JPEG at 1/2 scale and hashing the 320 x 240 result costs 1.6 ms of CPU instead
+#: of 3.0 ms at full scale (``docs/benchmarks.md``, "Decoding at draft scale").
+DRAFT_SIZE: tuple[int, int] = (160, 160)
+
 
 def normalize_mode(img: Image.Image) -> Image.Image:
     """Return an 8-bit RGB image whatever the source mode.
@@ -35,15 +43,17 @@ def normalize_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str, *, draft: bool = True) -> Image.Image:
+def open_rgb(
+    path: str, *, draft: bool = True, draft_size: tuple[int, int] = DRAFT_SIZE
+) -> Image.Image:
     """Open a local image file as upright 8-bit RGB (used for training folders).
 
-    ``draft`` lets the JPEG decoder scale down by 2/4/8 while decoding, which is several times
-    faster for the 640 px images of the lake and loses nothing at the model's 150 px.
+    ``draft`` lets the JPEG decoder scale down by 2/4/8 while decoding (to no less than
+    ``draft_size``), exactly as ingestion decodes uploads.
     """
     with Image.open(path) as img:
         if draft and img.format == "JPEG":
-            img.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))
+            img.draft("RGB", draft_size)
         img = ImageOps.exif_transpose(img)
         return normalize_mode(img)
 
