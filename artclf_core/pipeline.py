@@ -14,7 +14,9 @@ One batch (a listing page of a few hundred objects) goes through:
 6. **commit** artworks and outcomes in one transaction, then **delete** the source objects
    (one DeleteObjects call) and mark them finalised.
 
-While a batch goes through 3-6, the next one is already downloading and decoding.
+Three batches are in flight at once: while the tail thread does 5-6 for batch n (S3 copies
+and deletes, the checks, the commit: mostly waiting on the servers), the main thread does 3-4
+for batch n+1 (the CPU-bound forward pass) and the I/O threads do 2 for batch n+2.
 
 Crash safety: the copy happens before the commit and the delete after it, and every final key
 is a pure function of the object and its log row, so re-running after a crash at any point
@@ -29,7 +31,7 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -124,12 +126,19 @@ class Summary:
 
 
 @dataclass
-class _Staged:
-    """A claimed batch whose downloads are under way."""
+class _Batch:
+    """A claimed batch on its way: downloading, then planned by the main thread (front), then
+    moved and committed by the tail thread."""
 
     summary: Summary
     items: list[_Item]
     futures: list
+    #: The model that classified it (the active one may change before the commit).
+    model: ArtModel | None = None
+    #: Highest artwork id its de-duplication queries saw: the commit re-checks those above.
+    seen_up_to: int = 0
+    new_rows: list[tuple[_Item, db.ArtworkRow]] = field(default_factory=list)
+    clock: _Clock | None = None
 
 
 @dataclass
@@ -240,11 +249,15 @@ class Ingestor:
         # Moves get their own threads so they never queue behind the next batch's downloads.
         self.move_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-mv")
         self.check_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artclf-gx")
+        #: One batch's tail (copies, checks, commit, deletes) at a time, in batch order.
+        self.tail_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artclf-tail")
         self.validate = validate or quality.validate_rows
         if validate is None:  # import Great Expectations while the first batch downloads
             self.check_pool.submit(quality.warm_up)
         self.conn = db.connect(settings.db_url)
-        self._seen_up_to = 0  # highest artwork id the current batch's de-duplication saw
+        #: The tail thread's own connection: it commits batch n while the main thread queries
+        #: for batch n+1.
+        self.tail_conn = db.connect(settings.db_url)
         db.register_model(
             self.conn,
             version=self.model.version,
@@ -277,8 +290,10 @@ class Ingestor:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.move_pool.shutdown(wait=True)
+        self.tail_pool.shutdown(wait=True)
         self.check_pool.shutdown(wait=True)
         self.conn.close()
+        self.tail_conn.close()
 
     def __enter__(self) -> Ingestor:
         return self
@@ -296,36 +311,102 @@ class Ingestor:
         retry_failed: bool = False,
         progress: Callable[[Summary], None] | None = None,
     ) -> Summary:
-        """Process every object under ``prefix`` (``incoming/...`` or ``training/...``).
-
-        Batches overlap by one: while batch n is classified, de-duplicated, committed and
-        moved, the I/O threads already download and decode batch n+1.
-        """
+        """Process every object under ``prefix`` (``incoming/...`` or ``training/...``)."""
         prefix = check_prefix(prefix)
-        total = Summary()
-        started = time.perf_counter()
-        staged: _Staged | None = None
-        following: _Staged | None = None
-        try:
+
+        def pages() -> Iterator[list[db.LogRow]]:
             for listed_at, refs in timed_pages(
                 self.s3, self.conn, self.settings.bucket, prefix, batch_size
             ):
                 rows = db.register_objects(self.conn, refs, listed_at=listed_at)
                 self.conn.commit()
+                yield rows
+
+        return self._run(pages(), retry_failed=retry_failed, progress=progress)
+
+    def ingest_objects(
+        self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False
+    ) -> Summary:
+        """Register, claim and process one batch of object versions (any source of events)."""
+        rows = db.register_objects(self.conn, refs)
+        self.conn.commit()
+        return self._run([rows], retry_failed=retry_failed)
+
+    def ingest_log_ids(
+        self, ids: Sequence[int], *, retry_failed: bool = False, chunk_size: int = 128
+    ) -> Summary:
+        """Process ingest-log rows already queued (by a sweep or a bucket notification).
+
+        This is what an Airflow mapped task runs: the queue hands out ids, each task takes its
+        share; rows another worker holds are skipped, finished rows are left alone. The ids go
+        through the pipeline in chunks of ``chunk_size``, so that even one task overlaps
+        downloading, classifying and moving.
+        """
+        rows = db.rows_by_ids(self.conn, ids)
+        self.conn.commit()
+        chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
+        return self._run(chunks, retry_failed=retry_failed)
+
+    # ------------------------------------------------------------------ the batch pipeline
+
+    def _run(
+        self,
+        row_batches: Iterable[Sequence[db.LogRow]],
+        *,
+        retry_failed: bool,
+        progress: Callable[[Summary], None] | None = None,
+    ) -> Summary:
+        """Push batches of log rows through the pipeline, three batches in flight at once.
+
+        While batch n is copied, checked, committed and moved (its *tail*, on the tail thread
+        with a connection of its own), the main thread classifies and de-duplicates batch n+1
+        and the I/O threads download and decode batch n+2. The CPU-bound forward pass thus
+        overlaps the I/O-bound S3 copies instead of waiting for them. De-duplicating batch n+1
+        before batch n is committed is safe: the commit re-checks, under the catalogue lock,
+        every artwork committed since its de-duplication (as for concurrent workers).
+        """
+        total = Summary()
+        started = time.perf_counter()
+        staged: _Batch | None = None  # claimed, downloading
+        ready: _Batch | None = None  # classified and planned, waiting for the tail thread
+        tail: Future[Summary] | None = None
+
+        def collect() -> None:
+            nonlocal tail
+            if tail is not None:
+                done, tail = tail, None
+                total.add(done.result())
+                total.seconds = time.perf_counter() - started
+                if progress:
+                    progress(total)
+
+        try:
+            for rows in row_batches:
                 following = self._stage(rows, retry_failed=retry_failed)
                 if staged is not None:
-                    total.add(self._finish(staged))
-                    total.seconds = time.perf_counter() - started
-                    if progress:
-                        progress(total)
-                staged, following = following, None
+                    ready, staged = staged, following
+                    self._front(ready)
+                    collect()
+                    tail, ready = self.tail_pool.submit(self._tail, ready), None
+                else:
+                    staged = following
             if staged is not None:
-                total.add(self._finish(staged))
-                staged = None
+                ready, staged = staged, None
+                self._front(ready)
+                collect()
+                tail, ready = self.tail_pool.submit(self._tail, ready), None
+            collect()
         except BaseException:
-            # Whatever was claimed but not processed becomes claimable again at once instead
-            # of waiting for the claim lease (the failing batch itself is the retry's job).
-            for batch in (following, staged):
+            # Whatever was claimed but not finished becomes claimable again at once instead of
+            # waiting for the claim lease (a batch whose tail failed is the retry's job).
+            if tail is not None:
+                try:
+                    tail.result()
+                except Exception:  # noqa: BLE001 - the first error is the one raised
+                    log.warning(
+                        "a batch's tail failed while another error stopped the run", exc_info=True
+                    )
+            for batch in (staged, ready):
                 if batch is not None:
                     self._release(batch)
             raise
@@ -334,24 +415,7 @@ class Ingestor:
             progress(total)
         return total
 
-    def ingest_objects(
-        self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False
-    ) -> Summary:
-        """Register, claim and process one batch of object versions (any source of events)."""
-        rows = db.register_objects(self.conn, refs)
-        self.conn.commit()
-        return self._finish(self._stage(rows, retry_failed=retry_failed))
-
-    def ingest_log_ids(self, ids: Sequence[int], *, retry_failed: bool = False) -> Summary:
-        """Process ingest-log rows already queued (by a sweep or a bucket notification).
-
-        This is what an Airflow mapped task runs: the queue hands out ids, each task takes its
-        share; rows another worker holds are skipped, finished rows are left alone.
-        """
-        rows = db.rows_by_ids(self.conn, ids)
-        return self._finish(self._stage(rows, retry_failed=retry_failed))
-
-    def _stage(self, rows: Sequence[db.LogRow], *, retry_failed: bool) -> _Staged:
+    def _stage(self, rows: Sequence[db.LogRow], *, retry_failed: bool) -> _Batch:
         """Finish interrupted moves, claim the rest and start downloading it (non-blocking)."""
         summary = Summary(seen=len(rows))
         summary.repaired = self._finish_moves(
@@ -371,40 +435,49 @@ class Ingestor:
         claimed.sort(key=lambda r: (r.key, r.id))
         items = [_Item(row=r) for r in claimed]
         futures = [self.pool.submit(self._prepare, it) for it in items]
-        return _Staged(summary, items, futures)
+        return _Batch(summary, items, futures)
 
-    def _release(self, staged: _Staged) -> None:
-        for future in staged.futures:
+    def _release(self, batch: _Batch) -> None:
+        for future in batch.futures:
             future.cancel()
         try:
             self.conn.rollback()
-            db.release_claims(self.conn, [it.row.id for it in staged.items], self.worker_id)
+            db.release_claims(self.conn, [it.row.id for it in batch.items], self.worker_id)
         except Exception:  # noqa: BLE001 - best effort while another error propagates
-            log.warning("could not release %d claims", len(staged.items), exc_info=True)
-
-    def _finish(self, staged: _Staged) -> Summary:
-        summary = staged.summary
-        if staged.items:
-            waited = time.perf_counter()
-            for future in staged.futures:
-                future.result()
-            summary.add(self._process(staged.items, time.perf_counter() - waited))
-        return summary
+            log.warning("could not release %d claims", len(batch.items), exc_info=True)
 
     # ------------------------------------------------------------------ one batch
 
-    def _process(self, items: list[_Item], fetch_wait: float) -> Summary:
-        clock = _Clock()
-        clock.laps["fetch_wait"] = fetch_wait
+    def _front(self, batch: _Batch) -> None:
+        """Main thread: wait for the downloads, classify, de-duplicate, plan the final keys."""
+        if not batch.items:
+            return
+        waited = time.perf_counter()
+        for future in batch.futures:
+            future.result()
+        clock = batch.clock = _Clock()
+        clock.laps["fetch_wait"] = time.perf_counter() - waited
+        items = batch.items
         valid = [it for it in items if not it.state]
         if valid:
             self._follow_model_switch()
+        batch.model = self.model
+        if valid:
             self._classify(valid)
             clock.lap("model")
-            self._deduplicate(valid)
+            batch.seen_up_to = self._deduplicate(valid)
+            self.conn.commit()  # end the read-only transaction of the queries
             clock.lap("dedup")
-        new_rows = self._plan(items)
-        # The quality checks (~0.3 s per batch, CPU) run while the server-side copies (I/O)
+        batch.new_rows = self._plan(items)
+
+    def _tail(self, batch: _Batch) -> Summary:
+        """Tail thread: copy to the final keys, check, commit, delete the sources."""
+        items, new_rows = batch.items, batch.new_rows
+        if not items:
+            return batch.summary
+        clock = batch.clock
+        clock.restart()
+        # The quality checks (~60 ms per batch, CPU) run while the server-side copies (I/O)
         # are under way; a batch that fails them is not committed and its copies are removed.
         verdict_future = self.check_pool.submit(self.validate, [row for _, row in new_rows])
         movers = [it for it in items if it.state in TERMINAL and not it.in_place]
@@ -421,7 +494,7 @@ class Ingestor:
             new_rows = []
             self._remove_copies(undo)
         try:
-            self._commit(items, new_rows)
+            self._commit(batch, new_rows)
         except ModelSwitched as exc:
             # A new model became active while this batch was classified with the old one:
             # committing would file artworks the active version has no embedding for. Undo
@@ -432,7 +505,7 @@ class Ingestor:
                 if it.state != "quarantined":
                     it.fail("model_switched", str(exc))
             self._remove_copies(undo)
-            self._commit(items, [])
+            self._commit(batch, [])
         clock.lap("commit")
         unplaced = self._place_late_duplicates([it for it in movers if it.misplaced])
         moved = [
@@ -440,9 +513,10 @@ class Ingestor:
         ]
         self._delete_sources(moved)
         clock.lap("delete")
-        summary = _summarise(items)
-        summary.stages = clock.laps
-        return summary
+        outcome = _summarise(items)
+        outcome.stages = clock.laps
+        batch.summary.add(outcome)
+        return batch.summary
 
     def _prepare(self, item: _Item) -> None:
         """Fetch, validate and hash one object (runs on the I/O thread pool)."""
@@ -495,11 +569,14 @@ class Ingestor:
             it.label = classes[int(np.argmax(p))]
             it.pixels = None  # free the pixels early; the batch only keeps vectors now
 
-    def _deduplicate(self, items: list[_Item]) -> None:
-        """Exact then near duplicates, against the catalogue and within the batch."""
-        # Artworks committed after this point by concurrent workers are checked again at
-        # commit time (see _commit), under the catalogue lock.
-        self._seen_up_to = db.max_artwork_id(self.conn)
+    def _deduplicate(self, items: list[_Item]) -> int:
+        """Exact then near duplicates, against the catalogue and within the batch.
+
+        Returns the highest artwork id the queries could see: artworks committed after that
+        (by concurrent workers, or this worker's previous batch) are checked again at commit
+        time (see _commit), under the catalogue lock.
+        """
+        seen_up_to = db.max_artwork_id(self.conn)
         shas = [it.sha256 for it in items]
         hashes = [it.phash for it in items]
         exact = db.find_exact(self.conn, shas)
@@ -539,6 +616,7 @@ class Ingestor:
                 it.duplicate_of, it.origin = origin.duplicate_of, None
             else:
                 it.origin = origin
+        return seen_up_to
 
     def _plan(self, items: list[_Item]) -> list[tuple[_Item, db.ArtworkRow]]:
         """Decide every final key and build the artwork rows to insert."""
@@ -594,13 +672,13 @@ class Ingestor:
         new_rows[:] = [(it, row) for it, row in new_rows if it.state == "catalogued"]
 
     def _drop_concurrent_copies(
-        self, new_rows: list[tuple[_Item, db.ArtworkRow]]
+        self, new_rows: list[tuple[_Item, db.ArtworkRow]], seen_up_to: int
     ) -> list[tuple[_Item, db.ArtworkRow]]:
         """Turn into duplicates the new artworks that copy one that a concurrent worker
         committed after our de-duplication queries (we hold the catalogue lock)."""
         if not new_rows:
             return new_rows
-        recent = db.artworks_after(self.conn, self._seen_up_to)
+        recent = db.artworks_after(self.tail_conn, seen_up_to)
         if not recent:
             return new_rows
         ids = [r[0] for r in recent]
@@ -673,18 +751,19 @@ class Ingestor:
         for bucket, key in keys:
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, names in by_bucket.items():
-            owned = db.artwork_keys(self.conn, bucket, names)
-            self.conn.commit()
+            owned = db.artwork_keys(self.tail_conn, bucket, names)
+            self.tail_conn.commit()
             names = [k for k in names if k not in owned]
             try:
                 s3lib.delete_many(self.s3, bucket, names)
             except (ClientError, BotoCoreError) as exc:
                 log.warning("could not remove %d uncommitted copies: %s", len(names), exc)
 
-    def _commit(self, items: list[_Item], new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
-        """Artworks and every outcome in one transaction."""
-        conn = self.conn
-        conn.commit()  # end the read-only transaction of the de-duplication queries
+    def _commit(self, batch: _Batch, new_rows: list[tuple[_Item, db.ArtworkRow]]) -> None:
+        """Artworks and every outcome of ``batch`` in one transaction (tail thread)."""
+        items = batch.items
+        conn = self.tail_conn
+        conn.commit()
         with conn.transaction():  # outermost block: commits on exit, rolls back on error
             # Commits of new artworks are serialised (a short lock: the copies and checks are
             # done), so what concurrent workers catalogued since our de-duplication has ids
@@ -692,12 +771,12 @@ class Ingestor:
             db.lock_catalogue(conn)
             if self.follow_active and new_rows:
                 active = db.active_version(conn)
-                if active is not None and active != self.model.version:
+                if active is not None and active != batch.model.version:
                     raise ModelSwitched(
                         f"model {active} was activated while this batch was classified "
-                        f"with {self.model.version}"
+                        f"with {batch.model.version}"
                     )
-            new_rows = self._drop_concurrent_copies(new_rows)
+            new_rows = self._drop_concurrent_copies(new_rows, batch.seen_up_to)
             inserted, existing = db.insert_artworks(conn, [row for _, row in new_rows])
             for it, _row in new_rows:
                 if it.sha256 in inserted:
@@ -747,8 +826,8 @@ class Ingestor:
                 )
                 continue
             done += [it.row.id for it in items if it.row.key not in failed]
-        db.mark_finalized(self.conn, done)
-        self.conn.commit()
+        db.mark_finalized(self.tail_conn, done)
+        self.tail_conn.commit()
 
     def _finish_moves(self, rows: Iterable[db.LogRow]) -> int:
         """Finish moves that a crashed run committed but did not complete."""
@@ -820,6 +899,9 @@ def _resized(pixels: np.ndarray, size: int) -> np.ndarray:
 class _Clock:
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def restart(self) -> None:
         self._last = time.perf_counter()
 
     def lap(self, name: str) -> None:

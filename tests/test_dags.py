@@ -537,9 +537,9 @@ def _harness(argv: list[str]) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected crash {args.crash}")
 
-        def _commit(self, items, new_rows):
-            self._first_crash("before-commit", items)
-            return super()._commit(items, new_rows)
+        def _commit(self, batch, new_rows):
+            self._first_crash("before-commit", batch.items)
+            return super()._commit(batch, new_rows)
 
         def _delete_sources(self, moved):  # runs right after the commit
             self._first_crash("after-commit", moved)

@@ -340,10 +340,10 @@ def test_concurrent_workers_do_not_catalogue_a_copy_twice(clean, model):
     }
 
     class SlowWorker(Ingestor):
-        def _commit(self, items, new_rows):
+        def _commit(self, batch, new_rows):
             with Ingestor(settings, model=model) as other:
                 assert other.ingest_objects([refs["incoming/a.jpg"]]).catalogued == 1
-            super()._commit(items, new_rows)
+            super()._commit(batch, new_rows)
 
     with SlowWorker(settings, model=model) as b:
         first = b.ingest_objects([refs["incoming/b.jpg"]])
