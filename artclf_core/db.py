@@ -585,6 +585,13 @@ def find_near(
     # more candidates than one would think (measured: k 5 -> 16 finds more cropped copies).
     # SET LOCAL ends with the transaction.
     conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(k), NEAR_EF_SEARCH)}")
+    # Candidates must come from the indexes whatever the statistics say. After a TRUNCATE or
+    # while a new partition fills, the planner believes the tables hold ~100 rows and prefers
+    # a sequential scan + sort of the whole partition per query, which it keeps doing as the
+    # catalogue grows (measured: 5.9 s of de-duplication instead of 0.4 s for 1,576 images
+    # ingested after a TRUNCATE). Off for this transaction only, so only an index path
+    # remains for each candidate set (HNSW, GIN on the bands, the primary key for the join).
+    conn.execute("SET LOCAL enable_seqscan = off")
     query = """
         SELECT q.i, m.id, m.d
         FROM unnest(%(i)s::int[], %(h)s::bigint[], %(g)s::bigint[], %(e)s::text[],
