@@ -357,3 +357,61 @@ def test_concurrent_workers_do_not_catalogue_a_copy_twice(clean, model):
     assert keys(client, settings.bucket, "incoming/") == []
     assert len(keys(client, settings.bucket, "catalog/")) == 1
     assert keys(client, settings.bucket, "duplicates/") == [rows["incoming/b.jpg"]["final_key"]]
+
+
+def test_near_duplicate_lookup_keeps_to_the_indexes_after_a_truncate(clean):
+    """Statistics from a full catalogue, then TRUNCATE (as an operator emptying a test lake
+    does) and a few new rows: the planner believes the tables are tiny and, unless told
+    otherwise, sorts the whole embeddings partition for every query, a cost that grows with
+    the catalogue. The lookup must take its candidates from the HNSW, GIN and primary-key
+    indexes whatever the statistics say."""
+    import numpy as np
+    from catalogue_rows import artwork_row
+
+    from artclf_core import CLASSES
+
+    rng = np.random.default_rng(3)
+
+    def rows(n: int, offset: int) -> list[db.ArtworkRow]:
+        return [
+            artwork_row(
+                offset + i,
+                label=CLASSES[i % len(CLASSES)],
+                embedding=rng.normal(size=128),
+                phash=int(rng.integers(-(2**63), 2**63 - 1)),
+            )
+            for i in range(n)
+        ]
+
+    plans: list[str] = []
+    with db.connect(clean.db_url) as conn:
+        db.register_model(
+            conn, version="test-model", arch="cnn", classes=CLASSES, artifact=None, activate=True
+        )
+        db.insert_artworks(conn, rows(2000, 0))
+        conn.commit()
+        conn.execute("ANALYZE artclf.artworks")
+        conn.execute("ANALYZE artclf.embeddings")
+        conn.execute("TRUNCATE artclf.artworks CASCADE")
+        new = rows(40, 10_000)
+        db.insert_artworks(conn, new)
+        conn.commit()
+        execute = conn.execute
+
+        def explaining(query, params=None, **kw):
+            if isinstance(query, str) and "CROSS JOIN LATERAL" in query:
+                plan = execute("EXPLAIN " + query, params).fetchall()
+                plans.append("\n".join(r[0] for r in plan))
+            return execute(query, params, **kw)
+
+        conn.execute = explaining
+        found = db.find_near(
+            conn,
+            [r.phash for r in new[:8]],
+            [r.dhash for r in new[:8]],
+            [r.embedding for r in new[:8]],
+            model_version="test-model",
+        )
+        conn.rollback()
+    assert sorted(found) == list(range(8))  # each row finds itself
+    assert plans and "Seq Scan" not in plans[0], plans
