@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,14 +75,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack_was_up = all(stack.status().values())
     before = airflow.leader() if airflow.is_running() else None
     env = stack.up()
+    warm = None
     if before is None:
         print("starting Airflow (up to a minute)...", file=sys.stderr)
+        warm = _start_warm(env, stack.home)
     try:
         info = airflow.start(env)
     except BaseException:
+        if warm is not None:
+            warm.kill()
+            warm.wait()
         if not stack_was_up:  # leave things as they were: nothing half-started
             stack.down()
         raise
+    if warm is not None:
+        _finish_warm(warm, stack.home)
     already = stack_was_up and before is not None and airflow.leader() == before
     url = info["AIRFLOW_URL"]
     print(f"artclf is {'already ' if already else ''}up (state in {stack.home})")
@@ -106,6 +114,35 @@ def cmd_up(args: argparse.Namespace) -> int:
     print('  psql "$ARTCLF_READER_DB_URL" -c "SELECT * FROM artclf.similar_artworks(1, 5)"')
     print("  artclf down                      # stop everything (make stop)")
     return 0
+
+
+def _start_warm(env: dict[str, str], home: Path) -> subprocess.Popen:
+    """``artclf models warm`` in the background while Airflow starts: the first drop then
+    finds the model converted for inference (see ``cli_models._warm``)."""
+    with open(home / "model-warm.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "artclf_core.cli", "models", "warm"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _finish_warm(proc: subprocess.Popen, home: Path, timeout: float = 180.0) -> None:
+    """Wait for the warm-up; a failure only costs the first drop the conversion."""
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    if code != 0:
+        print(
+            f"note: preparing the model for inference did not finish (see "
+            f"{home / 'model-warm.log'}); the first batch will do it",
+            file=sys.stderr,
+        )
 
 
 def cmd_down(args: argparse.Namespace) -> int:

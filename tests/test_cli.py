@@ -58,3 +58,14 @@ def _first_artwork_id(env: dict) -> int:
 
     with psycopg.connect(env["ARTCLF_DB_URL"]) as conn:
         return conn.execute("SELECT min(id) FROM artclf.artworks").fetchone()[0]
+
+
+def test_models_warm_prepares_the_inference_copy(stack, clean, tmp_path):
+    """`artclf models warm` (run by `artclf up` while Airflow starts) leaves the active
+    model's TFLite copy in the model cache, so the first drop does not convert it."""
+    _, env = stack
+    home = tmp_path / "home"
+    warmed = run({**env, "ARTCLF_HOME": str(home)}, "models", "warm")
+    assert warmed.returncode == 0, warmed.stderr
+    assert "ready for inference (tflite)" in warmed.stdout
+    assert len(list((home / "model-cache" / "tflite").glob("*.tflite"))) == 1
