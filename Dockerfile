@@ -8,6 +8,11 @@ COPY --chown=airflow:0 pyproject.toml README.md /opt/artclf/
 COPY --chown=airflow:0 artclf_core /opt/artclf/artclf_core
 COPY --chown=airflow:0 sql /opt/artclf/sql
 COPY --chown=airflow:0 expectations /opt/artclf/expectations
+# The model cache (ARTCLF_CACHE_DIR; docker-compose mounts a volume here). Made in the image
+# so that a new volume starts owned by the airflow user, who writes to it.
+USER root
+RUN mkdir -p /opt/artclf/cache && chown airflow:0 /opt/artclf/cache
+USER airflow
 
 # Pin Airflow itself in the same resolve so that installing the extra can never move it.
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" "/opt/artclf[airflow]" \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,26 @@ def register(db_url: str, path: str | os.PathLike[str] | None = None) -> str:
 
 
 def cache_dir() -> Path:
-    """Where models fetched from the lake are kept (``$ARTCLF_HOME/model-cache``)."""
+    """Where models fetched from the lake and their TFLite copies are kept:
+    ``ARTCLF_CACHE_DIR``, else ``$ARTCLF_HOME/model-cache``.
+
+    Containers set ``ARTCLF_CACHE_DIR`` to a volume (docker-compose: ``artclf-model-cache``),
+    so a model is downloaded and converted once per host, not once per container start.
+    Sharing it between processes and containers is safe: files are written under a unique
+    temporary name and renamed into place.
+    """
+    configured = os.environ.get("ARTCLF_CACHE_DIR")
+    if configured:
+        return Path(configured)
     from artclf_core.config import default_home
 
     return default_home() / "model-cache"
+
+
+def temporary_name(target: Path) -> Path:
+    """A sibling of ``target`` no other writer uses, even in another container of a shared
+    volume (process ids repeat across containers)."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
 
 
 def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
@@ -80,7 +97,7 @@ def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
 
             bucket, _, key = artifact[len("s3://") :].partition("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            tmp = temporary_name(target)
             s3lib.client(settings).download_file(bucket, key, str(tmp))
             os.replace(tmp, target)
         return target

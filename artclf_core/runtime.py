@@ -179,7 +179,9 @@ def _flatbuffer(
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            from artclf_core.registry import temporary_name
+
+            tmp = temporary_name(cached)
             tmp.write_bytes(flatbuffer)
             os.replace(tmp, cached)
         except OSError as exc:  # a read-only home only costs the conversion next time

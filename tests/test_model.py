@@ -443,3 +443,19 @@ def test_evaluate_reports_by_source_and_precision(
     assert 0.0 <= report["label_precision_at_5"] <= 1.0
     text = format_report(report)
     assert "label precision@5" in text and "engraving/bookA" in text
+
+
+def test_model_cache_follows_artclf_cache_dir(tmp_path, monkeypatch):
+    """Containers point ARTCLF_CACHE_DIR at a volume; without it the cache is in the home."""
+    from artclf_core import registry
+
+    monkeypatch.setenv("ARTCLF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARTCLF_CACHE_DIR", raising=False)
+    assert registry.cache_dir() == tmp_path / "home" / "model-cache"
+    monkeypatch.setenv("ARTCLF_CACHE_DIR", str(tmp_path / "volume"))
+    assert registry.cache_dir() == tmp_path / "volume"
+    a, b = (
+        registry.temporary_name(tmp_path / "m.keras"),
+        registry.temporary_name(tmp_path / "m.keras"),
+    )
+    assert a != b and a.parent == tmp_path and a.name.startswith(".m.keras.")
