@@ -127,9 +127,9 @@ class LiteRunner:
             return self._interp.get_tensor(self._probs), self._interp.get_tensor(self._embs)
 
 
-def convert_to_tflite(model: Any, image_size: int) -> bytes:
-    """Freeze the model (uint8 input, outputs ``(probabilities, embedding)``) into a TFLite
-    flatbuffer, float32 throughout."""
+def frozen_forward(model: Any, image_size: int) -> Any:
+    """The model's forward pass as a frozen concrete function: uint8 input (cast to float in
+    the graph), outputs ``(probabilities, embedding)``, weights as constants."""
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -140,7 +140,15 @@ def convert_to_tflite(model: Any, image_size: int) -> bytes:
         out = model(tf.cast(x, tf.float32), training=False)
         return out["probabilities"], out["embedding"]
 
-    frozen = convert_variables_to_constants_v2(tf.function(forward).get_concrete_function(spec))
+    return convert_variables_to_constants_v2(tf.function(forward).get_concrete_function(spec))
+
+
+def convert_to_tflite(
+    model: Any, image_size: int, configure: Callable[[Any], None] | None = None
+) -> bytes:
+    """Freeze the model into a TFLite flatbuffer, float32 throughout unless ``configure``
+    (given the converter; ``bench/quantization.py`` uses it) says otherwise."""
+    frozen = frozen_forward(model, image_size)
     # Without ``trackable_obj`` the converter logs a deprecation notice and takes its older
     # path, which is 5x faster here (1.1 s against 5.8 s) for the same flatbuffer.
     absl_log = logging.getLogger("absl")
@@ -148,6 +156,8 @@ def convert_to_tflite(model: Any, image_size: int) -> bytes:
     absl_log.setLevel(logging.ERROR)
     try:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        if configure is not None:
+            configure(converter)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return converter.convert()

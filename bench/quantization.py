@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
-    convert_variables_to_constants_v2,
-)
 
 from artclf_core.model import ArtModel, default_model_path  # noqa: E402
-from artclf_core.runtime import LiteRunner  # noqa: E402
+from artclf_core.runtime import LiteRunner, convert_to_tflite  # noqa: E402
 from artclf_core.training import (  # noqa: E402
     VAL_FRACTION,
     evaluate_samples,
@@ -43,22 +39,15 @@ from artclf_core.training import (  # noqa: E402
 
 
 def int8_flatbuffer(model: ArtModel, calibration: np.ndarray) -> bytes:
-    keras_model, size = model.model, model.image_size
-    spec = tf.TensorSpec(shape=(None, size, size, 3), dtype=tf.uint8)
+    """The product's frozen graph (``runtime.convert_to_tflite``), with int8 kernels."""
 
-    def forward(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        out = keras_model(tf.cast(x, tf.float32), training=False)
-        return out["probabilities"], out["embedding"]
+    def int8(converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [calibration[i : i + 1]] for i in range(len(calibration))
+        )
 
-    frozen = convert_variables_to_constants_v2(tf.function(forward).get_concrete_function(spec))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: (
-        [calibration[i : i + 1]] for i in range(len(calibration))
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return converter.convert()
+    return convert_to_tflite(model.model, model.image_size, configure=int8)
 
 
 def speed(predict, batch: np.ndarray) -> tuple[float, float]:
