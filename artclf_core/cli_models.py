@@ -104,7 +104,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _warm(settings: Any, version: str | None) -> int:
-    """Prepare a version's inference copy (default: the active model) in the model cache.
+    """Prepare a version's inference copy (default: the model the ingest workers load) in
+    the model cache.
 
     The first forward pass of a model converts its ``.keras`` file for TFLite (~2-4 s of CPU
     with the imports); doing it ahead, e.g. while ``artclf up`` starts Airflow, means the
@@ -112,14 +113,12 @@ def _warm(settings: Any, version: str | None) -> int:
     """
     import time
 
-    from artclf_core import registry
-    from artclf_core.model import ArtModel
+    from artclf_core.model import load_for_inference
 
     started = time.perf_counter()
-    model = ArtModel.load(registry.model_path(settings, version))
-    runner = model.runner
+    model = load_for_inference(settings, version)
     print(
-        f"model {model.version} ready for inference ({runner.name}) in "
+        f"model {model.version} ready for inference ({model.runner.name}) in "
         f"{time.perf_counter() - started:.1f}s"
     )
     return 0

@@ -325,3 +325,19 @@ class ArtModel:
     def labels(self, probabilities: np.ndarray) -> list[str]:
         """Map rows of probabilities to class names (argmax), in the model's class order."""
         return [self.classes[i] for i in np.argmax(probabilities, axis=1)]
+
+
+def load_for_inference(settings: Any, version: str | None = None) -> ArtModel:
+    """The model an ingest worker runs, ready for its first batch (converted for TFLite now,
+    at start-up, not inside that batch): ``version`` if given, else ``ARTCLF_MODEL``
+    (``settings.model_path``), else the catalogue's active model. ``artclf models warm``
+    calls it too, so it warms exactly what the workers will load."""
+    from artclf_core import registry
+
+    if version is not None:
+        path = registry.model_path(settings, version)
+    else:
+        path = settings.model_path or registry.model_path(settings)
+    model = ArtModel.load(path)
+    model.runner  # noqa: B018 - builds (or reads from the cache) the converted model
+    return model

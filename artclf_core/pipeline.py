@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from artclf_core import CLASSES, db, dedup, quality, registry
+from artclf_core import CLASSES, db, dedup, quality
 from artclf_core import s3 as s3lib
 from artclf_core.config import (
     CATALOG_PREFIX,
@@ -270,12 +270,9 @@ class Ingestor:
         self.conn.commit()
 
     def _load_model(self) -> ArtModel:
-        from artclf_core.model import ArtModel
+        from artclf_core.model import load_for_inference
 
-        path = self.settings.model_path or registry.model_path(self.settings)
-        model = ArtModel.load(path)
-        model.runner  # noqa: B018 - convert now (start-up), not inside the first batch
-        return model
+        return load_for_inference(self.settings)
 
     def _follow_model_switch(self) -> None:
         """Reload the model if another one became active since this worker loaded it."""
@@ -367,8 +364,8 @@ class Ingestor:
         """
         total = Summary()
         started = time.perf_counter()
-        staged: _Batch | None = None  # claimed, downloading
-        ready: _Batch | None = None  # classified and planned, waiting for the tail thread
+        waiting: list[_Batch] = []  # claimed and downloading, in order
+        ready: _Batch | None = None  # in the main thread's hands, not yet the tail's
         tail: Future[Summary] | None = None
 
         def collect() -> None:
@@ -380,21 +377,21 @@ class Ingestor:
                 if progress:
                     progress(total)
 
+        def advance() -> None:
+            """Front of the oldest waiting batch, then its tail after the previous one's."""
+            nonlocal ready, tail
+            ready = waiting.pop(0)
+            self._front(ready)
+            collect()
+            tail, ready = self.tail_pool.submit(self._tail, ready), None
+
         try:
             for rows in row_batches:
-                following = self._stage(rows, retry_failed=retry_failed)
-                if staged is not None:
-                    ready, staged = staged, following
-                    self._front(ready)
-                    collect()
-                    tail, ready = self.tail_pool.submit(self._tail, ready), None
-                else:
-                    staged = following
-            if staged is not None:
-                ready, staged = staged, None
-                self._front(ready)
-                collect()
-                tail, ready = self.tail_pool.submit(self._tail, ready), None
+                waiting.append(self._stage(rows, retry_failed=retry_failed))
+                if len(waiting) > 1:  # keep one batch downloading while the other is worked
+                    advance()
+            while waiting:
+                advance()
             collect()
         except BaseException:
             # Whatever was claimed but not finished becomes claimable again at once instead of
@@ -406,9 +403,8 @@ class Ingestor:
                     log.warning(
                         "a batch's tail failed while another error stopped the run", exc_info=True
                     )
-            for batch in (staged, ready):
-                if batch is not None:
-                    self._release(batch)
+            for batch in [*waiting, *([ready] if ready is not None else [])]:
+                self._release(batch)
             raise
         total.seconds = time.perf_counter() - started
         if progress:
@@ -551,9 +547,7 @@ class Ingestor:
             item.fail("internal_error", f"decoding crashed: {type(exc).__name__}: {exc}")
             return
         item.sha256 = dedup.sha256_hex(data)
-        grey = decoded.image.convert("L")
-        item.phash = dedup.phash(grey)
-        item.dhash = dedup.dhash(grey)
+        item.phash, item.dhash = dedup.image_hashes(decoded.image)
         item.pixels = to_model_input(decoded.image, self.model.image_size)
         item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
 
@@ -763,7 +757,7 @@ class Ingestor:
         """Artworks and every outcome of ``batch`` in one transaction (tail thread)."""
         items = batch.items
         conn = self.tail_conn
-        conn.commit()
+        conn.commit()  # so that the block below is the outermost transaction, not a savepoint
         with conn.transaction():  # outermost block: commits on exit, rolls back on error
             # Commits of new artworks are serialised (a short lock: the copies and checks are
             # done), so what concurrent workers catalogued since our de-duplication has ids

@@ -236,9 +236,9 @@ def duplicate_groups(samples: Sequence[Sample]) -> dict[Sample, str]:
     shas = [file_sha256(s.path) for s in ordered]
     phashes, dhashes = [], []
     for s in ordered:
-        img = open_rgb(str(s.path), draft_size=SPLIT_DRAFT_SIZE)
-        phashes.append(dedup.phash(grey := img.convert("L")))
-        dhashes.append(dedup.dhash(grey))
+        p, d = dedup.image_hashes(open_rgb(str(s.path), draft_size=SPLIT_DRAFT_SIZE))
+        phashes.append(p)
+        dhashes.append(d)
     found = dedup.find_duplicates_in_batch(shas, phashes, dhashes=dhashes)
     root = list(range(len(ordered)))
     for i, hit in enumerate(found):
