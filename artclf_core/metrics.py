@@ -163,3 +163,41 @@ def label_precision_at_k(
         nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
         hits += int((lab[nearest] == lab[start : start + sim.shape[0], None]).sum())
     return float(hits / (n * k))
+
+
+def label_precision_against(
+    queries: np.ndarray,
+    query_labels: Sequence[Any] | np.ndarray,
+    reference: np.ndarray,
+    reference_labels: Sequence[Any] | np.ndarray,
+    k: int = 5,
+) -> float:
+    """Mean share of each query's ``k`` nearest ``reference`` items (cosine) with its label.
+
+    The cross-validation's retrieval figure: the queries are a held-out source, the
+    reference is what the fold's model was trained on (the catalogue a new collection is
+    searched against). Returns 0.0 without queries or references.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    ql = np.asarray(query_labels).ravel()
+    rl = np.asarray(reference_labels).ravel()
+    if q.ndim != 2 or r.ndim != 2 or q.shape[0] != ql.size or r.shape[0] != rl.size:
+        raise ValueError("need queries (N, D), references (M, D) and one label per row")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if not len(q) or not len(r):
+        return 0.0
+    k = min(k, len(r))
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(a, axis=1, keepdims=True)
+        return np.divide(a, n, out=np.zeros_like(a), where=n > 0)
+
+    uq, ur = unit(q), unit(r)
+    hits = 0
+    for start in range(0, len(uq), 1024):
+        sim = uq[start : start + 1024] @ ur.T
+        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        hits += int((rl[nearest] == ql[start : start + len(sim), None]).sum())
+    return float(hits / (len(q) * k))
