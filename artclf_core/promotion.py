@@ -123,3 +123,36 @@ def decide(
     if promote and worst is not None:
         reasons.append(f"largest F1 drop {max(worst[0], 0.0):.3f} ({worst[1]}) within limits")
     return Decision(promote, reasons, cand, act, pol, deltas)
+
+
+def unseen_by(samples: list[Any], trained_sources: set[str] | None) -> list[Any]:
+    """The validation samples whose source *family* the active model never trained on.
+
+    The candidate's validation sources are unseen by the candidate, but the active model may
+    have been trained on some of them (the shipped default saw most of ../shared); scored
+    there, it would be flattered and the gate would compare a held-out figure with a
+    training-set figure. Both models are therefore judged on this subset only. ``None``
+    (an active model without a recorded split) keeps every sample.
+    """
+    from artclf_core.source_cv import source_family
+
+    if trained_sources is None:
+        return list(samples)
+    families = {source_family(s) for s in trained_sources}
+    return [s for s in samples if source_family(s.source) not in families]
+
+
+def no_evidence(candidate: dict[str, Any], active_version: str, policy: GatePolicy) -> Decision:
+    """Refusal when no validation image is unseen by the active model (see :func:`unseen_by`):
+    without held-out evidence for both, the gate cannot say the candidate is better."""
+    pol = {"min_gain": policy.min_gain, "max_f1_drop": policy.max_f1_drop}
+    return Decision(
+        False,
+        [
+            f"no validation image comes from a source family that {active_version} did not"
+            " train on: no held-out comparison is possible"
+        ],
+        _brief(candidate),
+        None,
+        pol,
+    )

@@ -118,6 +118,14 @@ def _active(conn) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def _trained_sources(model) -> set[str] | None:
+    """Every source a model's stored split trained on, None when it recorded none."""
+    split = (model.metrics or {}).get("split") if isinstance(model.metrics, dict) else None
+    if not split or not isinstance(split.get("classes"), dict):
+        return None
+    return {src for info in split["classes"].values() for src in (info or {}).get("train", {})}
+
+
 def retrain(
     settings: Settings,
     *,
@@ -182,10 +190,23 @@ def retrain(
         samples, split["val_fraction"], split["seed"], mode=split["mode"]
     )
     active_report = None
+    candidate_report = result["report"]
     if active is not None:
         path = registry.fetch_artifact(settings, active["version"], active["artifact"])
-        active_report = training.evaluate_samples(val, ArtModel.load(path))
-    decision = promotion.decide(result["report"], active_report, policy)
+        active_model = ArtModel.load(path)
+        # Only the families neither model trained on (promotion.unseen_by).
+        fair = promotion.unseen_by(val, _trained_sources(active_model))
+        if fair:
+            active_report = training.evaluate_samples(fair, active_model)
+            if len(fair) != len(val):
+                candidate_report = training.evaluate_samples(
+                    fair, ArtModel.load(result["model_path"])
+                )
+            decision = promotion.decide(candidate_report, active_report, policy)
+        else:
+            decision = promotion.no_evidence(result["report"], active["version"], policy)
+    else:
+        decision = promotion.decide(candidate_report, None, policy)
     log.info(
         "gate for %s against %s: %s", version, active and active["version"], decision.summary()
     )
@@ -199,6 +220,7 @@ def retrain(
         "compared_with": active and active["version"],
         "decision": decision.as_dict(),
         "candidate": result["report"],
+        "candidate_on_gate_images": candidate_report,
         "active": active_report,
         "split": split,
         "dataset": summary["dataset"],

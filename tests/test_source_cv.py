@@ -130,3 +130,52 @@ def test_ece_of_a_perfectly_calibrated_set_is_small() -> None:
     probs[:, 1] = np.where(right, (1 - conf) / 4, conf)
     probs[:, 2:] = ((1 - conf) / 4)[:, None]
     assert calibration.expected_calibration_error(probs, y) < 0.02
+
+
+def test_gate_refuses_a_candidate_that_only_wins_on_a_source_the_active_model_trained_on():
+    """The active model trained on ``alpha_*``; the candidate's validation split holds out
+    ``alpha_part2`` (unseen by the candidate, seen by the active model's family) and
+    ``beta``. On the whole split the candidate looks better; on the images unseen by both
+    (``beta``) it is not, and that is what the gate judges."""
+    from dataclasses import dataclass
+
+    from artclf_core import promotion
+    from artclf_core.metrics import classification_report
+
+    @dataclass(frozen=True)
+    class S:
+        label: str
+        source: str
+
+    classes = ("drawings", "engraving", "iconography", "painting", "sculpture")
+    val = [S(c, "alpha_part2") for c in classes for _ in range(10)]
+    val += [S(c, "beta") for c in classes for _ in range(10)]
+    truth = [s.label for s in val]
+    # Candidate: right on alpha, 60 % on beta. Active: 50 % on alpha, 70 % on beta.
+    cand = [
+        s.label if (s.source != "beta" or i % 10 < 6) else "painting" for i, s in enumerate(val)
+    ]
+    act = [
+        s.label if i % 10 < (5 if s.source != "beta" else 7) else "painting"
+        for i, s in enumerate(val)
+    ]
+    whole = promotion.decide(
+        classification_report(truth, cand, classes), classification_report(truth, act, classes)
+    )
+    assert whole.promote, "on a split where a source sits on both sides it would win"
+
+    fair = promotion.unseen_by(val, {"alpha_part1"})
+    assert {s.source for s in fair} == {"beta"}
+    idx = [i for i, s in enumerate(val) if s in fair]
+    verdict = promotion.decide(
+        classification_report([truth[i] for i in idx], [cand[i] for i in idx], classes),
+        classification_report([truth[i] for i in idx], [act[i] for i in idx], classes),
+    )
+    assert not verdict.promote
+
+    nothing = promotion.unseen_by(val, {"alpha_x", "beta"})
+    assert nothing == []
+    refused = promotion.no_evidence(
+        classification_report(truth, cand, classes), "v1", promotion.GatePolicy()
+    )
+    assert not refused.promote and "no held-out comparison" in refused.reasons[0]
