@@ -339,6 +339,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from artclf_core import training
     from artclf_core.metrics import format_report
 
+    if args.cv == "sources":
+        from artclf_core import cv_evaluate
+
+        result = cv_evaluate.evaluate_by_sources(args.data, args.model, views=args.views)
+        print(json.dumps(result) if args.json else cv_evaluate.format_by_sources(result))
+        return 0
     report = training.evaluate(args.data, args.model)
     if args.json:
         print(json.dumps(report))
@@ -426,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--model")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--cv",
+        choices=("sources",),
+        help="sources: leave-one-source-family-out CV of the reference recipe, and the model "
+        "on the families it never trained on (docs/model-card.md); without it every image "
+        "of DIR is scored, which overstates quality on training data",
+    )
+    p.add_argument("--views", type=int, default=1, help="--cv: views per training image")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
