@@ -132,7 +132,8 @@ def unseen_by(samples: list[Any], trained_sources: set[str] | None) -> list[Any]
     have been trained on some of them (the shipped default saw most of ../shared); scored
     there, it would be flattered and the gate would compare a held-out figure with a
     training-set figure. Both models are therefore judged on this subset only. ``None``
-    (an active model without a recorded split) keeps every sample.
+    (an active model without a recorded split) keeps every sample. ``trained_sources`` may
+    hold sources or families (a family is its own family).
     """
     from artclf_core.source_cv import source_family
 

@@ -118,14 +118,6 @@ def _active(conn) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def _trained_sources(model) -> set[str] | None:
-    """Every source a model's stored split trained on, None when it recorded none."""
-    split = (model.metrics or {}).get("split") if isinstance(model.metrics, dict) else None
-    if not split or not isinstance(split.get("classes"), dict):
-        return None
-    return {src for info in split["classes"].values() for src in (info or {}).get("train", {})}
-
-
 def retrain(
     settings: Settings,
     *,
@@ -148,6 +140,7 @@ def retrain(
     ``"rejected"``; the last two carry ``version``, ``decision`` and ``artifact``.
     """
     from artclf_core import training
+    from artclf_core.cv_evaluate import trained_families
     from artclf_core.model import ArtModel
 
     policy = policy or promotion.GatePolicy.from_env()
@@ -195,7 +188,7 @@ def retrain(
         path = registry.fetch_artifact(settings, active["version"], active["artifact"])
         active_model = ArtModel.load(path)
         # Only the families neither model trained on (promotion.unseen_by).
-        fair = promotion.unseen_by(val, _trained_sources(active_model))
+        fair = promotion.unseen_by(val, trained_families(active_model))
         if fair:
             active_report = training.evaluate_samples(fair, active_model)
             if len(fair) != len(val):
