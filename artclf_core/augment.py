@@ -146,30 +146,33 @@ def colour_jitter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
+def _mirror(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.mirror(img)
+
+
+def _grey(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return greyscale(img)
+
+
+#: Applied in this order, each with its probability (one draw each).
+_GEOMETRY = ((0.5, crop), (0.2, perspective), (0.3, border), (0.5, _mirror), (0.6, colour_jitter))
+#: One draw picks at most one tone: halftone 0.15, sepia 0.15, greyscale 0.20.
+_TONES = ((0.15, halftone), (0.30, sepia), (0.50, _grey))
+_SURFACE = ((0.2, paper_tint), (0.3, resample), (0.4, jpeg))
+
+
 def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """One random view of ``img`` (RGB) through the transforms of the module's table."""
     img = img.convert("RGB")
-    if rng.random() < 0.5:
-        img = crop(img, rng)
-    if rng.random() < 0.2:
-        img = perspective(img, rng)
-    if rng.random() < 0.3:
-        img = border(img, rng)
-    if rng.random() < 0.5:
-        img = ImageOps.mirror(img)
-    if rng.random() < 0.6:
-        img = colour_jitter(img, rng)
+    for p, step in _GEOMETRY:
+        if rng.random() < p:
+            img = step(img, rng)
     tone = rng.random()
-    if tone < 0.15:
-        img = halftone(img, rng)
-    elif tone < 0.30:
-        img = sepia(img, rng)
-    elif tone < 0.50:
-        img = greyscale(img)
-    if rng.random() < 0.2:
-        img = paper_tint(img, rng)
-    if rng.random() < 0.3:
-        img = resample(img, rng)
-    if rng.random() < 0.4:
-        img = jpeg(img, rng)
+    for upto, step in _TONES:
+        if tone < upto:
+            img = step(img, rng)
+            break
+    for p, step in _SURFACE:
+        if rng.random() < p:
+            img = step(img, rng)
     return img

@@ -88,14 +88,13 @@ def cross_validate(feats, labels, sources, groups, lam: float, power: float):
 
 def trained_families(model) -> set[str] | None:
     """Source families a saved model's recorded split trained on (None: not recorded)."""
+    from artclf_core.training import _trained_sources
+
     split = (model.metrics or {}).get("split") if isinstance(model.metrics, dict) else None
-    if not split or not isinstance(split.get("classes"), dict):
+    trained = _trained_sources(split)
+    if trained is None:
         return None
-    return {
-        source_cv.source_family(src)
-        for info in split["classes"].values()
-        for src in (info or {}).get("train", {})
-    }
+    return {source_cv.source_family(src) for sources in trained.values() for src in sources}
 
 
 def evaluate_by_sources(

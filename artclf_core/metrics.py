@@ -152,17 +152,39 @@ def label_precision_at_k(
     if n < 2:
         return 0.0
     k = min(k, n - 1)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+    unit = _unit_rows(emb)
+    return _neighbour_hits(unit, lab, unit, lab, k, exclude_self=True) / (n * k)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (rows of zeros stay zero: cosine 0 to everything)."""
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.divide(a, norms, out=np.zeros_like(a), where=norms > 0)
+
+
+def _neighbour_hits(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    reference: np.ndarray,
+    reference_labels: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = False,
+) -> int:
+    """How many of each query's ``k`` nearest reference rows (unit rows, cosine) share its
+    label, summed. ``exclude_self``: queries are the reference, a row is not its own
+    neighbour. Blocks of rows keep the similarity matrix small; ties go to the lower index."""
     hits = 0
-    # Blocks of rows keep the similarity matrix small for large sets.
-    for start in range(0, n, 1024):
-        sim = unit[start : start + 1024] @ unit.T
-        rows = np.arange(sim.shape[0])
-        sim[rows, start + rows] = -np.inf
+    for start in range(0, len(queries), 1024):
+        sim = queries[start : start + 1024] @ reference.T
+        if exclude_self:
+            rows = np.arange(sim.shape[0])
+            sim[rows, start + rows] = -np.inf
         nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        hits += int((lab[nearest] == lab[start : start + sim.shape[0], None]).sum())
-    return float(hits / (n * k))
+        hits += int(
+            (reference_labels[nearest] == query_labels[start : start + len(sim), None]).sum()
+        )
+    return hits
 
 
 def label_precision_against(
@@ -189,15 +211,4 @@ def label_precision_against(
     if not len(q) or not len(r):
         return 0.0
     k = min(k, len(r))
-
-    def unit(a: np.ndarray) -> np.ndarray:
-        n = np.linalg.norm(a, axis=1, keepdims=True)
-        return np.divide(a, n, out=np.zeros_like(a), where=n > 0)
-
-    uq, ur = unit(q), unit(r)
-    hits = 0
-    for start in range(0, len(uq), 1024):
-        sim = uq[start : start + 1024] @ ur.T
-        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        hits += int((rl[nearest] == ql[start : start + len(sim), None]).sum())
-    return float(hits / (len(q) * k))
+    return _neighbour_hits(_unit_rows(q), ql, _unit_rows(r), rl, k) / (len(q) * k)

@@ -83,7 +83,7 @@ def decide(
     on the same validation set; ``active`` is None when there is no model to beat."""
     policy = policy or GatePolicy()
     cand = _brief(candidate)
-    pol = {"min_gain": policy.min_gain, "max_f1_drop": policy.max_f1_drop}
+    pol = asdict(policy)
     if cand["n"] == 0:
         return Decision(
             False, ["the validation set is empty: nothing to judge on"], cand, None, pol
@@ -146,7 +146,6 @@ def unseen_by(samples: list[Any], trained_sources: set[str] | None) -> list[Any]
 def no_evidence(candidate: dict[str, Any], active_version: str, policy: GatePolicy) -> Decision:
     """Refusal when no validation image is unseen by the active model (see :func:`unseen_by`):
     without held-out evidence for both, the gate cannot say the candidate is better."""
-    pol = {"min_gain": policy.min_gain, "max_f1_drop": policy.max_f1_drop}
     return Decision(
         False,
         [
@@ -155,5 +154,5 @@ def no_evidence(candidate: dict[str, Any], active_version: str, policy: GatePoli
         ],
         _brief(candidate),
         None,
-        pol,
+        asdict(policy),
     )

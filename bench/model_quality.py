@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cv == "sources":
         from artclf_core.cv_evaluate import evaluate_by_sources, format_by_sources
 
-        first = args.model[0] if getattr(args, "model", None) else None
+        first = args.model[0] if args.model else None
         result = evaluate_by_sources(args.data, first)
         print(json.dumps(result) if args.json else format_by_sources(result))
         return 0
