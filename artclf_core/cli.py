@@ -416,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on DIR/<label>/*")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="cnn", help="cnn (default) or efficientnet_lite0")
+    p.add_argument(
+        "--arch",
+        default="efficientnet_lite0_texture",
+        help="efficientnet_lite0_texture (default: frozen backbone, closed-form head, "
+        "calibrated by source-family CV), efficientnet_lite0 (fine-tuned) or cnn",
+    )
     p.add_argument("--epochs", type=int, help="max epochs (backbone: of the fine-tuning phase)")
     p.add_argument("--val", default="source", choices=["source", "random", "none"])
     p.add_argument("--seed", type=int, default=0)

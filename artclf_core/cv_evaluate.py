@@ -26,22 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from artclf_core import CLASSES, augment, calibration, source_cv
+from artclf_core import CLASSES, augment, calibration, ridge_head, source_cv
 from artclf_core.metrics import classification_report
 from artclf_core.preprocess import open_rgb, to_model_input
 
 log = logging.getLogger("artclf.evaluate")
-
-
-def source_weights(labels: np.ndarray, sources: np.ndarray, power: float) -> np.ndarray:
-    """Per-image weights: ``1 / n_source ** power`` within a class, classes equal, mean 1."""
-    keys = np.char.add(np.char.add(labels.astype(str), "/"), sources.astype(str))
-    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inv].astype(np.float64) ** power
-    for c in np.unique(labels):
-        m = labels == c
-        w[m] /= w[m].sum()
-    return w * len(w) / w.sum()
 
 
 def features(samples, size: int, views: int) -> np.ndarray:
@@ -65,23 +54,33 @@ def features(samples, size: int, views: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def cross_validate(feats, labels, sources, groups, lam: float, power: float):
+def cross_validate(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    sources: np.ndarray,
+    groups: list[str],
+    lam: float,
+    power: float,
+) -> tuple[np.ndarray, float]:
+    """Out-of-fold logits of :func:`artclf_core.ridge_head.fit` (``feats``: (views, N, D)) and
+    the label precision@5 of the shipped embedding (:meth:`RidgeHead.embed`): each held-out
+    family's images searched among the fold's training images."""
     y = np.array([CLASSES.index(c) for c in labels])
-    views = feats.shape[0]
     scores = np.zeros((len(y), len(CLASSES)))
     hits = total = 0
     for _, train, test in source_cv.folds(groups):
-        x = feats[:, train].reshape(-1, feats.shape[2])
-        mu, sd = x.mean(0), x.std(0) + 1e-6
-        x = (x - mu) / sd
-        w = np.tile(source_weights(labels[train], sources[train], power), views)
-        t = np.eye(len(CLASSES))[np.tile(y[train], views)] - 1.0 / len(CLASSES)
-        a = (x * w[:, None]).T @ x + lam * len(x) * np.eye(x.shape[1])
-        coef = np.linalg.solve(a, (x * w[:, None]).T @ t)
-        q = (feats[0, test] - mu) / sd
-        scores[test] = q @ coef
-        ref = (feats[0, train] - mu) / sd
-        h, n = source_cv.fold_precision_at_k(q, labels[test], ref, labels[train])
+        head = ridge_head.fit(
+            feats[:, train],
+            y[train],
+            sources[train],
+            n_classes=len(CLASSES),
+            lam=lam,
+            source_power=power,
+        )
+        scores[test] = head.logits(feats[0, test])
+        h, n = source_cv.fold_precision_at_k(
+            head.embed(feats[0, test]), labels[test], head.embed(feats[0, train]), labels[train]
+        )
         hits, total = hits + h, total + n
     return scores, hits / total
 

@@ -34,14 +34,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Registers the texture architecture's ChannelStats layer, so load_model reads such files.
+from artclf_core import texture as _texture  # noqa: E402, F401
+
 #: Version of the layout of :data:`METADATA_MEMBER`, bumped if its keys change meaning.
 METADATA_FORMAT = 1
-#: Architecture names :func:`build_model` knows: the prototype's CNN trained from scratch and
-#: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.backbones`).
-ARCHS: tuple[str, ...] = ("cnn", "efficientnet_lite0")
+#: Architecture names :func:`build_model` knows: the prototype's CNN trained from scratch,
+#: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.backbones`), and the same
+#: backbone frozen with texture statistics (:mod:`artclf_core.texture`) under a closed-form
+#: head (:mod:`artclf_core.ridge_head`), the default since it generalises best to new sources.
+ARCHS: tuple[str, ...] = ("cnn", "efficientnet_lite0", "efficientnet_lite0_texture")
 #: Input side per architecture when ``image_size`` is not given. The backbone's 160 was chosen
 #: by measurement (docs/model-card.md "Input resolution").
-DEFAULT_IMAGE_SIZES: dict[str, int] = {"cnn": IMAGE_SIZE, "efficientnet_lite0": 160}
+DEFAULT_IMAGE_SIZES: dict[str, int] = {
+    "cnn": IMAGE_SIZE,
+    "efficientnet_lite0": 160,
+    "efficientnet_lite0_texture": 160,
+}
 #: Dropout between the backbone's pooled features and the embedding layer.
 BACKBONE_DROPOUT = 0.3
 
@@ -68,6 +77,10 @@ def build_model(
     :func:`artclf_core.backbones.build_efficientnet_lite0` (nested as the sub-model
     ``"backbone"``; ``weights=None`` leaves it random, for tests of the plumbing only), its
     pooled 1280-d features, dropout, then the same two layers.
+    ``arch="efficientnet_lite0_texture"``: the same backbone with the channel statistics of
+    stages 2-6 beside its pooled features (:func:`artclf_core.texture.build_texture_backbone`,
+    2176 values, no dropout), then the same two layers, whose weights
+    :mod:`artclf_core.ridge_training` computes in closed form.
 
     The embedding is the linear 128-unit layer just before the softmax: a linear layer keeps
     the geometry the classifier uses (no ReLU zeroing half of the space), which is what a
@@ -96,12 +109,16 @@ def build_model(
             x = keras.layers.Dense(
                 128, activation="relu", kernel_initializer=glorot(10 + i), name=f"dense{i + 1}"
             )(x)
-    else:
+    elif arch == "efficientnet_lite0":
         from artclf_core.backbones import build_efficientnet_lite0
 
         backbone = build_efficientnet_lite0((size, size, 3), weights=weights, name="backbone")
         x = backbone(inputs)
         x = keras.layers.Dropout(BACKBONE_DROPOUT, seed=seed, name="feature_dropout")(x)
+    else:
+        from artclf_core.texture import build_texture_backbone
+
+        x = build_texture_backbone(size, weights=weights, name="backbone")(inputs)
     embedding = keras.layers.Dense(
         EMBEDDING_DIM, activation=None, kernel_initializer=glorot(20), name="embedding"
     )(x)

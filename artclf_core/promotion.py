@@ -126,14 +126,15 @@ def decide(
 
 
 def unseen_by(samples: list[Any], trained_sources: set[str] | None) -> list[Any]:
-    """The validation samples whose source *family* the active model never trained on.
+    """The validation samples whose source *family* is not in ``trained_sources``.
 
-    The candidate's validation sources are unseen by the candidate, but the active model may
-    have been trained on some of them (the shipped default saw most of ../shared); scored
-    there, it would be flattered and the gate would compare a held-out figure with a
-    training-set figure. Both models are therefore judged on this subset only. ``None``
-    (an active model without a recorded split) keeps every sample. ``trained_sources`` may
-    hold sources or families (a family is its own family).
+    ``retrain`` passes the families either model trained on. The active model may have been
+    trained on some of the candidate's validation sources (the shipped default saw all of
+    ../shared), and the candidate's own split may hold out only part of a family (a class
+    with a single source is split by sub-source); scored there, a model is flattered and the
+    gate would compare a held-out figure with a training-set one. Both models are therefore
+    judged on this subset only. ``None`` (no recorded split) keeps every sample.
+    ``trained_sources`` may hold sources or families (a family is its own family).
     """
     from artclf_core.source_cv import source_family
 
@@ -149,8 +150,8 @@ def no_evidence(candidate: dict[str, Any], active_version: str, policy: GatePoli
     return Decision(
         False,
         [
-            f"no validation image comes from a source family that {active_version} did not"
-            " train on: no held-out comparison is possible"
+            f"no validation image comes from a source family that neither {active_version} nor"
+            " the candidate trained on: no held-out comparison is possible"
         ],
         _brief(candidate),
         None,

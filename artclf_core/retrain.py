@@ -47,7 +47,7 @@ log = logging.getLogger("artclf.retrain")
 MIN_PER_CLASS = 4
 MODELS_PREFIX = "models/"
 #: Architecture trained when neither the caller nor an active model says (the shipped one's).
-DEFAULT_ARCH = "efficientnet_lite0"
+DEFAULT_ARCH = "efficientnet_lite0_texture"
 
 
 def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
@@ -141,7 +141,7 @@ def retrain(
     """
     from artclf_core import training
     from artclf_core.cv_evaluate import trained_families
-    from artclf_core.model import ArtModel
+    from artclf_core.model import ARCHS, ArtModel
 
     policy = policy or promotion.GatePolicy.from_env()
     started = time.perf_counter()
@@ -152,7 +152,7 @@ def retrain(
         active = _active(conn)
     if arch is None:
         arch = os.environ.get("ARTCLF_TRAIN_ARCH") or (
-            active["arch"] if active and active["arch"] in training.RECIPES else DEFAULT_ARCH
+            active["arch"] if active and active["arch"] in ARCHS else DEFAULT_ARCH
         )
     summary: dict[str, Any] = {"dataset": {k: v for k, v in dataset.items() if k != "dir"}}
     short = [c for c in CLASSES if dataset["per_class"].get(c, 0) < MIN_PER_CLASS]
@@ -184,17 +184,20 @@ def retrain(
     )
     active_report = None
     candidate_report = result["report"]
+    candidate_model = ArtModel.load(result["model_path"])
     if active is not None:
         path = registry.fetch_artifact(settings, active["version"], active["artifact"])
         active_model = ArtModel.load(path)
-        # Only the families neither model trained on (promotion.unseen_by).
-        fair = promotion.unseen_by(val, trained_families(active_model))
+        # Only the families neither model trained on (promotion.unseen_by): the candidate's
+        # split may hold out part of a family it trained on (a class with one source).
+        seen = (trained_families(active_model) or set()) | (
+            trained_families(candidate_model) or set()
+        )
+        fair = promotion.unseen_by(val, seen)
         if fair:
             active_report = training.evaluate_samples(fair, active_model)
             if len(fair) != len(val):
-                candidate_report = training.evaluate_samples(
-                    fair, ArtModel.load(result["model_path"])
-                )
+                candidate_report = training.evaluate_samples(fair, candidate_model)
             decision = promotion.decide(candidate_report, active_report, policy)
         else:
             decision = promotion.no_evidence(result["report"], active["version"], policy)
@@ -224,11 +227,12 @@ def retrain(
     objects = {
         "model.keras": Path(result["model_path"]).read_bytes(),
         "report.json": json.dumps(report, indent=2).encode(),
-        "training_curves.png": plots.training_curves_png(
-            result["history"], title=f"{version}", best_epoch=result["best_epoch"]
-        ),
         "confusion.png": plots.confusion_png(result["report"], title=f"{version} (validation)"),
     }
+    if result["history"]:  # the closed-form recipe has no epochs to plot
+        objects["training_curves.png"] = plots.training_curves_png(
+            result["history"], title=f"{version}", best_epoch=result["best_epoch"]
+        )
     if active_report is not None:
         objects["confusion_active.png"] = plots.confusion_png(
             active_report, title=f"{active['version']} (same validation images)"
@@ -244,7 +248,12 @@ def retrain(
             arch=arch,
             classes=CLASSES,
             artifact=artifact,
-            metrics={"validation": result["report"], "split": split},
+            metrics={
+                "validation": result["report"],
+                "split": split,
+                "cross_validation": result.get("cross_validation"),
+                "review_threshold": result.get("review_threshold"),
+            },
             status=status,
         )
         db.update_model(

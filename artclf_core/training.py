@@ -586,6 +586,18 @@ def train(
     """
     if val not in ("source", "random", "none"):
         raise ValueError(f"val must be 'source', 'random' or 'none', got {val!r}")
+    if arch == "efficientnet_lite0_texture":
+        from artclf_core import ridge_training
+
+        return ridge_training.train(
+            data_dir,
+            out_path,
+            seed=seed,
+            val=val,
+            val_fraction=val_fraction,
+            image_size=image_size,
+            verbose=verbose,
+        )
     if arch not in RECIPES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(RECIPES)}")
     recipe = RECIPES[arch]

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from artclf_core.images import Limits
 
@@ -337,3 +337,86 @@ def labelled_png(label: str, i: int) -> bytes:
             d.line([(0, 3 * k + i % 3), (120, 3 * k + 10)], fill=(0, 0, 0))
         d.rectangle([x, y, x + 15 + k, y + 12], fill=colour)
     return encode(img, fmt="PNG")
+
+
+# ------------------------------------------------------------- none of the five classes
+
+
+def _photo_noise(img: Image.Image, rng: np.random.Generator, sigma: float = 6.0) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, sigma, (img.height, img.width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype("uint8"))
+
+
+def text_page(seed: int = 0, size: tuple[int, int] = (600, 800)) -> Image.Image:
+    """A printed page: a heading and justified lines of words, black on off-white paper."""
+    rng = np.random.default_rng([41, seed])
+    w, h = size
+    img = Image.new("RGB", size, (246, 244, 238))
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=18)
+    d.text(
+        (60, 50),
+        "CHAPTER " + "IVX"[seed % 3],
+        fill=(20, 20, 20),
+        font=ImageFont.load_default(size=30),
+    )
+    words = ["the", "collection", "museum", "of", "and", "catalogue", "was", "in", "a", "year"]
+    y = 110
+    while y < h - 60:
+        x = 60
+        while x < w - 120:
+            word = words[int(rng.integers(len(words)))]
+            d.text((x, y), word, fill=(25, 25, 25), font=font)
+            x += int(d.textlength(word + " ", font=font))
+        y += 26
+    return _photo_noise(img, rng, 3.0)
+
+
+def building_photo(seed: int = 0, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A colour street photograph of a modern building: blue sky, a glass and concrete facade
+    in perspective, a grey road."""
+    rng = np.random.default_rng([42, seed])
+    w, h = size
+    sky = np.linspace([90, 150, 230], [190, 215, 245], h)[:, None, :].repeat(w, 1)
+    img = Image.fromarray(sky.astype("uint8"))
+    d = ImageDraw.Draw(img)
+    left, right, top = int(w * 0.15), int(w * 0.85), int(h * 0.12)
+    d.polygon(
+        [(left, h), (left + 30, top), (right - 30, top + 20), (right, h)], fill=(170, 165, 160)
+    )
+    for row in range(top + 20, int(h * 0.8), 34):
+        for col in range(left + 50, right - 50, 44):
+            tint = int(rng.integers(60, 140))
+            d.rectangle([col, row, col + 30, row + 22], fill=(tint // 2, tint, tint + 60))
+    d.rectangle([0, int(h * 0.85), w, h], fill=(80, 80, 84))
+    d.line([(0, int(h * 0.93)), (w, int(h * 0.93))], fill=(235, 235, 235), width=4)
+    return _photo_noise(img, rng)
+
+
+def person_photo(seed: int = 0, size: tuple[int, int] = (480, 640)) -> Image.Image:
+    """A colour snapshot of a person: a face and shoulders against a blurred green park."""
+    rng = np.random.default_rng([43, seed])
+    w, h = size
+    bg = rng.integers(0, 255, (h // 16, w // 16, 3)).astype(np.float32)
+    bg = bg * [0.3, 0.7, 0.3] + [30, 70, 20]
+    img = Image.fromarray(np.clip(bg, 0, 255).astype("uint8")).resize(size, Image.BICUBIC)
+    img = img.filter(ImageFilter.GaussianBlur(6))
+    d = ImageDraw.Draw(img)
+    skin = (224, 172, 140)
+    d.ellipse([w * 0.1, h * 0.62, w * 0.9, h * 1.2], fill=(200, 40, 50))  # a red jumper
+    d.rectangle([w * 0.42, h * 0.5, w * 0.58, h * 0.66], fill=skin)  # neck
+    d.ellipse([w * 0.3, h * 0.18, w * 0.7, h * 0.58], fill=skin)  # face
+    d.chord([w * 0.28, h * 0.12, w * 0.72, h * 0.42], 180, 360, fill=(70, 45, 30))  # hair
+    for ex in (0.42, 0.58):
+        d.ellipse([w * ex - 9, h * 0.35 - 6, w * ex + 9, h * 0.35 + 6], fill=(60, 40, 30))
+    d.arc([w * 0.42, h * 0.43, w * 0.58, h * 0.51], 20, 160, fill=(150, 60, 60), width=4)
+    return _photo_noise(img.filter(ImageFilter.GaussianBlur(1)), rng)
+
+
+def out_of_class() -> dict[str, Image.Image]:
+    """Pictures that are none of the five classes, which must land in review."""
+    return {
+        "text_page": text_page(),
+        "building_photo": building_photo(),
+        "person_photo": person_photo(),
+    }

@@ -453,7 +453,9 @@ def test_retrain_then_reembed_dags_promote_and_switch(lake, harness):
         client,
         settings.bucket,
         {
-            f"training/{label}/book{i % 2}__{i:02d}.png": imagegen.labelled_png(label, i)
+            # Sources of their own per class: a held-out source is then a family that neither
+            # model trained on, which is all the gate compares on.
+            f"training/{label}/{label}{i % 2}__{i:02d}.png": imagegen.labelled_png(label, i)
             for label in CLASSES
             for i in range(6)
         },

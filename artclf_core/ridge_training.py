@@ -1,0 +1,189 @@
+"""Training the default architecture, ``efficientnet_lite0_texture``, in closed form.
+
+The recipe that measured best on sources it never saw (docs/model-card.md): the frozen
+ImageNet EfficientNet-Lite0 with texture statistics (:mod:`artclf_core.texture`), one forward
+pass over the training images, and a ridge head (:mod:`artclf_core.ridge_head`). Because the
+head refits in a fraction of a second, training includes its own honest evaluation:
+
+1. features of every image (train and validation) in one pass of the backbone;
+2. leave-one-source-family-out cross-validation on the *training* images
+   (:mod:`artclf_core.source_cv`): out-of-fold logits, from which the calibration temperature
+   and the review threshold are fitted (:mod:`artclf_core.calibration`) and the per-source
+   table of the model card is read;
+3. the final head on all training images, with the temperature folded into the saved
+   weights, so every consumer sees calibrated probabilities.
+
+The model's metadata keeps the cross-validation report (``metrics["cross_validation"]``) and
+the threshold (``metrics["review_threshold"]``, which ``artclf.review_queue()`` uses while the
+model is active).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from artclf_core import CLASSES, calibration, ridge_head, source_cv
+from artclf_core.training import (
+    Sample,
+    ValMode,
+    _full_report,
+    describe_split,
+    duplicate_groups,
+    load_images,
+    scan_labelled_folder,
+    split_by_source,
+)
+
+ARCH = "efficientnet_lite0_texture"
+#: Images per forward-pass chunk: bounds memory (decoded pixels and activations).
+CHUNK = 256
+
+
+def backbone_features(
+    samples: Sequence[Sample], backbone: Any, size: int, *, verbose: int = 0
+) -> np.ndarray:
+    """(N, D) float32 features of ``samples`` through ``backbone``, decoded in chunks."""
+    parts = []
+    started = time.perf_counter()
+    for i in range(0, len(samples), CHUNK):
+        x = load_images(samples[i : i + CHUNK], size=size)
+        parts.append(backbone.predict(x.astype(np.float32), batch_size=64, verbose=0))
+        if verbose:
+            done = min(i + CHUNK, len(samples))
+            print(
+                f"features {done}/{len(samples)} ({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+
+
+def cross_validated_calibration(
+    feats: np.ndarray,
+    samples: Sequence[Sample],
+    *,
+    lam: float,
+    source_power: float,
+) -> dict[str, Any] | None:
+    """Source-family CV of the head on ``samples`` (features ``feats``): the out-of-fold
+    report with its ``calibration`` (None with fewer than two families: nothing to hold out)."""
+    from artclf_core.cv_evaluate import cross_validate
+
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    copies = duplicate_groups(samples)
+    groups = source_cv.cv_groups(list(sources), [copies[s] for s in samples])
+    if len(set(groups)) < 2:
+        return None
+    scores, p5 = cross_validate(feats[None], labels, sources, groups, lam, source_power)
+    y = np.array([CLASSES.index(c) for c in labels])
+    cal = calibration.calibration_summary(scores, y)
+    probs = calibration.softmax(scores, cal["temperature"])
+    report = source_cv.oof_report(
+        list(labels), list(sources), groups, probs, CLASSES, precision_at_5=p5
+    )
+    report["calibration"] = cal
+    return report
+
+
+def train(
+    data_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    val: ValMode = "source",
+    val_fraction: float,
+    image_size: int | None = None,
+    lam: float = ridge_head.DEFAULT_LAMBDA,
+    source_power: float = ridge_head.DEFAULT_SOURCE_POWER,
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Train, calibrate and save; the same return value as :func:`artclf_core.training.train`
+    (``history`` is empty and ``best_epoch``/``epochs_run`` are 0: there are no epochs)."""
+    from artclf_core.model import DEFAULT_IMAGE_SIZES, build_model, make_version, save_model
+
+    started = time.perf_counter()
+    size = int(image_size or DEFAULT_IMAGE_SIZES[ARCH])
+    samples = scan_labelled_folder(data_dir)
+    if val == "none":
+        tr, va = list(samples), []
+    else:
+        tr, va = split_by_source(samples, val_fraction, seed, mode=val)
+    if verbose:
+        print(f"{len(tr)} training and {len(va)} validation images at {size}px", flush=True)
+    base = build_model(len(CLASSES), arch=ARCH, image_size=size)
+    feats = backbone_features(
+        list(tr) + list(va), base.get_layer("backbone"), size, verbose=verbose
+    )
+    f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
+    feature_seconds = time.perf_counter() - started
+
+    cv = cross_validated_calibration(f_tr, tr, lam=lam, source_power=source_power)
+    temperature = cv["calibration"]["temperature"] if cv else 1.0
+    threshold = cv["calibration"]["review"]["threshold"] if cv else None
+    if verbose and cv:
+        cal = cv["calibration"]
+        print(
+            f"source-family CV on the training images ({cv['folds']} folds): balanced "
+            f"accuracy {cv['balanced_accuracy']:.3f}, precision@5 "
+            f"{cv['label_precision_at_5']:.3f}; T {temperature:.3f}, ECE "
+            f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; review threshold {threshold}",
+            flush=True,
+        )
+    y_tr = np.array([CLASSES.index(s.label) for s in tr])
+    head = ridge_head.fit(
+        f_tr,
+        y_tr,
+        np.array([s.source for s in tr]),
+        n_classes=len(CLASSES),
+        lam=lam,
+        source_power=source_power,
+    )
+    w_e, b_e, w_p, b_p = ridge_head.layer_weights(head, temperature)
+    base.get_layer("embedding").set_weights([w_e, b_e])
+    base.get_layer("probabilities").set_weights([w_p, b_p])
+
+    split = {"mode": val, "val_fraction": val_fraction, "seed": seed, **describe_split(tr, va)}
+    report = None
+    if va:
+        probs = calibration.softmax(head.logits(f_va), temperature)
+        report = _full_report(va, probs, head.embed(f_va), CLASSES, split=split)
+    train_seconds = time.perf_counter() - started
+    version = make_version(ARCH, base)
+    info = {
+        "recipe": "frozen backbone + texture statistics, ridge head (closed form)",
+        "image_size": size,
+        "lam": lam,
+        "source_power": source_power,
+        "temperature": temperature,
+        "seed": seed,
+        "feature_seconds": round(feature_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+    }
+    metrics = {
+        "validation": report,
+        "split": split,
+        "training": info,
+        "history": {},
+        "cross_validation": cv,
+        "review_threshold": threshold,
+    }
+    path = save_model(base, out_path, version=version, classes=CLASSES, arch=ARCH, metrics=metrics)
+    if verbose:
+        print(f"saved {path} ({version}) after {train_seconds:.0f}s", flush=True)
+    return {
+        "version": version,
+        "model_path": str(path),
+        "report": report,
+        "history": {},
+        "best_epoch": 0,
+        "epochs_run": 0,
+        "train_seconds": train_seconds,
+        "split": split,
+        "cross_validation": cv,
+        "review_threshold": threshold,
+    }

@@ -1,0 +1,94 @@
+"""The default recipe's closed-form head and its training (no ../shared: images made here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_model import _draw
+
+from artclf_core import CLASSES, calibration, ridge_head
+
+
+def _toy(n: int = 120, d: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 5
+    centres = rng.normal(0, 3, (5, d))
+    x = centres[y] + rng.normal(0, 1, (n, d)) + 40.0  # far from zero: standardising matters
+    sources = np.array([f"s{c}_{i % 2}" for i, c in enumerate(y)])
+    return x, y, sources
+
+
+def test_layer_weights_compute_the_embedding_and_calibrated_probabilities() -> None:
+    x, y, sources = _toy()
+    head = ridge_head.fit(x, y, sources, n_classes=5, dim=32)
+    w_e, b_e, w_p, b_p = ridge_head.layer_weights(head, temperature=0.4)
+    emb = x @ w_e + b_e
+    np.testing.assert_allclose(emb, head.embed(x), rtol=1e-3, atol=1e-3)
+    z = emb @ w_p + b_p
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, calibration.softmax(head.logits(x), 0.4), atol=1e-4)
+    # The class part leads the embedding and carries about as much norm as the rest.
+    first = np.linalg.norm(emb[:, :5], axis=1).mean()
+    rest = np.linalg.norm(emb[:, 5:], axis=1).mean()
+    assert 0.5 < first / rest < 2.0
+
+
+def test_ridge_head_separates_classes_and_refuses_bad_shapes() -> None:
+    x, y, sources = _toy()
+    head = ridge_head.fit(x, y, sources, n_classes=5, lam=0.1, dim=16)
+    assert (head.logits(x).argmax(1) == y).mean() > 0.95
+    views = np.stack([x, x + 0.1])  # two views of the same images
+    assert ridge_head.fit(views, y, sources, n_classes=5, dim=16).embed(x).shape == (len(x), 16)
+    with pytest.raises(ValueError, match="labels"):
+        ridge_head.fit(x, y[:-1], sources, n_classes=5)
+    with pytest.raises(ValueError, match="embedding dim"):
+        ridge_head.fit(x, y, sources, n_classes=5, dim=5)
+
+
+def test_source_weights_equalise_classes_and_damp_big_sources() -> None:
+    labels = np.array(["a"] * 9 + ["b"] * 3)
+    sources = np.array(["big"] * 8 + ["small"] + ["c"] * 3)
+    w = ridge_head.source_weights(labels, sources, 0.5)
+    assert w[labels == "a"].sum() == pytest.approx(w[labels == "b"].sum())
+    assert w[8] > w[0]  # the small source's image weighs more than one of the big one's
+    assert w.mean() == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def texture_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The default architecture trained on made-up images: 3 sources per class."""
+    from artclf_core.training import train
+
+    root = tmp_path_factory.mktemp("labelled")
+    for label in CLASSES:
+        (root / label).mkdir()
+        for i in range(9):
+            _draw(label, i).save(root / label / f"{label}{i % 3}__{i:03d}.png")
+    out = tmp_path_factory.mktemp("model") / "texture.keras"
+    result = train(root, out, arch="efficientnet_lite0_texture", image_size=64, verbose=0)
+    return result
+
+
+def test_default_architecture_trains_in_closed_form_with_its_calibration(
+    texture_model: dict,
+) -> None:
+    from artclf_core.model import ArtModel
+
+    model = ArtModel.load(texture_model["model_path"])
+    assert model.arch == "efficientnet_lite0_texture" and model.image_size == 64
+    assert model.version.startswith("efficientnet_lite0_texture-")
+    cv = model.metrics["cross_validation"]
+    assert cv["folds"] >= 2 and cv["n"] == texture_model["split"]["n_train"]
+    assert set(cv["calibration"]) >= {"temperature", "ece_before", "ece_after", "review"}
+    assert model.metrics["review_threshold"] == cv["calibration"]["review"]["threshold"]
+    assert texture_model["report"]["n"] == texture_model["split"]["n_val"] > 0
+    assert texture_model["history"] == {} and texture_model["epochs_run"] == 0
+    # One forward pass, both outputs; the TFLite runtime agrees with the Keras graph.
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    lite_p, lite_e = model.predict(batch)
+    keras_p, keras_e = ArtModel.load(texture_model["model_path"], runtime="keras").predict(batch)
+    np.testing.assert_allclose(lite_p, keras_p, atol=1e-4)
+    np.testing.assert_allclose(lite_e, keras_e, rtol=1e-3, atol=1e-3)
+    assert lite_e.shape == (6, 128) and np.allclose(lite_p.sum(1), 1.0, atol=1e-5)
