@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from artclf_core import CLASSES, db, dedup, quality
+from artclf_core import CLASSES, db, dedup, quality, registry
 from artclf_core import s3 as s3lib
 from artclf_core.config import (
     CATALOG_PREFIX,
@@ -258,6 +258,8 @@ class Ingestor:
         #: The tail thread's own connection: it commits batch n while the main thread queries
         #: for batch n+1.
         self.tail_conn = db.connect(settings.db_url)
+        if getattr(self.model, "path", None):
+            registry.keep_copy(self.model.path, self.model.version)
         db.register_model(
             self.conn,
             version=self.model.version,

@@ -44,6 +44,7 @@ def register(db_url: str, path: str | os.PathLike[str] | None = None) -> str:
 
     path = Path(path or os.environ.get("ARTCLF_MODEL") or default_model_path())
     meta = read_metadata(path)
+    keep_copy(path, str(meta["version"]))
     with db.connect(db_url) as conn:
         db.register_model(
             conn,
@@ -81,14 +82,40 @@ def temporary_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
 
 
+def kept_copy(version: str) -> Path:
+    """Where :func:`keep_copy` keeps a registered local model: ``cache_dir()/<version>.keras``
+    (the same place a model fetched from the lake is cached)."""
+    return cache_dir() / f"{version}.keras"
+
+
+def keep_copy(path: str | os.PathLike[str], version: str) -> Path:
+    """Copy a local model file that is being registered into :func:`kept_copy`, once.
+
+    A local artifact can change under the catalogue: upgrading artclf replaces the shipped
+    ``default.keras`` with a new version while the old one is still active (and its rows
+    must still be served, and rolled back to). The version names the weights, so the copy
+    never goes stale; it is written under a temporary name and renamed into place.
+    """
+    import shutil
+
+    target = kept_copy(version)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_name(target)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    return target
+
+
 def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
     """A local path for a registered model's ``.keras`` file.
 
     Artifacts of retrained models live in the lake (``s3://<bucket>/models/<version>/...``)
     so every worker can load them; they are downloaded once into :func:`cache_dir` (the
-    version names the weights, so a cached file never goes stale). The shipped default model
-    is registered with its local path, which may not exist on another machine: then the
-    installed package's copy is used when its version matches.
+    version names the weights, so a cached file never goes stale). A local model (the shipped
+    default) is registered with its path, which may not exist on another machine or may hold
+    another version after an upgrade: then the copy :func:`keep_copy` made at registration,
+    else the installed package's copy when its version matches.
     """
     if artifact and artifact.startswith("s3://"):
         target = cache_dir() / f"{version}.keras"
@@ -101,12 +128,19 @@ def fetch_artifact(settings: Any, version: str, artifact: str | None) -> Path:
             s3lib.client(settings).download_file(bucket, key, str(tmp))
             os.replace(tmp, target)
         return target
-    if artifact and Path(artifact).exists():
-        return Path(artifact)
+    for candidate in (Path(artifact) if artifact else None, kept_copy(version)):
+        # A local file is used only while it still holds this version (see keep_copy).
+        if candidate and candidate.exists() and read_metadata(candidate).get("version") == version:
+            return candidate
     shipped = default_model_path()
     if read_metadata(shipped).get("version") == version:
         return shipped
-    raise FileNotFoundError(f"model {version}: artifact {artifact!r} is not reachable from here")
+    raise FileNotFoundError(
+        f"model {version}: artifact {artifact!r} is not reachable from here and no copy is kept"
+        f" in {kept_copy(version)} (was the shipped default {version} replaced by an upgrade?"
+        f" Register and activate the new default: artclf models register && artclf models"
+        f" activate {read_metadata(shipped).get('version')})"
+    )
 
 
 def model_path(settings: Any, version: str | None = None) -> Path:

@@ -83,6 +83,37 @@ def register(settings, path, version: str = V2, status: str = "promoted") -> Non
         conn.commit()
 
 
+def test_an_upgrade_that_replaces_the_default_file_keeps_the_active_model(
+    catalogued, second_model, model, tmp_path
+):
+    """The shipped default is registered by its path; an upgrade puts another version at
+    that path. The active version must still load (the copy kept at registration), and the
+    new default moves in through the normal activation (re-embedding) path."""
+    import shutil
+
+    from artclf_core import registry
+
+    settings = catalogued
+    installed = tmp_path / "site" / "default.keras"
+    installed.parent.mkdir()
+    shutil.copyfile(model.path, installed)
+    old = registry.register(settings.db_url, installed)
+    assert old == model.version
+    with db.connect(settings.db_url) as conn:  # as if the catalogue began from that install
+        conn.execute(
+            "UPDATE artclf.model_versions SET artifact = %s WHERE version = %s",
+            (str(installed), old),
+        )
+        conn.commit()
+    shutil.copyfile(second_model, installed)  # the upgrade
+    kept = registry.model_path(settings, old)
+    assert registry.read_metadata(kept)["version"] == old
+    assert registry.model_path(settings) == kept  # still the active one
+    assert registry.register(settings.db_url, installed) == V2
+    reembed.reembed(settings, V2)
+    assert active(settings) == V2
+
+
 def test_reembedding_switches_atomically_resumes_and_rolls_back(catalogued, second_model, model):
     settings = catalogued
     v1 = model.version
