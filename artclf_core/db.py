@@ -281,8 +281,8 @@ def open_ids(
         SELECT id FROM artclf.ingest_log
         WHERE (state = 'pending'
                OR (state = 'failed' AND (attempts < %(max)s OR %(retry)s))
-               OR (state = 'processing'
-                   AND claimed_at < now() - make_interval(secs => %(lease)s))
+               OR (state = 'processing' AND artclf.claim_is_dead(
+                       claimed_at, claim_pid, claim_session_start, %(lease)s))
                OR (state IN ('catalogued', 'duplicate', 'quarantined') AND NOT finalized))
           AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
         ORDER BY id
@@ -367,8 +367,11 @@ def claim(
     """Take the given log rows for processing, skipping rows another worker holds.
 
     Claimable: pending rows; failed rows with attempts left (or all failed rows when an
-    operator asks to retry them); processing rows whose claim is older than the lease (the
-    worker died). ``FOR UPDATE SKIP LOCKED`` keeps concurrent workers off each other's rows.
+    operator asks to retry them); processing rows whose holder is dead: its database session
+    (``claim_pid`` + ``claim_session_start``, sql/007) has ended, or, for a holder the
+    server cannot see, the claim is older than the lease. The claim is signed with this
+    connection's session, so ``conn`` must be one the worker keeps while it works.
+    ``FOR UPDATE SKIP LOCKED`` keeps concurrent workers off each other's rows.
     """
     if not ids:
         return []
@@ -376,16 +379,19 @@ def claim(
         f"""
         UPDATE artclf.ingest_log AS l
         SET state = 'processing', attempts = l.attempts + 1, claimed_at = now(),
-            claimed_by = %(worker)s, updated_at = now()
+            claimed_by = %(worker)s, claim_pid = me.pid, claim_session_start = me.started,
+            updated_at = now()
         FROM (
             SELECT id FROM artclf.ingest_log
             WHERE id = ANY(%(ids)s)
               AND (state = 'pending'
                    OR (state = 'failed' AND (attempts < %(max)s OR %(retry)s))
-                   OR (state = 'processing'
-                       AND claimed_at < now() - make_interval(secs => %(lease)s)))
+                   OR (state = 'processing' AND artclf.claim_is_dead(
+                           claimed_at, claim_pid, claim_session_start, %(lease)s)))
             FOR UPDATE SKIP LOCKED
-        ) AS c
+        ) AS c,
+        (SELECT pid, backend_start AS started FROM pg_catalog.pg_stat_activity
+          WHERE pid = pg_backend_pid()) AS me
         WHERE l.id = c.id
         RETURNING {", ".join("l." + c.strip() for c in _LOG_COLS.split(","))}
         """,
@@ -417,8 +423,13 @@ class Outcome:
     finalized: bool = False
 
 
-def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome]) -> None:
-    """Write final states for many log rows in one statement (no commit)."""
+class ClaimLost(RuntimeError):
+    """Rows this worker claimed are no longer its own (see :func:`record_outcomes`)."""
+
+
+def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome], worker: str) -> None:
+    """Write final states for many log rows in one statement (no commit), only for rows still
+    claimed by ``worker``; raises :class:`ClaimLost` if any is not."""
     if not outcomes:
         return
     fields = [
@@ -447,18 +458,26 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome]) -> No
     ]
     columns = [[getattr(o, f) for o in outcomes] for f in fields]
     unnest = ", ".join(f"%s::{t}[]" for t in types)
-    conn.execute(
+    cur = conn.execute(
         f"""
         UPDATE artclf.ingest_log AS l
         SET state = o.state, final_key = o.final_key, reason = o.reason, message = o.message,
             artwork_id = o.artwork_id, duplicate_of = o.duplicate_of,
             duplicate_kind = o.duplicate_kind, distance = o.distance,
-            finalized = o.finalized, claimed_at = NULL, claimed_by = NULL, updated_at = now()
+            finalized = o.finalized, claimed_at = NULL, claimed_by = NULL, claim_pid = NULL,
+            claim_session_start = NULL, updated_at = now()
         FROM unnest({unnest}) AS o({", ".join(fields)})
-        WHERE l.id = o.log_id
+        WHERE l.id = o.log_id AND l.state = 'processing' AND l.claimed_by = %s
         """,
-        columns,
+        [*columns, worker],
     )
+    if cur.rowcount != len(outcomes):
+        # Another worker took over some of these claims (this one was taken for dead): the
+        # whole commit, artworks included, must roll back; the objects are that worker's.
+        raise ClaimLost(
+            f"{len(outcomes) - cur.rowcount} of {len(outcomes)} claims of {worker} were taken"
+            " over by another worker; this batch is left to it"
+        )
 
 
 def mark_finalized(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:

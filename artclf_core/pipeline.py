@@ -805,6 +805,7 @@ class Ingestor:
                     for it in items
                     if it.state != "phantom"
                 ],
+                self.worker_id,
             )
 
     def _delete_sources(self, moved: list[_Item]) -> None:
