@@ -172,6 +172,8 @@ class LogRow:
     final_key: str | None
     finalized: bool
     generation: int = 0
+    #: A copy that may exist without being the row's final place (sql/007).
+    intended_key: str | None = None
 
     @property
     def ref(self) -> ObjectRef:
@@ -179,7 +181,8 @@ class LogRow:
 
 
 _LOG_COLS = (
-    "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized, generation"
+    "id, bucket, key, etag, last_modified, size, state, attempts, final_key, finalized,"
+    " generation, intended_key"
 )
 
 
@@ -421,6 +424,8 @@ class Outcome:
     duplicate_kind: str | None = None
     distance: int | None = None
     finalized: bool = False
+    #: A copy left to remove (a late duplicate's catalog/ copy), see ``LogRow.intended_key``.
+    stray_key: str | None = None
 
 
 class ClaimLost(RuntimeError):
@@ -443,6 +448,7 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome], worke
         "duplicate_kind",
         "distance",
         "finalized",
+        "stray_key",
     ]
     types = [
         "bigint",
@@ -455,6 +461,7 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome], worke
         "text",
         "integer",
         "boolean",
+        "text",
     ]
     columns = [[getattr(o, f) for o in outcomes] for f in fields]
     unnest = ", ".join(f"%s::{t}[]" for t in types)
@@ -465,7 +472,7 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome], worke
             artwork_id = o.artwork_id, duplicate_of = o.duplicate_of,
             duplicate_kind = o.duplicate_kind, distance = o.distance,
             finalized = o.finalized, claimed_at = NULL, claimed_by = NULL, claim_pid = NULL,
-            claim_session_start = NULL, updated_at = now()
+            claim_session_start = NULL, intended_key = o.stray_key, updated_at = now()
         FROM unnest({unnest}) AS o({", ".join(fields)})
         WHERE l.id = o.log_id AND l.state = 'processing' AND l.claimed_by = %s
         """,
@@ -480,11 +487,83 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome], worke
         )
 
 
+def record_intents(
+    conn: psycopg.Connection, intents: Sequence[tuple[int, str]], worker: str
+) -> None:
+    """Record, before copying, the key each claimed row is about to be copied to (no commit):
+    if the claim dies before its outcome is recorded, the run that takes it over removes
+    that copy (:func:`owned_keys`)."""
+    if intents:
+        conn.execute(
+            "UPDATE artclf.ingest_log AS l SET intended_key = i.k"
+            " FROM unnest(%s::bigint[], %s::text[]) AS i(id, k)"
+            " WHERE l.id = i.id AND l.state = 'processing' AND l.claimed_by = %s",
+            ([i for i, _ in intents], [k for _, k in intents], worker),
+        )
+
+
+def owned_keys(
+    conn: psycopg.Connection, bucket: str, keys: Sequence[str], exclude_ids: Sequence[int] = ()
+) -> set[str]:
+    """Which of ``keys`` an artwork lives at, or another row (not in ``exclude_ids``) is
+    about to copy to or keeps as its final place: keys a clean-up must not delete."""
+    rows = conn.execute(
+        "SELECT key FROM artclf.artworks WHERE bucket = %(b)s AND key = ANY(%(k)s)"
+        " UNION SELECT k FROM artclf.ingest_log AS l, LATERAL (VALUES (l.intended_key),"
+        " (CASE WHEN l.state IN ('catalogued', 'duplicate', 'quarantined')"
+        " THEN l.final_key END)) AS v(k)"
+        " WHERE l.bucket = %(b)s AND v.k = ANY(%(k)s) AND NOT (l.id = ANY(%(x)s))",
+        {"b": bucket, "k": list(keys), "x": list(exclude_ids)},
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def unfinalized_under(conn: psycopg.Connection, bucket: str, prefix: str) -> list[LogRow]:
+    """Decided rows under ``prefix`` whose move was not completed, however the run ended
+    (the source may already be gone: a kill between the delete and the bookkeeping)."""
+    rows = conn.execute(
+        f"SELECT {_LOG_COLS} FROM artclf.ingest_log WHERE bucket = %s"
+        " AND left(key, length(%s)) = %s"
+        " AND state IN ('catalogued', 'duplicate', 'quarantined') AND NOT finalized",
+        (bucket, prefix, prefix),
+    ).fetchall()
+    return [LogRow(*r) for r in rows]
+
+
+def dead_claims_under(
+    conn: psycopg.Connection, bucket: str, prefix: str, lease_seconds: int = 900
+) -> list[LogRow]:
+    """Rows under ``prefix`` still 'processing' under a claim whose holder is dead."""
+    rows = conn.execute(
+        f"SELECT {_LOG_COLS} FROM artclf.ingest_log WHERE bucket = %s"
+        " AND left(key, length(%s)) = %s AND state = 'processing'"
+        " AND artclf.claim_is_dead(claimed_at, claim_pid, claim_session_start, %s)"
+        " ORDER BY id",
+        (bucket, prefix, prefix, lease_seconds),
+    ).fetchall()
+    conn.commit()
+    return [LogRow(*r) for r in rows]
+
+
+def trace_fields(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """What the trace metadata of a moved object says, per log id, read back from the
+    catalogue (a repair writes the same metadata as the first move)."""
+    rows = fetch_dicts(
+        conn,
+        "SELECT l.id, l.reason, l.artwork_id, l.duplicate_of, a.label"
+        " FROM artclf.ingest_log AS l LEFT JOIN artclf.artworks AS a ON a.id = l.artwork_id"
+        " WHERE l.id = ANY(%s)",
+        (list(ids),),
+    )
+    return {r["id"]: r for r in rows}
+
+
 def mark_finalized(conn: psycopg.Connection, log_ids: Iterable[int]) -> None:
     ids = list(log_ids)
     if ids:
         conn.execute(
-            "UPDATE artclf.ingest_log SET finalized = true, updated_at = clock_timestamp()"
+            "UPDATE artclf.ingest_log SET finalized = true, intended_key = NULL,"
+            " updated_at = clock_timestamp()"
             " WHERE id = ANY(%s)",
             (ids,),
         )
@@ -522,14 +601,6 @@ def artworks_after(conn: psycopg.Connection, after_id: int) -> list[tuple[int, s
         "SELECT id, sha256, phash, dhash FROM artclf.artworks WHERE id > %s ORDER BY id",
         (after_id,),
     ).fetchall()
-
-
-def artwork_keys(conn: psycopg.Connection, bucket: str, keys: Sequence[str]) -> set[str]:
-    """Which of these keys are the location of a catalogued artwork."""
-    rows = conn.execute(
-        "SELECT key FROM artclf.artworks WHERE bucket = %s AND key = ANY(%s)", (bucket, list(keys))
-    ).fetchall()
-    return {r[0] for r in rows}
 
 
 def find_exact(conn: psycopg.Connection, sha256s: Sequence[str]) -> dict[str, int]:

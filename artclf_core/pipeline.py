@@ -53,6 +53,8 @@ from artclf_core.images import DEFAULT_LIMITS, ImageRejected, Limits, decode_ima
 from artclf_core.preprocess import to_model_input
 
 if TYPE_CHECKING:  # TensorFlow loads only when an Ingestor is built, not for a sweep
+    import psycopg
+
     from artclf_core.model import ArtModel
 
 log = logging.getLogger(__name__)
@@ -202,19 +204,41 @@ def side_key(prefix: str, log_id: int, key: str) -> str:
 
 def trace_metadata(item: _Item) -> dict[str, str]:
     """S3 user metadata written on the moved object: its history, readable by any S3 client."""
+    return _trace(
+        item.state,
+        item.row.id,
+        item.row.key,
+        reason=item.reason,
+        label=item.label,
+        duplicate_of=item.duplicate_of,
+        artwork_id=item.artwork_id,
+    )
+
+
+def _trace(
+    state: str,
+    log_id: int,
+    source_key: str,
+    *,
+    reason: str | None = None,
+    label: str | None = None,
+    duplicate_of: int | None = None,
+    artwork_id: int | None = None,
+) -> dict[str, str]:
+    """The trace metadata from its fields: one layout for first moves and repairs."""
     meta = {
-        "artclf-state": item.state,
-        "artclf-log-id": str(item.row.id),
-        "artclf-source-key": urllib.parse.quote(item.row.key),
+        "artclf-state": state,
+        "artclf-log-id": str(log_id),
+        "artclf-source-key": urllib.parse.quote(source_key),
     }
-    if item.reason:
-        meta["artclf-reason"] = item.reason
-    if item.label:
-        meta["artclf-label"] = item.label
-    if item.duplicate_of:
-        meta["artclf-duplicate-of"] = str(item.duplicate_of)
-    if item.artwork_id:
-        meta["artclf-artwork-id"] = str(item.artwork_id)
+    if reason:
+        meta["artclf-reason"] = reason
+    if label:
+        meta["artclf-label"] = label
+    if duplicate_of:
+        meta["artclf-duplicate-of"] = str(duplicate_of)
+    if artwork_id:
+        meta["artclf-artwork-id"] = str(artwork_id)
     return meta
 
 
@@ -312,6 +336,9 @@ class Ingestor:
     ) -> Summary:
         """Process every object under ``prefix`` (``incoming/...`` or ``training/...``)."""
         prefix = check_prefix(prefix)
+        # Moves an earlier run decided but did not finish, including those whose source is
+        # already gone (killed between the delete and the bookkeeping): listing would miss them.
+        repaired = self._finish_moves(db.unfinalized_under(self.conn, self.settings.bucket, prefix))
 
         def pages() -> Iterator[list[db.LogRow]]:
             for listed_at, refs in timed_pages(
@@ -321,7 +348,16 @@ class Ingestor:
                 self.conn.commit()
                 yield rows
 
-        return self._run(pages(), retry_failed=retry_failed, progress=progress)
+        summary = self._run(pages(), retry_failed=retry_failed, progress=progress)
+        summary.repaired += repaired
+        # Claims of dead runs on objects the listing no longer shows (deleted meanwhile):
+        # taken over here so that their uncommitted copies are removed and each row ends in
+        # a recorded state (object_missing) instead of waiting in 'processing'.
+        dead = db.dead_claims_under(self.conn, self.settings.bucket, prefix)
+        if dead:
+            chunks = [dead[i : i + batch_size] for i in range(0, len(dead), batch_size)]
+            summary.add(self._run(chunks, retry_failed=retry_failed))
+        return summary
 
     def ingest_objects(
         self, refs: Sequence[db.ObjectRef], *, retry_failed: bool = False
@@ -430,6 +466,12 @@ class Ingestor:
         summary.skipped = len(rows) - len(claimed) - summary.repaired
         # Key order, so that within a batch the first of a group of copies (in listing
         # order) is the one catalogued, whatever order the database returned rows in.
+        # Copies a dead holder made of these objects but never committed: remove them now,
+        # before this run decides (perhaps differently) where each object goes.
+        strays = [(r.bucket, r.intended_key) for r in claimed if r.intended_key]
+        if strays:
+            self._remove_keys(strays, [r.id for r in claimed], self.conn)
+            log.info("removed up to %d uncommitted copies of a dead run", len(strays))
         claimed.sort(key=lambda r: (r.key, r.id))
         items = [_Item(row=r) for r in claimed]
         futures = [self.pool.submit(self._prepare, it) for it in items]
@@ -479,6 +521,12 @@ class Ingestor:
         # are under way; a batch that fails them is not committed and its copies are removed.
         verdict_future = self.check_pool.submit(self.validate, [row for _, row in new_rows])
         movers = [it for it in items if it.state in TERMINAL and not it.in_place]
+        # Recorded before the copies are made, so a run that takes these claims over after a
+        # crash knows which copies to remove (no orphan under catalog/ or duplicates/).
+        db.record_intents(
+            self.tail_conn, [(it.row.id, it.final_key) for it in movers], self.worker_id
+        )
+        self.tail_conn.commit()
         self._copy_all(movers, new_rows)
         clock.lap("copy")
         verdict = verdict_future.result()
@@ -725,7 +773,9 @@ class Ingestor:
 
         list(self.move_pool.map(copy_one, late))
         placed = [it for it in late if it not in unplaced]
-        self._remove_keys([(it.row.bucket, it.misplaced) for it in placed])
+        self._remove_keys(
+            [(it.row.bucket, it.misplaced) for it in placed], [it.row.id for it in placed]
+        )
         for it in placed:
             it.misplaced = None
         return unplaced
@@ -737,18 +787,26 @@ class Ingestor:
                 (it.row.bucket, it.final_key)
                 for it in items
                 if it.final_key and it.final_key != it.row.key
-            ]
+            ],
+            [it.row.id for it in items],
         )
 
-    def _remove_keys(self, keys: list[tuple[str, str]]) -> None:
-        """Delete (bucket, key) copies, except keys that an artwork owns (a concurrent worker
-        may have placed the same bytes under the same name)."""
+    def _remove_keys(
+        self,
+        keys: list[tuple[str, str]],
+        own_ids: Sequence[int],
+        conn: psycopg.Connection | None = None,
+    ) -> None:
+        """Delete (bucket, key) copies made for the rows ``own_ids``, except keys that an
+        artwork or another row owns (a concurrent worker may have placed the same bytes
+        under the same name: :func:`artclf_core.db.owned_keys`)."""
+        conn = conn or self.tail_conn
         by_bucket: dict[str, list[str]] = {}
         for bucket, key in keys:
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, names in by_bucket.items():
-            owned = db.artwork_keys(self.tail_conn, bucket, names)
-            self.tail_conn.commit()
+            owned = db.owned_keys(conn, bucket, names, own_ids)
+            conn.commit()
             names = [k for k in names if k not in owned]
             try:
                 s3lib.delete_many(self.s3, bucket, names)
@@ -801,6 +859,7 @@ class Ingestor:
                         duplicate_kind=it.duplicate_kind,
                         distance=it.distance,
                         finalized=it.in_place and it.state in TERMINAL,
+                        stray_key=it.misplaced,
                     )
                     for it in items
                     if it.state != "phantom"
@@ -827,22 +886,33 @@ class Ingestor:
         self.tail_conn.commit()
 
     def _finish_moves(self, rows: Iterable[db.LogRow]) -> int:
-        """Finish moves that a crashed run committed but did not complete."""
-        rows = [r for r in rows if r.final_key and r.final_key != r.key]
+        """Finish moves that a crashed run committed but did not complete: copy to the final
+        key with the same trace metadata as a first move, delete the source, drop a stray
+        copy the row still records, and mark the row finalized."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        fields = db.trace_fields(self.conn, [r.id for r in rows])
+        self.conn.commit()
+        strays = [(r.bucket, r.intended_key) for r in rows if r.intended_key]
+        if strays:
+            self._remove_keys(strays, [r.id for r in rows], self.conn)
 
         def finish(row: db.LogRow) -> bool:
+            if not row.final_key or row.final_key == row.key:
+                return True  # decided in place: nothing to move
+            f = fields.get(row.id, {})
+            meta = _trace(
+                row.state,
+                row.id,
+                row.key,
+                reason=f.get("reason"),
+                label=f.get("label"),
+                duplicate_of=f.get("duplicate_of"),
+                artwork_id=f.get("artwork_id"),
+            )
             try:
-                s3lib.copy(
-                    self.s3,
-                    row.bucket,
-                    row.key,
-                    row.final_key,
-                    {
-                        "artclf-log-id": str(row.id),
-                        "artclf-state": row.state,
-                        "artclf-source-key": urllib.parse.quote(row.key),
-                    },
-                )
+                s3lib.copy(self.s3, row.bucket, row.key, row.final_key, meta)
                 s3lib.delete(self.s3, row.bucket, row.key)
                 return True
             except ClientError as exc:

@@ -20,6 +20,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from artclf_airflow.assets import incoming_asset
 from artclf_airflow.connections import settings_from_connections
+from artclf_airflow.defaults import DEFAULT_ARGS
 from artclf_airflow.preload import quiet_libraries
 
 log = logging.getLogger("artclf.dag")
@@ -246,7 +247,7 @@ def report(batches: list[list[int]] | None, summaries) -> dict:
     dagrun_timeout=timedelta(hours=6),
     tags=["artclf", "ingest", "event-driven"],
     doc_md=DOC_MD,
-    default_args={"owner": "artclf"},
+    default_args=DEFAULT_ARGS,
     params={
         "prefix": Param(
             "incoming/",

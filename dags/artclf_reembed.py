@@ -15,6 +15,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from artclf_airflow.assets import models_asset
 from artclf_airflow.connections import settings_from_connections
+from artclf_airflow.defaults import DEFAULT_ARGS
 from artclf_airflow.preload import quiet_libraries
 
 log = logging.getLogger("artclf.dag")
@@ -136,7 +137,7 @@ def atlas(version: str) -> dict:
     dagrun_timeout=timedelta(hours=12),
     tags=["artclf", "ml", "embeddings"],
     doc_md=DOC_MD,
-    default_args={"owner": "artclf"},
+    default_args=DEFAULT_ARGS,
     params={
         "version": Param(
             None,

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from artclf_airflow.assets import models_asset
 from artclf_airflow.connections import settings_from_connections
+from artclf_airflow.defaults import DEFAULT_ARGS
 from artclf_airflow.preload import quiet_libraries
 
 log = logging.getLogger("artclf.dag")
@@ -114,7 +115,7 @@ def announce_promotion(summary: dict, *, outlet_events=None) -> str:
     dagrun_timeout=timedelta(hours=3),
     tags=["artclf", "ml", "retraining"],
     doc_md=DOC_MD,
-    default_args={"owner": "artclf"},
+    default_args=DEFAULT_ARGS,
     params={
         "arch": Param(
             os.environ.get("ARTCLF_TRAIN_ARCH") or None,

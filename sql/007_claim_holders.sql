@@ -14,7 +14,15 @@
 
 ALTER TABLE artclf.ingest_log
     ADD COLUMN claim_pid integer,           -- pg_backend_pid() of the claiming session
-    ADD COLUMN claim_session_start timestamptz;  -- its backend_start
+    ADD COLUMN claim_session_start timestamptz,  -- its backend_start
+    -- A copy of the object that may exist at this key without being the row's final place:
+    -- written (and committed) before the pipeline copies to it, kept on a late duplicate's
+    -- abandoned catalog/ copy until that is removed, cleared when the row is finalized. A
+    -- run that takes the row over, or finishes its move, removes that copy unless an
+    -- artwork or another row's copy owns the key: no orphan under catalog/ or duplicates/.
+    ADD COLUMN intended_key text;
+CREATE INDEX ingest_log_intended_key ON artclf.ingest_log (bucket, intended_key)
+    WHERE intended_key IS NOT NULL;
 
 CREATE FUNCTION artclf.claim_is_dead(
     p_claimed_at timestamptz, p_pid integer, p_started timestamptz, p_lease_seconds integer

@@ -62,6 +62,13 @@ def test_every_dag_file_imports_without_errors(dagbag):
     assert {DAG_ID, "artclf_retrain", "artclf_reembed"} <= set(dagbag.dags)
 
 
+def test_every_task_retries(dagbag):
+    """A database or S3 blip must not fail a run that a second try would finish."""
+    for dag_id in (DAG_ID, "artclf_retrain", "artclf_reembed"):
+        for t in dagbag.dags[dag_id].tasks:
+            assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
+
+
 def test_retraining_and_reembedding_dags_shape(dagbag):
     retrain = dagbag.dags["artclf_retrain"]
     assert set(retrain.task_ids) == {"train_and_gate", "promoted", "announce_promotion"}

@@ -34,6 +34,22 @@ def _drop(settings, n: int) -> None:
         client.put_object(Bucket=settings.bucket, Key=f"incoming/k{i:04d}.jpg", Body=body)
 
 
+def _assert_no_orphans_and_full_history(client, bucket, artwork_keys, final_keys) -> None:
+    """Every object under catalog/ is an artwork, every one under duplicates/ or quarantine/
+    is a log row's final place, and each carries its whole trace metadata."""
+    for prefix in ("catalog/", "duplicates/", "quarantine/"):
+        for page in s3lib.iter_pages(client, bucket, prefix):
+            for ref in page:
+                owners = artwork_keys if prefix == "catalog/" else final_keys
+                assert ref.key in owners, f"orphan {ref.key}"
+                meta = client.head_object(Bucket=bucket, Key=ref.key)["Metadata"]
+                assert {"artclf-state", "artclf-log-id", "artclf-source-key"} <= set(meta), ref.key
+                if prefix == "catalog/":
+                    assert "artclf-label" in meta, ref.key
+                if prefix == "duplicates/":
+                    assert "artclf-duplicate-of" in meta, ref.key
+
+
 def _start_ingest(stack_env: dict[str, str], home: Path) -> subprocess.Popen:
     env = {**os.environ, **stack_env, "ARTCLF_HOME": str(home)}
     cli = [sys.executable, "-m", "artclf_core.cli", "ingest", "--batch-size", "16"]
@@ -88,7 +104,10 @@ def test_an_immediate_rerun_finishes_what_a_killed_ingest_claimed(clean, stack, 
             " HAVING count(*) > 1) AS d"
         ).fetchone()[0]
         claims = conn.execute("SELECT count(*) FROM artclf.claims").fetchone()[0]
+        artwork_keys = {r[0] for r in conn.execute("SELECT key FROM artclf.artworks")}
+        final_keys = {r[0] for r in conn.execute("SELECT final_key FROM artclf.ingest_log")}
     assert unfinished == 0 and twice == 0 and claims == 0
+    _assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
     print(f"{signal.Signals(sig).name}: re-run finished {N_OBJECTS} objects in {recovery:.1f}s")
 
 
@@ -111,3 +130,36 @@ def test_a_claim_of_a_live_session_is_kept_and_of_a_dead_one_taken(clean):
         with pytest.raises(db.ClaimLost):
             db.record_outcomes(other, [db.Outcome(log_id=ids[0], state="failed")], "first")
         other.rollback()
+
+
+def test_copies_of_a_run_that_died_before_its_commit_are_not_left_behind(clean, model):
+    """A run dies after copying a batch to catalog/ and before committing it; meanwhile one
+    of the objects is deleted from incoming/. The next run must remove that copy (the
+    intended key was recorded before copying) and catalogue the rest exactly once."""
+    settings = clean
+    client = s3lib.client(settings)
+    for i in range(4):
+        body = imagegen.encode(imagegen.make_artwork(300 + i))
+        client.put_object(Bucket=settings.bucket, Key=f"incoming/d{i}.jpg", Body=body)
+
+    class Crash(BaseException):
+        """Not an Exception: nothing on the way out gets to clean up, as with a kill."""
+
+    class DiesBeforeCommit(Ingestor):
+        def _commit(self, batch, new_rows):
+            raise Crash()
+
+    with DiesBeforeCommit(settings, model=model) as ing, pytest.raises(Crash):
+        ing.ingest_prefix("incoming/")
+    copies = [r.key for p in s3lib.iter_pages(client, settings.bucket, "catalog/") for r in p]
+    assert len(copies) == 4  # copied, never committed
+    client.delete_object(Bucket=settings.bucket, Key="incoming/d0.jpg")
+
+    with Ingestor(settings, model=model) as ing:
+        summary = ing.ingest_prefix("incoming/")
+    assert summary.catalogued == 3, summary
+    with db.connect(settings.db_url) as conn:
+        artwork_keys = {r[0] for r in conn.execute("SELECT key FROM artclf.artworks")}
+        final_keys = {r[0] for r in conn.execute("SELECT final_key FROM artclf.ingest_log")}
+    assert len(artwork_keys) == 3
+    _assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
