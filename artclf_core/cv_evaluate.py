@@ -85,6 +85,32 @@ def cross_validate(
     return scores, hits / total
 
 
+def calibrated_cv(
+    feats: np.ndarray, samples, lam: float, power: float
+) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The recipe's source-family CV on ``samples`` (``feats``: (views, N, D)), calibrated:
+    ``(pooled out-of-fold report with its "calibration", calibrated out-of-fold
+    probabilities)``; None with fewer than two held-out groups (nothing to hold out).
+    What ``artclf evaluate --cv sources`` reports and what training stores in a model."""
+    from artclf_core.training import duplicate_groups
+
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    copies = duplicate_groups(samples)
+    groups = source_cv.cv_groups(list(sources), [copies[s] for s in samples])
+    if len(set(groups)) < 2:
+        return None
+    scores, p5 = cross_validate(feats, labels, sources, groups, lam, power)
+    y = np.array([CLASSES.index(c) for c in labels])
+    cal = calibration.calibration_summary(scores, y)
+    probs = calibration.softmax(scores, cal["temperature"])
+    report = source_cv.oof_report(
+        list(labels), list(sources), groups, probs, CLASSES, precision_at_5=p5
+    )
+    report["calibration"] = cal
+    return report, probs
+
+
 def trained_families(model) -> set[str] | None:
     """Source families a saved model's recorded split trained on (None: not recorded)."""
     from artclf_core.training import _trained_sources
@@ -110,29 +136,14 @@ def evaluate_by_sources(
     it recorded no split or every family was trained on), "recipe_on_model_unseen": the
     recipe on the same images, "groups", "seconds"}``."""
     from artclf_core.model import ArtModel
-    from artclf_core.training import duplicate_groups, evaluate_samples, scan_labelled_folder
+    from artclf_core.training import evaluate_samples, scan_labelled_folder
 
     started = time.perf_counter()
     samples = scan_labelled_folder(data_dir)
-    labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
-    copies = duplicate_groups(samples)
-    groups = source_cv.cv_groups(list(sources), [copies[s] for s in samples])
-    log.info(
-        "%d images, %d sources, %d held-out groups",
-        len(samples),
-        len(set(sources)),
-        len(set(groups)),
-    )
-    feats = features(samples, size, views)
-    scores, p5 = cross_validate(feats, labels, sources, groups, lam, source_power)
-    y = np.array([CLASSES.index(c) for c in labels])
-    cal = calibration.calibration_summary(scores, y)
-    probs = calibration.softmax(scores, cal["temperature"])
-    report = source_cv.oof_report(
-        list(labels), list(sources), groups, probs, CLASSES, precision_at_5=p5
-    )
-    report["calibration"] = cal
+    y = np.array([CLASSES.index(s.label) for s in samples])
+    log.info("%d images, %d sources", len(samples), len(set(sources)))
+    report, probs = calibrated_cv(features(samples, size, views), samples, lam, source_power)
     report["recipe"] = {"size": size, "views": views, "lam": lam, "source_power": source_power}
 
     model = ArtModel.load(model_path)
@@ -153,7 +164,7 @@ def evaluate_by_sources(
         "model_version": model.version,
         "model_unseen_images": n_unseen,
         "recipe_on_model_unseen": same,
-        "groups": len(set(groups)),
+        "groups": report["folds"],
         "seconds": round(time.perf_counter() - started, 1),
     }
 

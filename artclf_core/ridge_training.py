@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from artclf_core import CLASSES, calibration, ridge_head, source_cv
+from artclf_core import CLASSES, calibration, ridge_head
 from artclf_core.training import (
     Sample,
     ValMode,
     _full_report,
     describe_split,
-    duplicate_groups,
     load_images,
     scan_labelled_folder,
     split_by_source,
@@ -60,34 +59,6 @@ def backbone_features(
                 flush=True,
             )
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
-
-
-def cross_validated_calibration(
-    feats: np.ndarray,
-    samples: Sequence[Sample],
-    *,
-    lam: float,
-    source_power: float,
-) -> dict[str, Any] | None:
-    """Source-family CV of the head on ``samples`` (features ``feats``): the out-of-fold
-    report with its ``calibration`` (None with fewer than two families: nothing to hold out)."""
-    from artclf_core.cv_evaluate import cross_validate
-
-    labels = np.array([s.label for s in samples])
-    sources = np.array([s.source for s in samples])
-    copies = duplicate_groups(samples)
-    groups = source_cv.cv_groups(list(sources), [copies[s] for s in samples])
-    if len(set(groups)) < 2:
-        return None
-    scores, p5 = cross_validate(feats[None], labels, sources, groups, lam, source_power)
-    y = np.array([CLASSES.index(c) for c in labels])
-    cal = calibration.calibration_summary(scores, y)
-    probs = calibration.softmax(scores, cal["temperature"])
-    report = source_cv.oof_report(
-        list(labels), list(sources), groups, probs, CLASSES, precision_at_5=p5
-    )
-    report["calibration"] = cal
-    return report
 
 
 def train(
@@ -122,7 +93,10 @@ def train(
     f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
     feature_seconds = time.perf_counter() - started
 
-    cv = cross_validated_calibration(f_tr, tr, lam=lam, source_power=source_power)
+    from artclf_core.cv_evaluate import calibrated_cv
+
+    found = calibrated_cv(f_tr[None], tr, lam, source_power)
+    cv = found[0] if found else None
     temperature = cv["calibration"]["temperature"] if cv else 1.0
     threshold = cv["calibration"]["review"]["threshold"] if cv else None
     if verbose and cv:
