@@ -98,6 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  Airflow     {url}   login {info['AIRFLOW_USER']} / {info['AIRFLOW_PASSWORD']}")
     print(f"              DAG {DAG_ID} runs by itself when images land under incoming/")
     print(f"              {url}/dags/{DAG_ID}")
+    print(f"  Artworks    {url}/artclf/   (also under Browse in Airflow's menu)")
+    print(f"              read-only login viewer / {airflow.password('viewer')}")
     print(f"  S3          {env['ARTCLF_S3_ENDPOINT']}   bucket {env['ARTCLF_BUCKET']}")
     print(
         f"              access key {env['AWS_ACCESS_KEY_ID']}   "
@@ -112,6 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  # the {DAG_ID} DAG catalogues them within seconds: watch it in Airflow")
     print("  artclf report                    # where every dropped object ended")
     print("  artclf similar 1                 # top-5 similar artworks")
+    print("  artclf classify picture.jpg      # its label and top-5, without cataloguing it")
     print('  psql "$ARTCLF_READER_DB_URL" -c "SELECT * FROM artclf.similar_artworks(1, 5)"')
     print("  artclf down                      # stop everything (make stop)")
     return 0
@@ -275,21 +278,86 @@ def cmd_similar(args: argparse.Namespace) -> int:
         ):
             print(f"artclf similar: no artwork with id {args.id}", file=sys.stderr)
             return 1
+        query = conn.execute(
+            "SELECT best_label, location FROM artclf.catalogue WHERE id = %s", (args.id,)
+        ).fetchone()
     if args.json:
-        print(
-            json.dumps(
-                [
-                    dict(
-                        zip(("rank", "artwork_id", "location", "label", "distance"), r, strict=True)
-                    )
-                    for r in rows
-                ]
-            )
-        )
+        print(json.dumps([dict(zip(db.NEIGHBOUR_FIELDS, r, strict=True)) for r in rows]))
         return 0
-    for rank, aid, location, label, distance in rows:
-        print(f"{rank:>3}  {aid:>8}  {distance:8.4f}  {label:<12} {location}")
+    scope = "any label" if args.any_label else f"label {query[0]}"
+    print(f"artwork {args.id} ({query[0]}, {query[1]}): {len(rows)} most similar, {scope}")
+    print_neighbours(rows)
     return 0
+
+
+def print_neighbours(rows: list, indent: str = "") -> None:
+    """The neighbour table of ``artclf similar`` and ``artclf classify``, with its header."""
+    print(f"{indent}{'rank':>4}  {'artwork':>8}  {'distance':>8}  {'label':<12} location")
+    for rank, aid, location, label, distance in rows:
+        print(f"{indent}{rank:>4}  {aid:>8}  {distance:8.4f}  {label:<12} {location}")
+
+
+def read_pictures(sources: list[str], settings) -> list[tuple[str, bytes | str]]:
+    """``(name, bytes)`` for each local file or ``s3://bucket/key``; ``(name, error)`` when
+    it cannot be read at all (missing, a folder, no permission)."""
+    from artclf_core import s3 as s3lib
+
+    client = None
+    out: list[tuple[str, bytes | str]] = []
+    for source in sources:
+        try:
+            if source.startswith("s3://"):
+                bucket, _, key = source[5:].partition("/")
+                client = client or s3lib.client(settings)
+                out.append((source, s3lib.get_bytes(client, bucket, key)))
+            else:
+                out.append((source, Path(source).read_bytes()))
+        except Exception as exc:  # noqa: BLE001 - reported per picture, the others go on
+            out.append((source, f"cannot read {source}: {exc}"))
+    return out
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from artclf_core import classify, db
+
+    settings = _settings()
+    read = read_pictures(args.images, settings)
+    unreadable = {n: m for n, m in read if isinstance(m, str)}
+    pictures = [(n, d) for n, d in read if not isinstance(d, str)]
+    model = classify.load_model(settings)
+    with db.connect(settings.db_url) as conn:
+        answers = classify.classify(model, conn, pictures, k=args.k, same_label=not args.any_label)
+    by_name = {a.name: a for a in answers}
+    ordered = [
+        by_name.get(n) or classify.Answer(name=n, reason="unreadable", message=unreadable[n])
+        for n, _ in read
+    ]
+    if args.json:
+        for a in ordered:
+            print(json.dumps(a.as_dict()))
+    else:
+        for i, a in enumerate(ordered):
+            if i:
+                print()
+            if a.reason:
+                print(f"{a.name}: rejected [{a.reason}] {a.message}")
+                continue
+            others = ", ".join(
+                f"{c} {p:.3f}" for c, p in sorted(a.probabilities.items(), key=lambda x: -x[1])[1:]
+            )
+            print(
+                f"{a.name}: {a.label} {a.probability:.3f}  ({others})"
+                f"  [{a.width}x{a.height} {a.format}, model {a.model_version}]"
+            )
+            if a.catalogued_as is not None:
+                print(f"  already catalogued as artwork {a.catalogued_as}")
+            if a.note:
+                print(f"  {a.note}")
+            elif a.neighbours:
+                scope = "any label" if args.any_label else f"label {a.label}"
+                print(f"  {len(a.neighbours)} most similar, {scope}:")
+                print_neighbours([tuple(n.values()) for n in a.neighbours], indent="  ")
+    return 1 if any(a.reason for a in ordered) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -416,6 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-label", action="store_true", help="do not restrict to its label")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser(
+        "classify",
+        help="label, probabilities and most similar artworks of pictures (nothing catalogued)",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="a local file or s3://bucket/key")
+    p.add_argument("-k", type=int, default=5, help="neighbours per picture (default 5)")
+    p.add_argument("--any-label", action="store_true", help="neighbours of any label")
+    p.add_argument("--json", action="store_true", help="one JSON object per picture")
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("report", help="counts of objects by final state and reason")
     p.add_argument(

@@ -21,6 +21,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 MIGRATION_LOCK = 0x61727463  # pg_advisory_lock key: "artc"
+#: Columns of artclf.similar_artworks and artclf.similar_to_embedding, in order; also the
+#: keys of a neighbour in JSON answers (CLI and API).
+NEIGHBOUR_FIELDS = ("rank", "artwork_id", "location", "label", "distance")
 
 
 def sql_dir() -> Path:
@@ -471,7 +474,8 @@ def record_outcomes(conn: psycopg.Connection, outcomes: Sequence[Outcome], worke
         SET state = o.state, final_key = o.final_key, reason = o.reason, message = o.message,
             artwork_id = o.artwork_id, duplicate_of = o.duplicate_of,
             duplicate_kind = o.duplicate_kind, distance = o.distance,
-            finalized = o.finalized, claimed_at = NULL, claimed_by = NULL, claim_pid = NULL,
+            finalized = o.finalized, handled_by = l.claimed_by,
+            claimed_at = NULL, claimed_by = NULL, claim_pid = NULL,
             claim_session_start = NULL, intended_key = o.stray_key, updated_at = now()
         FROM unnest({unnest}) AS o({", ".join(fields)})
         WHERE l.id = o.log_id AND l.state = 'processing' AND l.claimed_by = %s

@@ -13,9 +13,11 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import browser
 import imagegen
 import pytest
 
@@ -52,6 +54,30 @@ def request(url: str, *, token: str | None = None, body: dict | None = None) -> 
     data = json.dumps(body).encode() if body is not None else None
     with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def status_of(url: str, *, token: str | None = None, body: dict | None = None) -> int:
+    """The HTTP status of a request (redirects not followed)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        request_opener = urllib.request.build_opener(NoRedirect)
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        with request_opener.open(urllib.request.Request(url, data, headers), timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def token_for(url: str, user: str, password: str) -> str:
+    body = {"username": user, "password": password}
+    return request(url + "/auth/token", body=body)["access_token"]
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 1.0):
@@ -147,23 +173,31 @@ def test_artclf_up_runs_everything_and_down_leaves_nothing(tmp_path):
 
         # The product: drop images, they are catalogued by an asset-triggered run.
         s3 = s3lib.client(Settings.from_env(env))
-        for i in range(2):
+        for i in range(N_UP):
             s3.put_object(
                 Bucket=env["ARTCLF_BUCKET"],
                 Key=f"incoming/up/art{i}.jpg",
                 Body=imagegen.encode(imagegen.make_artwork(600 + i)),
             )
+        s3.put_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/up/notes.jpg", Body=b"<p>x</p>")
 
         def catalogued() -> bool:
             with db.connect(env["ARTCLF_DB_URL"]) as conn:
                 states = conn.execute(
                     "SELECT state, finalized FROM artclf.ingest_log WHERE key LIKE 'incoming/up/%'"
+                    " ORDER BY key = 'incoming/up/notes.jpg', key"
                 ).fetchall()
-            return len(states) == 2 and all(s == ("catalogued", True) for s in states)
+            done = [("catalogued", True)] * N_UP + [("quarantined", True)]
+            return states == done
 
         wait_for(catalogued, 240, "the drop is catalogued", interval=2.0)
         runs = request(f"{api}/dags/{DAG_ID}/dagRuns", token=token)["dag_runs"]
         assert any(r["run_type"] == "asset_triggered" for r in runs), runs
+
+        # The catalogue API and the Artworks page, inside Airflow, behind Airflow's auth.
+        viewer = token_for(info["AIRFLOW_URL"], "viewer", airflow.password("viewer"))
+        check_catalogue_api(info["AIRFLOW_URL"], token, viewer, {r["dag_run_id"] for r in runs})
+        check_artworks_page(info["AIRFLOW_URL"], token)
 
         # A second `up` starts nothing and prints the same information.
         again = artclf("up", home=home, timeout=120)
@@ -184,6 +218,96 @@ def test_artclf_up_runs_everything_and_down_leaves_nothing(tmp_path):
     assert not pid_alive(pg_pid) and not pid_alive(weed_pid)
     assert not airflow.is_running()
     print(f"artclf up took {up_seconds:.0f} s", file=sys.stderr)
+
+
+N_UP = 3
+
+
+def check_catalogue_api(url: str, admin: str, viewer: str, run_ids: set[str]) -> None:
+    """Every route refuses anonymous callers; a viewer reads but may not change labels; the
+    nav lists the Artworks page; the lake links a quarantined object to its DAG run."""
+    base = url + "/artclf"
+    for path in (
+        "/",
+        "/static/app.js",
+        "/api/openapi.json",
+        "/api/artworks",
+        "/api/review",
+        "/api/artworks/1",
+        "/api/artworks/1/thumbnail",
+        "/api/artworks/1/image",
+        "/api/lake",
+        "/api/models",
+        "/api/whoami",
+        "/api/models/v/plots/p.png",
+    ):
+        expected = 303 if path == "/" else 401  # the page sends a browser to the login
+        assert status_of(base + path) == expected, path
+        assert status_of(base + path, token="not-a-token") in (401, 403), path
+    assert status_of(base + "/api/review/1", body={"label": "painting"}) == 401
+    assert status_of(base + "/api/classify", body={}) == 401
+
+    assert request(base + "/api/whoami", token=viewer) == {"user": "viewer", "can_edit": False}
+    items = request(base + "/api/artworks", token=viewer)["items"]
+    assert len(items) == N_UP
+    target = items[0]
+    other = "sculpture" if target["label"] != "sculpture" else "painting"
+    change = f"{base}/api/review/{target['id']}"
+    assert status_of(change, token=viewer, body={"label": other}) == 403
+    assert request(change, token=admin, body={"label": other})["curated_by"] == "admin"
+
+    lake = request(base + "/api/lake", token=viewer)
+    (quarantined,) = lake["quarantined"]
+    assert quarantined["reason"] == "not_an_image" and quarantined["run"]["run_id"] in run_ids
+    plugins = request(url + "/api/v2/plugins", token=viewer)["plugins"]
+    views = [v for p in plugins for v in p["external_views"]]
+    assert any(
+        (v["name"], v["href"], v["destination"]) == ("Artworks", "/artclf/", "nav") for v in views
+    ), views
+
+
+def check_artworks_page(url: str, admin: str) -> None:
+    """The page in a real browser, inside the Airflow UI's session: grid, an artwork and its
+    neighbours, search by image, the review queue, the lake and the models."""
+    with browser.browser() as b:
+        context = b.new_context()
+        context.add_cookies([{"name": "_token", "value": admin, "url": url}])
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "/artclf/")
+        page.wait_for_selector(".card img")
+        assert page.locator("#grid .card").count() == N_UP
+        page.locator("#grid .card").first.click()
+        page.locator("#any-label").check()  # every other artwork, whatever its label
+        page.wait_for_function(
+            f"document.querySelectorAll('#neighbours .card').length == {N_UP - 1}"
+        )
+        assert "Curated: " in page.locator("#curation").inner_text()  # changed above
+
+        page.goto(url + "/artclf/#/search")
+        picture = imagegen.encode(imagegen.make_artwork(650))
+        page.set_input_files(
+            "#file", files=[{"name": "q.jpg", "mimeType": "image/jpeg", "buffer": picture}]
+        )
+        page.wait_for_selector("#answer", timeout=120_000)  # TensorFlow loads on first use
+        assert "%" in page.locator("#answer").inner_text()
+        assert page.locator("#result .card").count() >= 1
+
+        for view, selector, text in (
+            ("lake", "#counts", "not_an_image"),
+            ("models", "#models", "(active)"),
+            ("review", "h1", "Review"),
+        ):
+            page.goto(f"{url}/artclf/#/{view}")
+            assert text in page.locator(selector).inner_text(), view
+        # The nav entry opens the same page inside the Airflow UI.
+        page.goto(url + "/plugin/artworks")
+        page.wait_for_selector("iframe")
+        frame = page.frame_locator("iframe")
+        frame.locator(".card").first.wait_for()
+        assert errors == [], errors
 
 
 def _session(sid: int) -> list[int]:

@@ -53,6 +53,47 @@ def test_drop_ingest_similar_report(stack, clean, tmp_path):
     assert missing.returncode == 1 and "no artwork with id 999999" in missing.stderr
 
 
+def test_classify_answers_without_cataloguing(stack, clean, tmp_path):
+    _, env = stack
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for i in range(6):
+        imagegen.make_artwork(700 + i).save(folder / f"w{i}.jpg", quality=90)
+    assert run(env, "drop", str(folder)).returncode == 0
+    assert run(env, "ingest").returncode == 0
+    new = tmp_path / "new.png"
+    imagegen.make_artwork(777).save(new)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"%PDF-1.7 not a picture")
+
+    human = run(env, "classify", str(new), str(folder / "w2.jpg"), "-k", "3", "--any-label")
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines[0].startswith(f"{new}: ") and "[" in lines[0]
+    assert "  3 most similar, any label:" in human.stdout
+    assert "rank   artwork  distance  label" in human.stdout
+    assert "already catalogued as artwork" in human.stdout  # w2.jpg is in the lake
+
+    as_json = run(env, "classify", str(new), str(bad), str(tmp_path / "missing.jpg"), "--json")
+    assert as_json.returncode == 1  # some pictures were rejected
+    answers = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [a["name"] for a in answers] == [str(new), str(bad), str(tmp_path / "missing.jpg")]
+    ok, rejected, missing = answers
+    assert ok["label"] in ok["probabilities"] and 1 <= len(ok["neighbours"]) <= 5
+    assert all(n["label"] == ok["label"] for n in ok["neighbours"])
+    assert rejected["reason"] == "unsupported_format" and "PDF" in rejected["message"]
+    assert missing["reason"] == "unreadable"
+
+    import psycopg
+
+    with psycopg.connect(env["ARTCLF_DB_URL"]) as conn:
+        assert conn.execute("SELECT count(*) FROM artclf.artworks").fetchone()[0] == 6
+
+    similar = run(env, "similar", str(_first_artwork_id(env)), "-k", "2")
+    assert similar.stdout.splitlines()[0].startswith(f"artwork {_first_artwork_id(env)} (")
+    assert "rank   artwork  distance  label" in similar.stdout
+
+
 def _first_artwork_id(env: dict) -> int:
     import psycopg
 

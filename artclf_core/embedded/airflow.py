@@ -56,6 +56,10 @@ from artclf_core.embedded.procs import pick_port, wait_until
 
 #: The one Airflow user of the embedded instance (simple auth manager, role admin).
 ADMIN_USER = "admin"
+#: Logins of the embedded instance and their simple-auth-manager roles: the admin, and a
+#: read-only user for people who browse the catalogue (the Artworks page) but may not
+#: change labels or run DAGs. Passwords are generated once, in passwords.json.
+USERS = {ADMIN_USER: "admin", "viewer": "viewer"}
 #: The DAG that ingests drops (``dags/artclf_ingest.py``).
 DAG_ID = "artclf_ingest"
 #: Connection ids the DAG reads (``plugins/artclf_airflow/connections.py``).
@@ -220,8 +224,8 @@ class EmbeddedAirflow:
     def url(self) -> str:
         return f"http://127.0.0.1:{int(self.port_file.read_text())}"
 
-    def password(self) -> str:
-        return json.loads(self.passwords_file.read_text())[ADMIN_USER]
+    def password(self, user: str = ADMIN_USER) -> str:
+        return json.loads(self.passwords_file.read_text())[user]
 
     def info(self) -> dict[str, str]:
         """What a user needs to reach this Airflow (the password included: it is local)."""
@@ -395,14 +399,15 @@ class EmbeddedAirflow:
         return values
 
     def _write_passwords(self) -> None:
-        """The simple auth manager's password file, with a password generated once."""
+        """The simple auth manager's password file: a password generated once per user."""
+        known: dict[str, str] = {}
         if self.passwords_file.exists():
             self.passwords_file.chmod(0o600)
-            if ADMIN_USER in json.loads(self.passwords_file.read_text() or "{}"):
+            known = json.loads(self.passwords_file.read_text() or "{}")
+            if set(USERS) <= set(known):
                 return
-        _write_private(
-            self.passwords_file, json.dumps({ADMIN_USER: secrets.token_urlsafe(12)}) + "\n"
-        )
+        passwords = {user: known.get(user) or secrets.token_urlsafe(12) for user in USERS}
+        _write_private(self.passwords_file, json.dumps(passwords) + "\n")
 
     def _write_config(self, port: int) -> None:
         """``airflow.cfg`` for this instance; rewritten at every start (ports may move)."""
@@ -419,7 +424,7 @@ class EmbeddedAirflow:
                 "load_examples": "False",
                 "executor": "LocalExecutor",
                 "auth_manager": SIMPLE_AUTH_MANAGER,
-                "simple_auth_manager_users": f"{ADMIN_USER}:admin",
+                "simple_auth_manager_users": ",".join(f"{u}:{r}" for u, r in USERS.items()),
                 "simple_auth_manager_passwords_file": self.passwords_file,
                 "fernet_key": sec["fernet_key"],
                 # Active as soon as it is parsed: the product is "drop an image, it is
