@@ -19,6 +19,8 @@ from typing import Any
 from artclf_core import CLASSES, db
 
 MAX_PAGE = 200
+#: The review queue's length is counted up to this many (then reported as "10,000+").
+COUNT_CAP = 10_000
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def artwork_object(conn: Any, artwork_id: int) -> dict[str, Any] | None:
 
 
 def review_queue(conn: Any, *, limit: int = 60) -> dict[str, Any]:
-    """The least confident unconfirmed predictions of the active model, and the threshold."""
+    """The least confident unconfirmed predictions of the active model, the threshold and
+    the queue's length (``total``, at most ``COUNT_CAP``; ``total_capped`` when longer)."""
     limit = max(1, min(limit, MAX_PAGE))
     items = db.fetch_dicts(
         conn,
@@ -136,11 +139,20 @@ def review_queue(conn: Any, *, limit: int = 60) -> dict[str, Any]:
         " FROM artclf.review_queue() LIMIT %s",
         (limit,),
     )
+    # Counted up to COUNT_CAP: an exact count of a queue of 90,000 costs a scan of it on
+    # every page view, and "10,000+" says as much to a curator.
     threshold, total = conn.execute(
-        "SELECT artclf.review_threshold(), (SELECT count(*) FROM artclf.review_queue())"
+        "SELECT artclf.review_threshold(),"
+        " (SELECT count(*) FROM (SELECT 1 FROM artclf.review_queue() LIMIT %s) AS q)",
+        (COUNT_CAP + 1,),
     ).fetchone()
     conn.commit()
-    return {"threshold": threshold, "total": total, "items": items}
+    return {
+        "threshold": threshold,
+        "total": min(total, COUNT_CAP),
+        "total_capped": total > COUNT_CAP,
+        "items": items,
+    }
 
 
 def confirm_label(conn: Any, artwork_id: int, label: str, curator: str) -> dict[str, Any]:

@@ -306,7 +306,8 @@ def write_version_atlas(
     """The embedding atlas of one version's catalogue embeddings (default: the active one).
 
     Written to ``out_path`` (default ``$ARTCLF_HOME/atlas/<version>.html``) and, with
-    ``upload``, next to the model in the lake: ``s3://<bucket>/models/<version>/atlas.html``.
+    ``upload``, next to the model in the lake: ``s3://<bucket>/models/<version>/atlas.html``,
+    recorded among the version's ``plots`` (``atlas.html``).
     """
     from artclf_core import atlas
 
@@ -348,4 +349,12 @@ def write_version_atlas(
             str(out_path), settings.bucket, key, ExtraArgs={"ContentType": "text/html"}
         )
         summary["uri"] = f"s3://{settings.bucket}/{key}"
+        # Listed with the version's plots, so the Models page and API link to it.
+        with db.connect(settings.db_url) as conn:
+            conn.execute(
+                "UPDATE artclf.model_versions SET plots = coalesce(plots, '{}'::jsonb)"
+                " || jsonb_build_object('atlas.html', %s::text) WHERE version = %s",
+                (summary["uri"], version),
+            )
+            conn.commit()
     return summary

@@ -236,16 +236,25 @@ def test_review_needs_the_edit_role_and_records_the_curator(catalogue):
     assert client.get("/api/whoami", headers=EDITOR).json() == {"user": "carla", "can_edit": True}
 
 
-def test_lake_models_schema_and_page(catalogue):
-    client, _, _ = catalogue
+def test_lake_models_schema_and_page(catalogue, tmp_path):
+    client, settings, _ = catalogue
     lake = client.get("/api/lake", headers=VIEWER).json()
     counts = {(c["state"], c["reason"]): c["n"] for c in lake["counts"]}
     assert counts[("catalogued", None)] == N and counts[("quarantined", "not_an_image")] == 1
     (q,) = lake["quarantined"]
     assert q["key"] == "incoming/web/notes.jpg" and q["final_key"].startswith("quarantine/")
     assert q["run"] is None  # ingested by the library, not by a DAG run
+    from artclf_core import reembed
+
+    reembed.write_version_atlas(settings, out_path=tmp_path / "atlas.html")
     models = client.get("/api/models", headers=VIEWER).json()
     assert [m["is_active"] for m in models].count(True) == 1
+    (active,) = [m for m in models if m["is_active"]]
+    assert set(active["plots"]) == {"atlas.html"}
+    atlas = client.get(f"/api/models/{active['version']}/plots/atlas.html", headers=VIEWER)
+    assert atlas.status_code == 200 and atlas.headers["content-type"].startswith("text/html")
+    unknown = client.get(f"/api/models/{active['version']}/plots/..%2Fsecrets", headers=VIEWER)
+    assert unknown.status_code == 404
     schema = client.get("/api/openapi.json", headers=VIEWER).json()
     assert "/api/classify" in schema["paths"] and "/api/artworks/{artwork_id}" in schema["paths"]
     page = client.get("/", headers=VIEWER)

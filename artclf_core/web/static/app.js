@@ -182,7 +182,7 @@ async function showReview() {
     list.append(row);
   }
   view.replaceChildren(el("h1", {}, "Review"),
-    el("p", {}, `${data.total} prediction(s) below ${pct(data.threshold)} confidence await a curator`),
+    el("p", {}, `${data.total.toLocaleString()}${data.total_capped ? "+" : ""} prediction(s) below ${pct(data.threshold)} confidence await a curator`),
     data.items.length ? list : el("p", {}, "Nothing to review."));
 }
 
