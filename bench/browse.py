@@ -120,9 +120,7 @@ def main() -> int:
     print(f"labels: {', '.join(CLASSES)}; ratio = p50 / p50 at {sizes[0]} artworks")
     print(f"{'request':<40}" + "".join(f"{n:>18,}" for n in sizes) + f"{'ratio':>8}")
     for name in base:
-        cells = "".join(
-            f"{results[n][name][0]:>9.1f} /{results[n][name][1]:>6.1f}" for n in sizes
-        )
+        cells = "".join(f"{results[n][name][0]:>9.1f} /{results[n][name][1]:>6.1f}" for n in sizes)
         ratio = results[sizes[-1]][name][0] / base[name][0]
         print(f"{name:<40}{cells}{ratio:>8.2f}")
     if args.json:

@@ -30,6 +30,7 @@ from fastapi import HTTPException, status
 
 from artclf_core.web.app import Access, Caller, create_app
 
+
 def _may(user, method: str) -> bool:
     return bool(get_auth_manager().is_authorized_asset(method=method, user=user))
 
