@@ -193,13 +193,14 @@ class _Item:
 
 
 def catalog_key(label: str, sha256: str, key: str) -> str:
-    """``catalog/<label>/<sha256[:16]>-<name>``: unique per content, stable across re-runs."""
-    return f"{CATALOG_PREFIX}{label}/{sha256[:16]}-{s3lib.basename(key)}"
+    """``catalog/<label>/<sha256[:16]>-<name>``: unique per content, stable across re-runs
+    (an over-long name is shortened to fit the store, :func:`artclf_core.s3.fit_key`)."""
+    return s3lib.fit_key(f"{CATALOG_PREFIX}{label}/", f"{sha256[:16]}-", s3lib.basename(key))
 
 
 def side_key(prefix: str, log_id: int, key: str) -> str:
-    """``duplicates/<log id>-<name>`` or ``quarantine/<log id>-<name>``."""
-    return f"{prefix}{log_id}-{s3lib.basename(key)}"
+    """``duplicates/<log id>-<name>`` or ``quarantine/<log id>-<name>`` (shortened to fit)."""
+    return s3lib.fit_key(prefix, f"{log_id}-", s3lib.basename(key))
 
 
 def trace_metadata(item: _Item) -> dict[str, str]:

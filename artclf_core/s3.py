@@ -7,6 +7,7 @@ between leaves the object in both places (repaired by the next run), never in ne
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections.abc import Iterator
 
@@ -107,3 +108,36 @@ def delete_many(s3, bucket: str, keys: list[str]) -> set[str]:
 
 def basename(key: str) -> str:
     return posixpath.basename(key) or "object"
+
+
+#: Bytes per path part ("folder" or file name) that SeaweedFS accepts, like most file systems
+#: behind object stores; and bytes per key on AWS S3 and MinIO.
+MAX_PART_BYTES = 255
+MAX_KEY_BYTES = 1024
+
+
+def fit_key(folder: str, prefix: str, name: str) -> str:
+    """``folder + prefix + name``, with ``name`` shortened when the last path part or the
+    whole key would exceed what stores accept (:data:`MAX_PART_BYTES`, :data:`MAX_KEY_BYTES`).
+
+    A name dropped under ``incoming/`` can be accepted there and still be too long once the
+    lake prefixes it (``catalog/<label>/<hash>-``): such an object could never be moved. The
+    shortening is deterministic (a re-run computes the same key), keeps the extension, cuts
+    on a UTF-8 character boundary and inserts ``~`` and 8 hex digits of the whole name's
+    SHA-1, so two long names that share their start stay apart. The full original key is
+    kept in the object's ``artclf-source-key`` metadata and in the catalogue.
+    """
+    budget = min(
+        MAX_PART_BYTES - len(prefix.encode()),
+        MAX_KEY_BYTES - len(folder.encode()) - len(prefix.encode()),
+    )
+    raw = name.encode()
+    if len(raw) <= budget:
+        return folder + prefix + name
+    stem, ext = posixpath.splitext(name)
+    if len(ext.encode()) > 16:
+        stem, ext = name, ""
+    tag = "~" + hashlib.sha1(raw).hexdigest()[:8]
+    keep = budget - len(ext.encode()) - len(tag)
+    short = stem.encode()[:keep].decode("utf-8", "ignore")
+    return folder + prefix + short + tag + ext

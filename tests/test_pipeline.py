@@ -7,6 +7,8 @@ catalogued (catalog/<label>/), duplicate of N (duplicates/), quarantined with a 
 
 from __future__ import annotations
 
+import urllib.parse
+
 import imagegen
 import pytest
 
@@ -415,3 +417,53 @@ def test_near_duplicate_lookup_keeps_to_the_indexes_after_a_truncate(clean):
         conn.rollback()
     assert sorted(found) == list(range(8))  # each row finds itself
     assert plans and "Seq Scan" not in plans[0], plans
+
+
+def test_names_too_long_for_the_lake_are_shortened_not_parked(clean, model):
+    """A name the store accepts under incoming/ but not behind catalog/<label>/<hash>- is
+    catalogued under a deterministic shorter key; its copy and a bad file with the same kind
+    of name land in duplicates/ and quarantine/ the same way. Nothing fails or is parked."""
+    settings = clean
+    client = s3lib.client(settings)
+    long_name = "Ç" * 60 + "x" * 118 + ".jpeg"  # 243 bytes: fits incoming/, not catalog/
+    data = imagegen.encode(imagegen.make_artwork(51))
+    objects = {
+        f"incoming/long/{long_name}": data,
+        f"incoming/copy/{long_name}": data,
+        f"incoming/bad/{long_name}": b"<html>no</html>",
+    }
+    put(client, settings.bucket, objects)
+    with Ingestor(settings, model=model) as ingestor:
+        summary = ingestor.ingest_prefix()
+    assert (summary.catalogued, summary.duplicates, summary.quarantined, summary.failed) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    rows = log_by_key_rows(settings)
+    assert all(r["finalized"] for r in rows)
+    for row in rows:
+        final = row["final_key"]
+        assert len(final.rsplit("/", 1)[1].encode()) <= s3lib.MAX_PART_BYTES, final
+        assert final.endswith(".jpeg")
+        # Only the catalogue's 17-byte prefix pushes this name over; "<log id>-" does not.
+        assert ("~" in final) == final.startswith("catalog/"), final
+        head = client.head_object(Bucket=settings.bucket, Key=final)
+        # S3 metadata is ASCII: the trace percent-encodes the key.
+        assert urllib.parse.unquote(head["Metadata"]["artclf-source-key"]) == row["key"]
+    assert keys(client, settings.bucket, "incoming/") == []
+
+
+def test_fit_key_is_deterministic_and_keeps_short_names():
+    assert s3lib.fit_key("catalog/painting/", "ab-", "plate 12.jpg") == (
+        "catalog/painting/ab-plate 12.jpg"
+    )
+    a = s3lib.fit_key("catalog/painting/", "0" * 16 + "-", "é" * 200 + "-a.tif")
+    b = s3lib.fit_key("catalog/painting/", "0" * 16 + "-", "é" * 200 + "-b.tif")
+    assert a != b and a.endswith(".tif")
+    assert a == s3lib.fit_key("catalog/painting/", "0" * 16 + "-", "é" * 200 + "-a.tif")
+    assert len(a.rsplit("/", 1)[1].encode()) <= 255
+    a.encode().decode("utf-8")  # cut on a character boundary
+    deep = s3lib.fit_key("quarantine/" + "d/" * 450, "7-", "n" * 200 + ".png")
+    assert len(deep.encode()) <= s3lib.MAX_KEY_BYTES
