@@ -227,10 +227,7 @@ def model_plot(conn: Any, version: str, name: str) -> str | None:
     """The ``s3://`` URL of one plot a model version recorded (its ``plots`` or the atlas
     next to it); ``None`` when the version recorded no such plot."""
     row = conn.execute(
-        "SELECT plots, artifact FROM artclf.model_versions WHERE version = %s", (version,)
+        "SELECT plots->>%s FROM artclf.model_versions WHERE version = %s", (name, version)
     ).fetchone()
     conn.commit()
-    if row is None:
-        return None
-    plots = dict(row[0] or {})
-    return plots.get(name)
+    return row[0] if row else None

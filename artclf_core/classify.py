@@ -75,12 +75,7 @@ def analyse(
     for name, data in pictures:
         answer = Answer(name=name)
         try:
-            if len(data) > limits.max_bytes:
-                raise ImageRejected(
-                    "too_large_file",
-                    f"file is {len(data)} bytes, the limit is {limits.max_bytes} bytes",
-                )
-            decoded = decode_image(data, limits)
+            decoded = decode_image(data, limits)  # refuses too_large_file before parsing
         except ImageRejected as exc:
             answer.reason, answer.message = exc.reason, exc.message
             answers.append(answer)
@@ -116,25 +111,35 @@ def add_neighbours(
     """Fill each classified answer's k nearest catalogued artworks (cosine distance)."""
     active = db.active_version(conn)
     known = db.find_exact(conn, [a.sha256 for a in answers if a.sha256])
-    for answer, vector in zip(answers, embeddings, strict=True):
+    asked: list[int] = []
+    for i, (answer, vector) in enumerate(zip(answers, embeddings, strict=True)):
         if vector is None:
             continue
         answer.catalogued_as = known.get(answer.sha256 or "")
         if active is None:
             answer.note = "the catalogue is empty: no model is active yet"
-            continue
-        if answer.model_version != active:
+        elif answer.model_version != active:
             answer.note = (
                 f"classified by {answer.model_version}, but the catalogue serves {active}'s "
                 "embeddings: no neighbours (unset ARTCLF_MODEL to use the active model)"
             )
-            continue
+        else:
+            asked.append(i)
+    if asked:  # one round trip for the whole batch
         rows = conn.execute(
-            "SELECT rank, artwork_id, location, label, distance"
-            " FROM artclf.similar_to_embedding(%s::vector, %s, %s)",
-            (db.vector_text(vector), k, answer.label if same_label else None),
+            "SELECT q.i, n.rank, n.artwork_id, n.location, n.label, n.distance"
+            " FROM unnest(%s::int[], %s::text[], %s::text[]) AS q(i, v, label)"
+            " CROSS JOIN LATERAL artclf.similar_to_embedding(q.v::vector, %s, q.label) AS n"
+            " ORDER BY q.i, n.rank",
+            (
+                asked,
+                [db.vector_text(embeddings[i]) for i in asked],
+                [answers[i].label if same_label else None for i in asked],
+                k,
+            ),
         ).fetchall()
-        answer.neighbours = [dict(zip(db.NEIGHBOUR_FIELDS, r, strict=True)) for r in rows]
+        for i, *neighbour in rows:
+            answers[i].neighbours.append(dict(zip(db.NEIGHBOUR_FIELDS, neighbour, strict=True)))
     conn.commit()
 
 

@@ -40,6 +40,11 @@ def settings(stack):
 @pytest.fixture
 def clean(settings):
     """Empty catalogue and bucket before a test (the stack itself is shared)."""
+    return reset(settings)
+
+
+def reset(settings):
+    """Empty the catalogue and the bucket; module-scoped fixtures call it directly."""
     from artclf_core import db
     from artclf_core import s3 as s3lib
 

@@ -52,14 +52,9 @@ EDITOR = {"X-User": "carla:editor"}
 def catalogue(stack, settings, model):
     """A small catalogue: N artworks, one exact duplicate, one quarantined object (the
     same reset as the ``clean`` fixture, once for the module)."""
-    with db.connect(settings.db_url) as conn:
-        conn.execute("TRUNCATE artclf.ingest_log, artclf.artworks, artclf.model_versions CASCADE")
-        conn.commit()
-    client = s3lib.client(settings)
-    for page in s3lib.iter_pages(client, settings.bucket, ""):
-        client.delete_objects(
-            Bucket=settings.bucket, Delete={"Objects": [{"Key": r.key} for r in page]}
-        )
+    from conftest import reset
+
+    client = s3lib.client(reset(settings))
     images = {
         f"incoming/web/art{i:02d}.jpg": imagegen.encode(imagegen.make_artwork(900 + i))
         for i in range(N)
