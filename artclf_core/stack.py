@@ -8,10 +8,14 @@ generated on first start, mode 600, never printed unless asked) and ``stack.env`
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import secrets
 import shlex
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +78,15 @@ class Stack:
                 "lowercase letters, digits, '.' and '-'"
             )
         self.home.mkdir(parents=True, exist_ok=True)
-        try:
-            return self._up()
-        except BaseException:
-            self.down()  # never leave half a stack running
-            raise
+        # Others may pass through (the embedded PostgreSQL's system user must reach its data
+        # directory) but not list it; what is inside is the owner's (secrets, S3 data, logs).
+        self.home.chmod(0o711)
+        with self._exclusive():
+            try:
+                return self._up()
+            except BaseException:
+                self._down()  # never leave half a stack running
+                raise
 
     def _up(self) -> dict[str, str]:
         creds = self._secrets()
@@ -127,8 +135,37 @@ class Stack:
         host = db_url.rsplit("@", 1)[1]
         return f"postgresql://{READER_USER}:{password}@{host}"
 
+    @contextmanager
+    def _exclusive(self, timeout: float = 300.0) -> Iterator[None]:
+        """One ``up`` or ``down`` of this home at a time: two ``artclf stack up`` at the same
+        moment would otherwise race for the same ports, and the loser's clean-up would stop
+        the winner's servers. The second waits and then finds the stack running."""
+        with open(self.home / "stack.lock", "a") as fh:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"another artclf stack up/down of {self.home} has held "
+                            f"{fh.name} for {timeout:.0f} s; is it stuck?"
+                        ) from None
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def down(self) -> None:
         """Stop everything this stack started; data stays for the next ``up``."""
+        if not self.home.exists():
+            return
+        with self._exclusive():
+            self._down()
+
+    def _down(self) -> None:
         self.seaweed.stop()
         self.postgres.stop()
         self.env_file.unlink(missing_ok=True)

@@ -65,8 +65,12 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
         assert read_pid(home / "pg" / "data" / "postmaster.pid") == pg_pid
         assert read_pid(home / "s3" / "weed.pid") == weed_pid
         assert "running" in artclf("stack", "status", home=home).stdout
-        # Credentials are not in the world-readable files.
+        # Credentials, S3 data and logs are the owner's; others may only pass through home
+        # (the embedded PostgreSQL's system user needs to).
         assert oct((home / "secrets.json").stat().st_mode)[-3:] == "600"
+        assert oct(home.stat().st_mode)[-3:] == "711"
+        assert oct((home / "s3").stat().st_mode)[-3:] == "700"
+        first_env = env
     finally:
         down = artclf("stack", "down", home=home)
     assert down.returncode == 0, down.stderr
@@ -76,6 +80,9 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
     assert artclf("stack", "up", home=home).returncode == 0
     try:
         env = read_env_file(home / "stack.env")
+        # Same ports as before: connections handed out before the restart still work.
+        assert env["ARTCLF_S3_ENDPOINT"] == first_env["ARTCLF_S3_ENDPOINT"]
+        assert env["ARTCLF_DB_URL"] == first_env["ARTCLF_DB_URL"]
         s3 = s3lib.client(Settings.from_env(env))
         assert (
             s3.get_object(Bucket=env["ARTCLF_BUCKET"], Key="incoming/x.txt")["Body"].read() == b"x"
@@ -88,3 +95,22 @@ def test_commands_without_a_stack_say_what_to_do(tmp_path):
     out = artclf("ingest", home=tmp_path / "nothing")
     assert out.returncode == 2
     assert "artclf stack up" in out.stderr
+
+
+def test_two_stack_ups_at_the_same_moment_share_one_stack(tmp_path):
+    """The second waits for the first and finds the stack running, instead of racing for the
+    same ports (and its clean-up stopping the winner's servers)."""
+    home = tmp_path / "state"
+    env = {**os.environ, "ARTCLF_HOME": str(home)}
+    cmd = [sys.executable, "-m", "artclf_core.cli", "stack", "up"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        results = [(p.wait(timeout=240), p.stderr.read().decode()) for p in procs]
+        assert [rc for rc, _ in results] == [0, 0], results
+        env_file = read_env_file(home / "stack.env")
+        with psycopg.connect(env_file["ARTCLF_DB_URL"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert read_pid(home / "s3" / "weed.pid")
+    finally:
+        assert artclf("stack", "down", home=home).returncode == 0

@@ -105,6 +105,16 @@ class EmbeddedPostgres:
         """Superuser over the Unix socket (trust auth, local only)."""
         return f"host={self.socket_dir} port={self.running_port()} user=postgres dbname={dbname}"
 
+    @property
+    def port_file(self) -> Path:
+        return self.home / "pg" / "port"
+
+    def _previous_port(self) -> int | None:
+        try:
+            return int(self.port_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     def running_port(self) -> int:
         pid_file = self.data_dir / "postmaster.pid"
         lines = pid_file.read_text().splitlines()
@@ -147,7 +157,10 @@ class EmbeddedPostgres:
         self.socket_dir.mkdir(exist_ok=True)
         self.socket_dir.chmod(0o777)
         _chown_tree(pg, user)
-        port = pick_port(self.port or 5433)
+        # The port of the last start when it is free, so that URLs handed out before
+        # (stack.env, Airflow connections) stay right across restarts.
+        port = pick_port(self.port or self._previous_port() or 5433)
+        self.port_file.write_text(str(port))
         options = {
             "listen_addresses": "127.0.0.1",
             "port": str(port),

@@ -8,10 +8,12 @@ the landing-zone sweep covers it (see the Airflow plugin).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,18 @@ class EmbeddedSeaweed:
     def port_file(self) -> Path:
         return self.dir / "s3.port"
 
+    @property
+    def ports_file(self) -> Path:
+        """Every port of the last start: a restart takes the same ones when they are free,
+        so that URLs handed out before (Airflow connections, stack.env) stay right."""
+        return self.dir / "ports.json"
+
+    def _previous_ports(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self.ports_file.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
     def is_running(self) -> bool:
         return read_pid(self.pid_file) is not None
 
@@ -56,16 +70,14 @@ class EmbeddedSeaweed:
         if self.is_running():
             return self.endpoint()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # data, keys in the environment of weed.log's process: ours only
         (self.dir / "data").mkdir(exist_ok=True)
+        previous = self._previous_ports()
         used: set[int] = set()
         ports = {}
         # Only the S3 port has a well-known default; SeaweedFS's internal servers take any.
-        for name, preferred in (
-            ("s3", self.port or 8333),
-            ("master", None),
-            ("volume", None),
-            ("filer", None),
-        ):
+        for name, default in (("s3", 8333), ("master", None), ("volume", None), ("filer", None)):
+            preferred = (self.port if name == "s3" else None) or previous.get(name) or default
             ports[name] = pick_port(preferred, also_free=(10000,), avoid=used)
             used |= {ports[name], ports[name] + 10000}
         args = [
@@ -99,6 +111,7 @@ class EmbeddedSeaweed:
         log.close()
         self.pid_file.write_text(str(proc.pid))
         self.port_file.write_text(str(ports["s3"]))
+        self.ports_file.write_text(json.dumps(ports))
         endpoint = self.endpoint()
 
         def bucket_ready() -> bool:
@@ -116,7 +129,24 @@ class EmbeddedSeaweed:
                 region_name="us-east-1",
             )
             s3.head_bucket(Bucket=bucket)
-            return True
+            return volumes_registered()
+
+        # The S3 gateway answers before the volume server has told the master about the
+        # volumes on disk; a read in that moment fails with InternalError. Ready means every
+        # volume file is known to the master.
+        on_disk = sum(1 for _ in (self.dir / "data").rglob("*.dat"))
+
+        def volumes_registered() -> bool:
+            url = f"http://127.0.0.1:{ports['master']}/dir/status"
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+                topology = json.load(resp)["Topology"]
+            known = sum(
+                node["Volumes"]
+                for dc in topology.get("DataCenters") or []
+                for rack in dc.get("Racks") or []
+                for node in rack.get("DataNodes") or []
+            )
+            return known >= on_disk and bool(topology.get("DataCenters"))
 
         wait_until(bucket_ready, timeout=60, interval=0.2, what="SeaweedFS S3")
         return endpoint
