@@ -54,7 +54,7 @@ def migrate(url: str) -> list[str]:
     """
     applied_now: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        advisory_lock(conn, MIGRATION_LOCK, "the migration lock", transaction=False)
         try:
             conn.execute("CREATE SCHEMA IF NOT EXISTS artclf")
             conn.execute(
@@ -591,8 +591,64 @@ CATALOGUE_LOCK = 0x61727477
 
 
 def lock_catalogue(conn: psycopg.Connection) -> None:
-    """Serialise catalogue commits until the end of the current transaction."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOGUE_LOCK,))
+    """Serialise catalogue commits until the end of the current transaction.
+
+    Waits at most :func:`lock_timeout_s`; a commit holds the lock for milliseconds, so a
+    longer wait means a session that should not hold it (:class:`LockWaitTimeout` names it).
+    """
+    advisory_lock(conn, CATALOGUE_LOCK, "the catalogue commit lock", transaction=True)
+
+
+class LockWaitTimeout(RuntimeError):
+    """A lock the pipeline needs stayed taken by another session for the whole timeout."""
+
+
+def lock_timeout_s() -> float:
+    """Seconds to wait for a pipeline lock (``ARTCLF_LOCK_TIMEOUT_S``, default 60)."""
+    return float(os.environ.get("ARTCLF_LOCK_TIMEOUT_S", "60"))
+
+
+def advisory_lock(conn: psycopg.Connection, key: int, what: str, *, transaction: bool) -> None:
+    """Take advisory lock ``key`` (for the transaction, or for the session), waiting at most
+    :func:`lock_timeout_s`, then raise :class:`LockWaitTimeout` naming who holds it.
+
+    PostgreSQL's ``lock_timeout`` bounds the wait; it is set only around the lock call and
+    put back after, so other statements keep the session's own setting. The block is a
+    savepoint inside the caller's transaction, which so stays usable for the holder query.
+    """
+    timeout_ms = str(max(1, int(lock_timeout_s() * 1000)))
+    function = "pg_advisory_xact_lock" if transaction else "pg_advisory_lock"
+    try:
+        with conn.transaction():
+            before = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout_ms,))
+            conn.execute(f"SELECT {function}(%s)", (key,))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
+    except psycopg.errors.LockNotAvailable:
+        holders = lock_holders(conn, key)
+        raise LockWaitTimeout(
+            f"waited {lock_timeout_s():g} s for {what} (advisory lock {key:#x}), held by "
+            + ("; ".join(holders) or "a session that has ended")
+            + ". A pipeline run holds it for milliseconds: end that session "
+            "(SELECT pg_terminate_backend(pid)) or raise ARTCLF_LOCK_TIMEOUT_S"
+        ) from None
+
+
+def lock_holders(conn: psycopg.Connection, key: int) -> list[str]:
+    """Who holds advisory lock ``key`` in this database, in words."""
+    rows = conn.execute(
+        "SELECT a.pid, a.usename, a.application_name, coalesce(host(a.client_addr), 'local'),"
+        "       round(extract(epoch FROM now() - a.backend_start))"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted"
+        "   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "   AND l.classid = %s AND l.objid = %s AND l.objsubid = 1",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchall()
+    return [
+        f"pid {pid} (role {user}, application {app or '-'}, from {addr}, connected {age:g} s)"
+        for pid, user, app, addr, age in rows
+    ]
 
 
 def max_artwork_id(conn: psycopg.Connection) -> int:

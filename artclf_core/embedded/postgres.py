@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 
+from artclf_core.db import sql_dir
 from artclf_core.embedded.procs import pick_port, read_pid, wait_until
 
 SYSTEM_USER = "embedded_postgres"
@@ -215,7 +216,8 @@ class EmbeddedPostgres:
         """Create the application role and database (idempotent); return its TCP URL.
 
         The role owns the database but is no superuser; pgvector is created here, by the
-        superuser, because ``CREATE EXTENSION vector`` needs it.
+        superuser, because ``CREATE EXTENSION vector`` needs it, and ``sql/superuser.sql``
+        takes advisory-lock and large-object rights from PUBLIC (only a superuser can).
         """
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname=%s", (owner,)).fetchone()
@@ -235,6 +237,7 @@ class EmbeddedPostgres:
                 )
         with psycopg.connect(self.superuser_dsn(dbname), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute((sql_dir() / "superuser.sql").read_text())
         return f"postgresql://{owner}:{password}@127.0.0.1:{self.running_port()}/{dbname}"
 
     def wipe(self) -> None:

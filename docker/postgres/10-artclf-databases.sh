@@ -3,7 +3,8 @@
 # and databases for Airflow's metadata and the artclf catalogue, pgvector in the catalogue
 # (CREATE EXTENSION needs the superuser; `artclf db migrate`'s own CREATE EXTENSION IF NOT
 # EXISTS is then a no-op), the NOLOGIN roles the migrations grant to (creating them there
-# would need CREATEROLE), and MinIO's notification login (docs/events.md).
+# would need CREATEROLE), MinIO's notification login (docs/events.md) and sql/superuser.sql
+# (advisory-lock and large-object rights taken from PUBLIC, docs/operating.md).
 # Passwords come from the environment (see docker-compose.yml / .env.example) and are passed
 # to psql as variables (:'name' quoting), never spliced into SQL text.
 set -euo pipefail
@@ -31,4 +32,6 @@ ALTER ROLE :"notify_user" SET search_path = artclf;
 
 \connect :"artclf_db"
 CREATE EXTENSION IF NOT EXISTS vector;
+-- Advisory-lock and large-object rights away from PUBLIC (only a superuser can).
+\i /artclf-sql/superuser.sql
 SQL

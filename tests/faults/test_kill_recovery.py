@@ -13,41 +13,18 @@ from pathlib import Path
 
 import imagegen
 import pytest
+from lake_invariants import (
+    assert_lake_settled,
+    assert_no_orphans_and_full_history,
+    drop,
+    states,
+)
 
 from artclf_core import db
 from artclf_core import s3 as s3lib
 from artclf_core.pipeline import Ingestor
 
 N_OBJECTS = 400
-TERMINAL = {"catalogued", "duplicate", "quarantined"}
-
-
-def _states(settings) -> dict[str, int]:
-    with db.connect(settings.db_url) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM artclf.ingest_log GROUP BY 1"))
-
-
-def _drop(settings, n: int) -> None:
-    client = s3lib.client(settings)
-    for i in range(n):
-        body = imagegen.encode(imagegen.make_artwork(1000 + i))
-        client.put_object(Bucket=settings.bucket, Key=f"incoming/k{i:04d}.jpg", Body=body)
-
-
-def _assert_no_orphans_and_full_history(client, bucket, artwork_keys, final_keys) -> None:
-    """Every object under catalog/ is an artwork, every one under duplicates/ or quarantine/
-    is a log row's final place, and each carries its whole trace metadata."""
-    for prefix in ("catalog/", "duplicates/", "quarantine/"):
-        for page in s3lib.iter_pages(client, bucket, prefix):
-            for ref in page:
-                owners = artwork_keys if prefix == "catalog/" else final_keys
-                assert ref.key in owners, f"orphan {ref.key}"
-                meta = client.head_object(Bucket=bucket, Key=ref.key)["Metadata"]
-                assert {"artclf-state", "artclf-log-id", "artclf-source-key"} <= set(meta), ref.key
-                if prefix == "catalog/":
-                    assert "artclf-label" in meta, ref.key
-                if prefix == "duplicates/":
-                    assert "artclf-duplicate-of" in meta, ref.key
 
 
 def _start_ingest(stack_env: dict[str, str], home: Path) -> subprocess.Popen:
@@ -60,11 +37,11 @@ def _kill_mid_run(proc: subprocess.Popen, settings, sig: int) -> dict[str, int]:
     """Wait until the run has catalogued something and holds claims, then send ``sig``."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        states = _states(settings)
-        if states.get("catalogued", 0) >= 16 and states.get("processing", 0) > 0:
+        now = states(settings)
+        if now.get("catalogued", 0) >= 16 and now.get("processing", 0) > 0:
             proc.send_signal(sig)
             proc.wait(timeout=60)
-            return states
+            return now
         time.sleep(0.05)
     proc.kill()
     pytest.fail(f"the run never reached mid-batch: {proc.communicate()[1].decode()[-2000:]}")
@@ -75,13 +52,13 @@ def _kill_mid_run(proc: subprocess.Popen, settings, sig: int) -> dict[str, int]:
 def test_an_immediate_rerun_finishes_what_a_killed_ingest_claimed(clean, stack, tmp_path, sig):
     settings = clean
     _, stack_env = stack
-    _drop(settings, N_OBJECTS)
+    drop(settings, N_OBJECTS)
     proc = _start_ingest(stack_env, tmp_path / "home")
     _kill_mid_run(proc, settings, sig)
     if sig == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM
         assert "stopped by SIGTERM" in proc.stderr.read().decode()
-    left = _states(settings)
+    left = states(settings)
     assert left.get("processing", 0) > 0 or sig == signal.SIGTERM, left
 
     started = time.monotonic()
@@ -90,31 +67,14 @@ def test_an_immediate_rerun_finishes_what_a_killed_ingest_claimed(clean, stack, 
     assert summary.skipped == 0, summary  # nothing waits for the lease
     recovery = time.monotonic() - started
 
-    states = _states(settings)
-    assert set(states) <= TERMINAL and sum(states.values()) == N_OBJECTS, states
-    client = s3lib.client(settings)
-    incoming = [r.key for p in s3lib.iter_pages(client, settings.bucket, "incoming/") for r in p]
-    assert incoming == []
-    with db.connect(settings.db_url) as conn:
-        unfinished = conn.execute(
-            "SELECT count(*) FROM artclf.ingest_log WHERE NOT finalized"
-        ).fetchone()[0]
-        twice = conn.execute(
-            "SELECT count(*) FROM (SELECT sha256 FROM artclf.artworks GROUP BY 1"
-            " HAVING count(*) > 1) AS d"
-        ).fetchone()[0]
-        claims = conn.execute("SELECT count(*) FROM artclf.claims").fetchone()[0]
-        artwork_keys = {r[0] for r in conn.execute("SELECT key FROM artclf.artworks")}
-        final_keys = {r[0] for r in conn.execute("SELECT final_key FROM artclf.ingest_log")}
-    assert unfinished == 0 and twice == 0 and claims == 0
-    _assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
+    assert_lake_settled(settings, N_OBJECTS)
     print(f"{signal.Signals(sig).name}: re-run finished {N_OBJECTS} objects in {recovery:.1f}s")
 
 
 def test_a_claim_of_a_live_session_is_kept_and_of_a_dead_one_taken(clean):
     """The claim rule itself (sql/007): the holder's database session decides, not a timer."""
     settings = clean
-    _drop(settings, 2)
+    drop(settings, 2)
     client = s3lib.client(settings)
     refs = [r for page in s3lib.iter_pages(client, settings.bucket, "incoming/") for r in page]
     with db.connect(settings.db_url) as first, db.connect(settings.db_url) as other:
@@ -162,4 +122,4 @@ def test_copies_of_a_run_that_died_before_its_commit_are_not_left_behind(clean, 
         artwork_keys = {r[0] for r in conn.execute("SELECT key FROM artclf.artworks")}
         final_keys = {r[0] for r in conn.execute("SELECT final_key FROM artclf.ingest_log")}
     assert len(artwork_keys) == 3
-    _assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
+    assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
