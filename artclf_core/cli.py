@@ -539,16 +539,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit codes (README "Exit codes"): 0 done, 1 done with failed objects under --strict,
+#: 2 refused (bad input, a check that failed, a lock that stayed taken), 3 a service was
+#: unreachable, 128+N stopped by signal N (130: Ctrl-C).
+EXIT_UNAVAILABLE = 3
+
+#: What becomes of the objects when a command stops half-way, for every command: claims
+#: belong to the run's database session, so they end with it.
+_NOTHING_LOST = (
+    "Nothing is lost: what was committed stays committed, and objects this run had claimed"
+    " stay where they are and are taken by the next run at once."
+)
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Which service a failure says is unreachable ("PostgreSQL", "S3"), or None.
+
+    Walks the cause chain: the pipeline may wrap a connection failure in its own error.
+    Only connection-level failures count (SQLSTATE class 08, a server shutting down, or no
+    SQLSTATE at all for a refused connection); a lock timeout or a refused statement is
+    another kind of error and keeps its own message.
+    """
+    import psycopg
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    s3_down = (
+        EndpointConnectionError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.OperationalError):
+            state = current.sqlstate or ""
+            if not state or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+                return "PostgreSQL"
+        if isinstance(current, s3_down):
+            return "S3"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (RuntimeError, ValueError, LookupError) as exc:
-        print(f"artclf {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"artclf {args.command}: interrupted. {_NOTHING_LOST}", file=sys.stderr)
+        return 130
     except Exception as exc:
-        if type(exc).__module__.startswith("psycopg"):  # e.g. a refusal raised in SQL
+        service = unavailable(exc)
+        if service is not None:
+            print(
+                f"artclf {args.command}: {service} is unreachable ({_first_line(exc)}). "
+                f"{_NOTHING_LOST} Start {service} again (`artclf stack up` for the embedded"
+                " stack) and re-run the command.",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+        refused = isinstance(exc, RuntimeError | ValueError | LookupError)
+        if refused or type(exc).__module__.startswith("psycopg"):  # e.g. a refusal in SQL
             print(f"artclf {args.command}: {str(exc).strip()}", file=sys.stderr)
             return 2
         raise

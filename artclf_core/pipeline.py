@@ -438,10 +438,11 @@ class Ingestor:
             if tail is not None:
                 try:
                     tail.result()
-                except Exception:  # noqa: BLE001 - the first error is the one raised
+                except Exception as exc:  # noqa: BLE001 - the first error is the one raised
                     log.warning(
-                        "a batch's tail failed while another error stopped the run", exc_info=True
+                        "a batch's tail failed while another error stopped the run: %s", exc
                     )
+                    log.debug("the tail's error", exc_info=True)
             for batch in [*waiting, *([ready] if ready is not None else [])]:
                 self._release(batch)
             raise
@@ -481,11 +482,15 @@ class Ingestor:
     def _release(self, batch: _Batch) -> None:
         for future in batch.futures:
             future.cancel()
+        if self.conn.closed or self.conn.broken:
+            return  # the claims ended with the session (sql/007): nothing to release
         try:
             self.conn.rollback()
             db.release_claims(self.conn, [it.row.id for it in batch.items], self.worker_id)
-        except Exception:  # noqa: BLE001 - best effort while another error propagates
-            log.warning("could not release %d claims", len(batch.items), exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - best effort while another error propagates
+            # A lost connection ends the claims anyway (sql/007); the error that stopped the
+            # run is the one to show, so one line here, not a second traceback.
+            log.warning("could not release %d claims: %s", len(batch.items), exc)
 
     # ------------------------------------------------------------------ one batch
 

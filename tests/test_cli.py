@@ -110,3 +110,20 @@ def test_models_warm_prepares_the_inference_copy(stack, clean, tmp_path):
     assert warmed.returncode == 0, warmed.stderr
     assert "ready for inference (tflite)" in warmed.stdout
     assert len(list((home / "model-cache" / "tflite").glob("*.tflite"))) == 1
+
+
+def test_an_unreachable_service_is_named_in_one_sentence_not_a_traceback(stack, tmp_path):
+    """Exit 3 and what became of the objects, for PostgreSQL and for S3 (README "Exit codes")."""
+    from artclf_core.embedded.procs import pick_port
+
+    _, env = stack
+    closed = pick_port(None)
+    cases = {
+        "PostgreSQL": {"ARTCLF_DB_URL": f"postgresql://artclf:x@127.0.0.1:{closed}/artclf"},
+        "S3": {"ARTCLF_S3_ENDPOINT": f"http://127.0.0.1:{closed}"},
+    }
+    for service, broken in cases.items():
+        out = run({**env, **broken, "ARTCLF_HOME": str(tmp_path)}, "ingest")
+        assert out.returncode == 3, (service, out.stderr[-3000:])
+        assert f"artclf ingest: {service} is unreachable" in out.stderr, out.stderr[-3000:]
+        assert "Nothing is lost" in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,7 @@ class EmbeddedPostgres:
         """Initialise the cluster on first use, then start it on 127.0.0.1 (idempotent)."""
         if self.is_running():
             return
+        self._wait_for_dead_postmaster()
         user = _run_as()
         pg = self.home / "pg"
         pg.mkdir(parents=True, exist_ok=True)
@@ -198,15 +200,30 @@ class EmbeddedPostgres:
             raise RuntimeError(f"PostgreSQL did not start: {result.stderr.strip()}\n{log}")
         wait_until(self._accepts, timeout=30, what="PostgreSQL")
 
+    def _wait_for_dead_postmaster(self, timeout: float = 15.0) -> None:
+        """After a kill, the old postmaster may linger as a zombie until its parent (often
+        PID 1 of a container) reaps it; PostgreSQL takes the pid in ``postmaster.pid`` for a
+        running server meanwhile and refuses to start. Wait for the zombie to go."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def _accepts(self) -> bool:
         with psycopg.connect(self.superuser_dsn(), connect_timeout=2):
             return True
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode``: ``fast`` (the default: clean shutdown, sessions ended)
+        or ``immediate`` (no shutdown checkpoint: the next start replays the WAL, as after
+        a crash; the fault tests use it)."""
         if not self.is_running():
             return
         subprocess.run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"],
             capture_output=True,
             cwd=self.home / "pg",
             **_as_user(_run_as()),

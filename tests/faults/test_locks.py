@@ -13,9 +13,7 @@ from artclf_core import db
 from artclf_core.pipeline import Ingestor
 
 
-def test_a_held_catalogue_lock_fails_ingest_clearly_and_loses_nothing(
-    clean, model, monkeypatch
-):
+def test_a_held_catalogue_lock_fails_ingest_clearly_and_loses_nothing(clean, model, monkeypatch):
     settings = clean
     drop(settings, 6, seed=700)
     monkeypatch.setenv("ARTCLF_LOCK_TIMEOUT_S", "1.5")
