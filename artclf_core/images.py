@@ -59,6 +59,8 @@ REASONS: dict[str, str] = {
     "truncated": "the data ends before the picture is complete",
     "corrupt": "the header names an accepted format but the data cannot be decoded",
     "unsupported_mode": "decoded, but its pixel mode cannot be converted to RGB",
+    "trailing_data": "more than Limits.max_trailing_bytes follow the end of a JPEG, PNG or "
+    "WEBP image (e.g. an appended ZIP)",
 }
 
 _DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"})
@@ -75,6 +77,10 @@ class Limits:
     max_pixels: int = 50_000_000
     #: Shortest side; below 32 px there is nothing to classify and pHash is meaningless.
     min_side: int = 32
+    #: Bytes allowed after the image's own end (JPEG EOI, PNG IEND, WEBP RIFF size). Some
+    #: tools pad a few bytes; more is another file riding along (a ZIP, a video of a
+    #: "motion photo"), which the lake would otherwise store and serve unseen.
+    max_trailing_bytes: int = 1024
     #: Pillow format names accepted. ``MPO`` is the multi-picture JPEG of many cameras.
     formats: frozenset[str] = field(default=_DEFAULT_FORMATS)
 
@@ -288,6 +294,80 @@ def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
 
+def _bomb(exc: Exception, limits: Limits) -> ImageRejected:
+    """Pillow's bomb error, in the product's terms (its own limit, not Pillow's)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.0f} Mpx" if found else "too many pixels"
+    return ImageRejected(
+        "too_many_pixels",
+        f"image is {size}, over the {limits.max_pixels / 1e6:.1f} Mpx limit "
+        "(decompression-bomb guard)",
+    )
+
+
+def _image_end(data: bytes, fmt: str) -> int | None:
+    """Offset just past the image's own last byte, where the container says so; None when
+    the format has no cheap answer (TIFF, GIF, BMP, MPO, whose extra pictures follow)."""
+    if fmt == "WEBP" and len(data) >= 8:
+        return struct.unpack_from("<I", data, 4)[0] + 8
+    if fmt == "PNG":
+        return _png_end(data)
+    if fmt == "JPEG":
+        return _jpeg_end(data)
+    return None
+
+
+def _png_end(data: bytes) -> int | None:
+    """Walk the PNG chunks (length, type, data, CRC) to the end of IEND."""
+    i, n = 8, len(data)
+    while i + 12 <= n:
+        length = struct.unpack_from(">I", data, i)[0]
+        kind = data[i + 4 : i + 8]
+        i += 12 + length
+        if kind == b"IEND":
+            return i
+    return None
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """Walk the JPEG segments and entropy-coded scans to the end of the EOI marker.
+
+    Scans end at the first marker that is not a stuffed ``FF00``, a restart marker or fill
+    bytes, so a ``FFD9`` inside an appended file is never taken for the image's end.
+    """
+    i, n = 2, len(data)
+    while i + 2 <= n:
+        if data[i] != 0xFF:
+            return None  # damaged: no opinion
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xD9:
+            return i + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data of the scan
+            j = data.find(b"\xff", i)
+            if j < 0 or j + 1 >= n:
+                return None
+            following = data[j + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i = j + 2
+            elif following == 0xFF:
+                i = j + 1
+            else:
+                i = j
+                break
+    return None
+
+
 def _cut_short(data: bytes, fmt: str | None) -> bool:
     """Whether the container itself shows that the file is incomplete.
 
@@ -400,9 +480,7 @@ def decode_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedImage:
     try:
         img = Image.open(io.BytesIO(data), formats=_pillow_formats(limits.formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(
-            "too_many_pixels", f"image has too many pixels (decompression bomb?): {exc}"
-        ) from None
+        raise _bomb(exc, limits) from None
     except UnidentifiedImageError:
         raise _unidentified(data, limits) from None
     except MemoryError:
@@ -441,7 +519,7 @@ def _decode_opened(img: Image.Image, data: bytes, limits: Limits) -> DecodedImag
             img.draft("RGB", DRAFT_SIZE)
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("too_many_pixels", f"image has too many pixels: {exc}") from None
+        raise _bomb(exc, limits) from None
     except MemoryError:
         raise
     except Exception as exc:
@@ -450,6 +528,14 @@ def _decode_opened(img: Image.Image, data: bytes, limits: Limits) -> DecodedImag
     if fmt == "PNG" and _cut_short(data, fmt):
         # zlib may finish the pixels before the last chunk: still an incomplete upload.
         raise ImageRejected("truncated", "PNG file is truncated: its final IEND chunk is missing")
+    end = _image_end(data, fmt)
+    if end is not None and len(data) - end > limits.max_trailing_bytes:
+        raise ImageRejected(
+            "trailing_data",
+            f"{len(data) - end} bytes follow the end of the {fmt} image at byte {end} "
+            f"(limit {limits.max_trailing_bytes}): another file is appended; drop the image "
+            "alone",
+        )
     orientation = _orientation(img)
     out: Image.Image = img
     if orientation != 1:

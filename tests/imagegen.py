@@ -239,6 +239,7 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "bomb_png_pillow_warning": (png_header_only(10_000, 10_000), "too_many_pixels"),
         "bomb_png_pillow_error": (png_header_only(100_000, 100_000), "too_many_pixels"),
         "bomb_gif": (_gif_header_only(65_535, 65_535), "too_many_pixels"),
+        "jpeg_with_zip_appended": (encode(art) + b"PK\x03\x04" + bytes(4096), "trailing_data"),
         "ico": (encode(art, "ICO", sizes=[(64, 64)]), "unsupported_format"),
         "pdf": (encode(art, "PDF"), "unsupported_format"),
         "eps": (encode(art.resize((64, 48)), "EPS"), "unsupported_format"),

@@ -176,3 +176,23 @@ def test_decoded_image_is_independent_of_the_input_buffer() -> None:
     data[:] = b"\0" * len(data)
     assert img.getpixel((10, 10)) == before
     assert isinstance(img, Image.Image)
+
+
+def test_pillows_bomb_error_is_reported_with_the_products_limit() -> None:
+    exc = _reject(BAD["bomb_png_pillow_error"][0])
+    assert exc.reason == "too_many_pixels" and "10000 Mpx" in exc.message, exc.message
+    assert "over the 50.0 Mpx limit" in exc.message and "DOS" not in exc.message
+
+
+def test_a_file_appended_to_an_image_is_refused_but_padding_is_not() -> None:
+    art = make_artwork(3)
+    # An appended archive that itself holds an FFD9 pair: the scan must not stop there.
+    rider = b"PK\x03\x04" + bytes(range(256)) * 8 + b"\xff\xd9" + b"\x00" * 100
+    for fmt, kw in (("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("WEBP", {})):
+        clean = encode(art, fmt, **kw)
+        assert decode_image(clean).format == fmt
+        assert decode_image(clean + b"\x00" * 64).format == fmt  # a tool's padding
+        exc = _reject(clean + rider)
+        assert exc.reason == "trailing_data", (fmt, kw, exc)
+        assert f"{len(rider)} bytes follow the end of the {fmt} image" in exc.message
+    assert decode_image(encode(art) + rider, Limits(max_trailing_bytes=10_000)).format == "JPEG"
