@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -265,9 +266,10 @@ class Ingestor:
         #: Given a model (argument or ARTCLF_MODEL), use it whatever the registry says; else
         #: follow the registry's active model, reloading it when a new one is switched in.
         self.follow_active = model is None and not settings.model_path
-        if model is None:
-            model = self._load_model()
-        self.model = model
+        #: Loaded when the first claimed object needs it (:attr:`model`): a run with nothing
+        #: to do lists, finds nothing and returns without TensorFlow or Great Expectations.
+        self._model: ArtModel | None = None
+        self._model_lock = threading.Lock()
         self.limits = limits
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
@@ -277,24 +279,47 @@ class Ingestor:
         #: One batch's tail (copies, checks, commit, deletes) at a time, in batch order.
         self.tail_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artclf-tail")
         self.validate = validate or quality.validate_rows
-        if validate is None:  # import Great Expectations while the first batch downloads
-            self.check_pool.submit(quality.warm_up)
+        self._warm_checks = validate is None
         self.conn = db.connect(settings.db_url)
         #: The tail thread's own connection: it commits batch n while the main thread queries
         #: for batch n+1.
         self.tail_conn = db.connect(settings.db_url)
-        if getattr(self.model, "path", None):
-            registry.keep_copy(self.model.path, self.model.version)
+        if model is not None:
+            self._use(model)
+
+    @property
+    def model(self) -> ArtModel:
+        """The model batches are classified with, loaded (and registered) on first use."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    self._use(self._load_model())
+        assert self._model is not None
+        return self._model
+
+    @model.setter
+    def model(self, model: ArtModel) -> None:
+        self._use(model)
+
+    def _use(self, model: ArtModel) -> None:
+        """Make ``model`` this worker's, known to the registry; start Great Expectations'
+        import meanwhile (a worker that classifies will check a batch soon)."""
+        if self._warm_checks:  # import Great Expectations while the first batch downloads
+            self._warm_checks = False
+            self.check_pool.submit(quality.warm_up)
+        if getattr(model, "path", None):
+            registry.keep_copy(model.path, model.version)
         db.register_model(
             self.conn,
-            version=self.model.version,
-            arch=self.model.arch,
-            classes=self.model.classes,
-            artifact=str(getattr(self.model, "path", "") or "") or None,
-            metrics=getattr(self.model, "metrics", None),
+            version=model.version,
+            arch=model.arch,
+            classes=model.classes,
+            artifact=str(getattr(model, "path", "") or "") or None,
+            metrics=getattr(model, "metrics", None),
             activate=None,  # the first model to ingest becomes the active one
         )
         self.conn.commit()
+        self._model = model
 
     def _load_model(self) -> ArtModel:
         from artclf_core.model import load_for_inference
@@ -303,8 +328,8 @@ class Ingestor:
 
     def _follow_model_switch(self) -> None:
         """Reload the model if another one became active since this worker loaded it."""
-        if not self.follow_active:
-            return
+        if not self.follow_active or self._model is None:
+            return  # nothing loaded yet: the first use loads the active model anyway
         active = db.active_version(self.conn)
         self.conn.commit()
         if active is not None and active != self.model.version:
@@ -475,6 +500,8 @@ class Ingestor:
             self._remove_keys(strays, [r.id for r in claimed], self.conn)
             log.info("removed up to %d uncommitted copies of a dead run", len(strays))
         claimed.sort(key=lambda r: (r.key, r.id))
+        if claimed:
+            self.model  # noqa: B018 - load it here, on the main thread, before the downloads
         items = [_Item(row=r) for r in claimed]
         futures = [self.pool.submit(self._prepare, it) for it in items]
         return _Batch(summary, items, futures)
