@@ -308,10 +308,11 @@ def open_ids(
 
 def release_claims(conn: psycopg.Connection, ids: Sequence[int], claimed_by_prefix: str) -> int:
     """Make rows claimable now that a worker signed with ``claimed_by_prefix`` left in
-    ``processing`` (it died between claim and commit); returns how many.
+    ``processing``; returns how many.
 
-    Only for claims known to be orphans (an orchestrator retrying the same task after the
-    earlier try ended); anything else waits for the claim lease to expire.
+    For a holder that is still alive but gives its claims up (a run stopped by SIGTERM or
+    an error, an orchestrator retrying the same task): a dead holder's claims need no
+    release, they end with its database session (sql/007).
     """
     n = conn.execute(
         "UPDATE artclf.ingest_log SET claimed_at = '-infinity'"

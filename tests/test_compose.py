@@ -478,6 +478,7 @@ def test_postgres_init_then_migrations_then_a_minio_event(compose, tmp_path):
             "PATH": f"{bin_dir()}:/usr/bin:/bin",
             "PGHOST": str(pg.socket_dir),
             "PGPORT": str(port),
+            "ARTCLF_SUPERUSER_SQL": str(ROOT / "sql" / "superuser.sql"),  # mounted in compose
         }
         script = ROOT / "docker" / "postgres" / "10-artclf-databases.sh"
         done = subprocess.run(["bash", str(script)], env=run_env, capture_output=True, text=True)
@@ -486,6 +487,11 @@ def test_postgres_init_then_migrations_then_a_minio_event(compose, tmp_path):
         worker = service_env(services["airflow-worker"])
         catalogue_url = local(worker["ARTCLF_DB_URL"])
         assert db.migrate(catalogue_url)  # as the owner role, not the superuser
+        with psycopg.connect(catalogue_url) as conn:  # sql/superuser.sql ran in the catalogue
+            assert not conn.execute(
+                "SELECT has_function_privilege('artclf_reader',"
+                " 'pg_catalog.pg_advisory_lock(bigint)', 'EXECUTE')"
+            ).fetchone()[0]
 
         _, target = minio_target(compose)
         dsn = dict(part.split("=", 1) for part in target["CONNECTION_STRING"].split())

@@ -172,6 +172,11 @@ class EmbeddedPostgres:
             "shared_buffers": "256MB",
             "maintenance_work_mem": "1GB",
             "max_parallel_maintenance_workers": "1",
+            # A client that vanishes without closing its socket ends its session (and so its
+            # claims, sql/007) within ~30 s instead of the kernel's 2 h keepalive default.
+            "tcp_keepalives_idle": "15",
+            "tcp_keepalives_interval": "5",
+            "tcp_keepalives_count": "3",
             **(tuning or {}),
         }
         opts = " ".join(f"-c {k}={v}" for k, v in options.items())

@@ -14,7 +14,8 @@ psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
     -v airflow_db="$AIRFLOW_DB_NAME" \
     -v artclf_user="$ARTCLF_DB_USER" -v artclf_password="$ARTCLF_DB_PASSWORD" \
     -v artclf_db="$ARTCLF_DB_NAME" \
-    -v notify_user="$MINIO_NOTIFY_DB_USER" -v notify_password="$MINIO_NOTIFY_DB_PASSWORD" <<'SQL'
+    -v notify_user="$MINIO_NOTIFY_DB_USER" -v notify_password="$MINIO_NOTIFY_DB_PASSWORD" \
+    -v superuser_sql="${ARTCLF_SUPERUSER_SQL:-/artclf-sql/superuser.sql}" <<'SQL'
 CREATE ROLE :"airflow_user" LOGIN PASSWORD :'airflow_password';
 CREATE DATABASE :"airflow_db" OWNER :"airflow_user";
 
@@ -33,5 +34,5 @@ ALTER ROLE :"notify_user" SET search_path = artclf;
 \connect :"artclf_db"
 CREATE EXTENSION IF NOT EXISTS vector;
 -- Advisory-lock and large-object rights away from PUBLIC (only a superuser can).
-\i /artclf-sql/superuser.sql
+\i :superuser_sql
 SQL
