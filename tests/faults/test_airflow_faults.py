@@ -1,0 +1,64 @@
+"""Faults through Airflow: the real ``artclf up`` (airflow standalone, LocalExecutor) on its
+own embedded stack; an ``ingest_batch`` task process SIGKILLed mid-batch. Airflow's retry
+and the next runs must settle the lake (tests/lake_invariants.py) without any object
+waiting for the 15-minute claim lease."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+
+import pytest
+from lake_invariants import assert_lake_settled, drop, states
+from test_airflow_stack import artclf, wait_for
+
+from artclf_core import db
+from artclf_core.config import Settings, read_env_file
+
+N_OBJECTS = 300
+pytestmark = pytest.mark.slow
+
+
+def _task_pids(settings) -> set[int]:
+    """OS pids of the Airflow task processes holding claims (``...@host:pid``)."""
+    with db.connect(settings.db_url) as conn:
+        holders = conn.execute(
+            "SELECT DISTINCT claimed_by FROM artclf.ingest_log WHERE state = 'processing'"
+        ).fetchall()
+    return {int(m.group(1)) for (h,) in holders if (m := re.search(r"@[^:]+:(\d+)$", h or ""))}
+
+
+def test_a_task_killed_mid_batch_is_finished_by_airflows_retry(tmp_path):
+    home = tmp_path / "state"
+    up = artclf("up", home=home, timeout=420)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        env = read_env_file(home / "stack.env")
+        settings = Settings.from_env(env)
+        drop(settings, N_OBJECTS, seed=20_000)
+
+        def mid_batch() -> set[int]:
+            return _task_pids(settings) if states(settings).get("catalogued", 0) else set()
+
+        victims = wait_for(mid_batch, 300, "a task holds claims after a first commit", 0.1)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        print(f"killed task process(es) {sorted(victims)} at {states(settings)}")
+
+        def settled() -> bool:
+            now = states(settings)
+            return set(now) <= {"catalogued", "duplicate", "quarantined"} and (
+                sum(now.values()) == N_OBJECTS
+            )
+
+        wait_for(settled, 600, "Airflow's retry settles the drop (the lease is 900 s)", 2.0)
+        recovery = time.monotonic() - killed_at
+        assert_lake_settled(settings, N_OBJECTS)
+        print(f"settled {N_OBJECTS} objects {recovery:.0f} s after the kill", file=sys.stderr)
+    finally:
+        down = artclf("down", home=home, timeout=180)
+        assert down.returncode == 0, down.stderr
