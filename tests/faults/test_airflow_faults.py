@@ -62,3 +62,4 @@ def test_a_task_killed_mid_batch_is_finished_by_airflows_retry(tmp_path):
     finally:
         down = artclf("down", home=home, timeout=180)
         assert down.returncode == 0, down.stderr
+
