@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -67,6 +68,7 @@ DB_CONN_ID = "artclf_db"
 S3_CONN_ID = "artclf_s3"
 #: Environment variable every process of one embedded Airflow inherits; its value is that
 #: instance's directory. ``stop`` finds the processes to end by it.
+logger = logging.getLogger(__name__)
 MARKER = "ARTCLF_AIRFLOW_INSTANCE"
 #: Extra DAG files to load next to the repository's (benchmarks only; see ``_dags_folder``).
 EXTRA_DAGS_ENV = "ARTCLF_AIRFLOW_EXTRA_DAGS"
@@ -280,15 +282,19 @@ class EmbeddedAirflow:
         """Start Airflow for the stack described by ``env`` (idempotent); return ``info()``.
 
         ``env`` is what ``Stack.up()`` returns. When this instance already runs for the same
-        stack, nothing is started; when it runs for a different one (the stack came back on
-        other ports), it is restarted so that its connections are right.
+        stack and every component is healthy, nothing is started; when it runs for a
+        different one (the stack came back on other ports), or a component died (``airflow
+        standalone`` does not restart a killed triggerer or scheduler, docs/reliability.md),
+        it is restarted.
         """
         digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
         if self.is_running():
             previous = self._digest_file.read_text() if self._digest_file.exists() else ""
-            if previous == digest:
-                self._wait_healthy(None)
+            unhealthy = self._unhealthy()
+            if previous == digest and not unhealthy:
                 return self.info()
+            if unhealthy:
+                logger.warning("Airflow runs but %s unhealthy: restarting it", ", ".join(unhealthy))
             self.stop()
         self.stop()  # leftovers of a crashed instance, if any
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -361,6 +367,20 @@ class EmbeddedAirflow:
         """The api-server's health document (``/api/v2/monitor/health``; no login needed)."""
         with urllib.request.urlopen(self.url() + HEALTH_PATH, timeout=5) as resp:
             return json.loads(resp.read())
+
+    def _unhealthy(self, settle: float = 20.0) -> list[str]:
+        """Components not healthy now, or still not after ``settle`` seconds (a component
+        that is just starting gets that long)."""
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                health = self.health()
+                bad = [n for n in COMPONENTS if (health.get(n) or {}).get("status") != "healthy"]
+            except OSError as exc:
+                bad = [f"the api-server ({exc})"]
+            if not bad or time.monotonic() > deadline:
+                return bad
+            time.sleep(1.0)
 
     def _wait_healthy(self, proc: subprocess.Popen | None) -> None:
         def ready() -> bool:

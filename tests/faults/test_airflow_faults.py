@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from lake_invariants import assert_lake_settled, drop, states
@@ -17,6 +18,7 @@ from test_airflow_stack import artclf, wait_for
 
 from artclf_core import db
 from artclf_core.config import Settings, read_env_file
+from artclf_core.embedded.airflow import EmbeddedAirflow
 
 N_OBJECTS = 300
 pytestmark = pytest.mark.slow
@@ -63,3 +65,50 @@ def test_a_task_killed_mid_batch_is_finished_by_airflows_retry(tmp_path):
         down = artclf("down", home=home, timeout=180)
         assert down.returncode == 0, down.stderr
 
+
+def _triggerer_pids(home: Path) -> list[int]:
+    found = []
+    for pid in EmbeddedAirflow(home).processes():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"triggerer" in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_artclf_up_brings_back_a_killed_triggerer_and_the_drop_is_catalogued(tmp_path):
+    """``airflow standalone`` does not restart a killed triggerer, so drops go unnoticed;
+    ``artclf up`` sees the unhealthy component and restarts Airflow, whose watcher's first
+    sweep takes what waited."""
+    home = tmp_path / "state"
+    up = artclf("up", home=home, timeout=420)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        env = read_env_file(home / "stack.env")
+        settings = Settings.from_env(env)
+        victims = _triggerer_pids(home)
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        drop(settings, 30, seed=30_000)
+        airflow = EmbeddedAirflow(home)
+        wait_for(
+            lambda: airflow.health()["triggerer"]["status"] != "healthy",
+            180,
+            "Airflow reports the triggerer unhealthy",
+            2.0,
+        )
+        assert states(settings) == {}  # nothing noticed the drop
+        again = artclf("up", home=home, timeout=420)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "triggerer unhealthy: restarting" in again.stderr, again.stderr[-2000:]
+        assert "already up" not in again.stdout
+        wait_for(
+            lambda: states(settings).get("catalogued", 0) == 30, 300, "the drop catalogued", 2.0
+        )
+        assert_lake_settled(settings, 30)
+    finally:
+        down = artclf("down", home=home, timeout=180)
+        assert down.returncode == 0, down.stderr
