@@ -330,42 +330,68 @@ def _png_end(data: bytes) -> int | None:
 
 
 def _jpeg_end(data: bytes) -> int | None:
-    """Walk the JPEG segments and entropy-coded scans to the end of the EOI marker.
+    """Walk the JPEG segments and entropy-coded scans to the end of the EOI marker; None
+    when the data is damaged or ends first."""
+    i = 2
+    while True:
+        what, i = _jpeg_segments(data, i)
+        if what == "end":
+            return i
+        if what != "scan":
+            return None
+        found = _scan_end(data, i)
+        if found is None:
+            return None
+        i = found
 
-    Scans end at the first marker that is not a stuffed ``FF00``, a restart marker or fill
-    bytes, so a ``FFD9`` inside an appended file is never taken for the image's end.
+
+def _jpeg_segments(data: bytes, i: int) -> tuple[str, int]:
+    """Walk JPEG marker segments from offset ``i`` to the next scan's data or the end.
+
+    Returns ``("scan", offset after the SOS header)``, ``("end", offset after EOI)``,
+    ``("cut", i)`` when the data ends inside the headers, or ``("damaged", i)`` when a
+    non-marker byte or an impossible length stands where a marker must be.
     """
-    i, n = 2, len(data)
+    n = len(data)
     while i + 2 <= n:
         if data[i] != 0xFF:
-            return None  # damaged: no opinion
+            return "damaged", i
         marker = data[i + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte
             i += 1
             continue
         if marker == 0xD9:
-            return i + 2
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            return "end", i + 2
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # segments without a length
             i += 2
             continue
         if i + 4 > n:
+            return "cut", i
+        length = struct.unpack_from(">H", data, i + 2)[0]
+        if length < 2:
+            return "damaged", i
+        i += 2 + length
+        if marker == 0xDA:
+            return "scan", i
+    return "cut", i
+
+
+def _scan_end(data: bytes, i: int) -> int | None:
+    """Offset of the first marker after entropy-coded data starting at ``i``: stuffed
+    ``FF00``, restart markers and fill bytes belong to the scan, so an ``FFD9`` inside an
+    appended file is never taken for the image's end."""
+    n = len(data)
+    while True:
+        j = data.find(b"\xff", i)
+        if j < 0 or j + 1 >= n:
             return None
-        i += 2 + struct.unpack_from(">H", data, i + 2)[0]
-        if marker != 0xDA:
-            continue
-        while True:  # entropy-coded data of the scan
-            j = data.find(b"\xff", i)
-            if j < 0 or j + 1 >= n:
-                return None
-            following = data[j + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7:
-                i = j + 2
-            elif following == 0xFF:
-                i = j + 1
-            else:
-                i = j
-                break
-    return None
+        following = data[j + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            i = j + 2
+        elif following == 0xFF:
+            i = j + 1
+        else:
+            return j
 
 
 def _cut_short(data: bytes, fmt: str | None) -> bool:
@@ -377,39 +403,15 @@ def _cut_short(data: bytes, fmt: str | None) -> bool:
     """
     n = len(data)
     if fmt == "WEBP" and n >= 8:
-        return struct.unpack_from("<I", data, 4)[0] + 8 > n
+        return _image_end(data, fmt) > n
     if fmt == "BMP" and n >= 6:
         return struct.unpack_from("<I", data, 2)[0] > n
     if fmt == "PNG":
         return data.rfind(b"IEND") == -1
     if fmt in ("JPEG", "MPO"):
-        return _jpeg_header_cut_short(data)
+        # Only the headers: the scan's data may end early and the file still decode.
+        return _jpeg_segments(data, 2)[0] == "cut"
     return False
-
-
-def _jpeg_header_cut_short(data: bytes) -> bool:
-    """Walk the JPEG marker segments up to the scan: True if the data ends on the way.
-
-    A non-marker byte where a marker must be means damage, not truncation (False).
-    """
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: the header is complete
-            return False
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # segments without a length
-            i += 2
-            continue
-        length = struct.unpack_from(">H", data, i + 2)[0]
-        if length < 2:
-            return False
-        i += 2 + length
-    return True
 
 
 def _load_error(exc: Exception, fmt: str, data: bytes) -> ImageRejected:

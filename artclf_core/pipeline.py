@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -269,7 +268,6 @@ class Ingestor:
         #: Loaded when the first claimed object needs it (:attr:`model`): a run with nothing
         #: to do lists, finds nothing and returns without TensorFlow or Great Expectations.
         self._model: ArtModel | None = None
-        self._model_lock = threading.Lock()
         self.limits = limits
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
@@ -289,11 +287,13 @@ class Ingestor:
 
     @property
     def model(self) -> ArtModel:
-        """The model batches are classified with, loaded (and registered) on first use."""
+        """The model batches are classified with, loaded (and registered) on first use.
+
+        First used on the main thread (``_stage``, before any download is submitted), so the
+        I/O threads only ever read a loaded model.
+        """
         if self._model is None:
-            with self._model_lock:
-                if self._model is None:
-                    self._use(self._load_model())
+            self._use(self._load_model())
         assert self._model is not None
         return self._model
 

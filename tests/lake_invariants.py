@@ -5,7 +5,11 @@ Shared by the fault tests so each scenario checks the same thing."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import imagegen
+import pytest
 
 from artclf_core import db
 from artclf_core import s3 as s3lib
@@ -66,3 +70,16 @@ def assert_lake_settled(settings, n_objects: int) -> None:
         final_keys = {r[0] for r in conn.execute("SELECT final_key FROM artclf.ingest_log")}
     assert (unfinished, twice, keys_twice, claims) == (0, 0, 0, 0)
     assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
+
+
+def wait_mid_run(proc: subprocess.Popen, settings, *, batch: int = 16) -> dict[str, int]:
+    """Return the states once ``proc`` has catalogued a batch and holds claims on more: the
+    moment a fault hurts most."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        now = states(settings)
+        if now.get("catalogued", 0) >= batch and now.get("processing", 0) > 0:
+            return now
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"the run never reached mid-batch: {proc.communicate()[1].decode()[-2000:]}")

@@ -61,6 +61,7 @@ ADMIN_USER = "admin"
 #: read-only user for people who browse the catalogue (the Artworks page) but may not
 #: change labels or run DAGs. Passwords are generated once, in passwords.json.
 USERS = {ADMIN_USER: "admin", "viewer": "viewer"}
+logger = logging.getLogger(__name__)
 #: The DAG that ingests drops (``dags/artclf_ingest.py``).
 DAG_ID = "artclf_ingest"
 #: Connection ids the DAG reads (``plugins/artclf_airflow/connections.py``).
@@ -68,7 +69,6 @@ DB_CONN_ID = "artclf_db"
 S3_CONN_ID = "artclf_s3"
 #: Environment variable every process of one embedded Airflow inherits; its value is that
 #: instance's directory. ``stop`` finds the processes to end by it.
-logger = logging.getLogger(__name__)
 MARKER = "ARTCLF_AIRFLOW_INSTANCE"
 #: Extra DAG files to load next to the repository's (benchmarks only; see ``_dags_folder``).
 EXTRA_DAGS_ENV = "ARTCLF_AIRFLOW_EXTRA_DAGS"

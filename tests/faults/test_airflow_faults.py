@@ -10,10 +10,12 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from lake_invariants import assert_lake_settled, drop, states
+from lake_invariants import TERMINAL, assert_lake_settled, drop, states
 from test_airflow_stack import artclf, wait_for
 
 from artclf_core import db
@@ -22,6 +24,18 @@ from artclf_core.embedded.airflow import EmbeddedAirflow
 
 N_OBJECTS = 300
 pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def _product_up(home: Path) -> Iterator[Settings]:
+    """``artclf up`` in ``home``, the stack's settings inside, ``artclf down`` after."""
+    up = artclf("up", home=home, timeout=420)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield Settings.from_env(read_env_file(home / "stack.env"))
+    finally:
+        down = artclf("down", home=home, timeout=180)
+        assert down.returncode == 0, down.stderr
 
 
 def _task_pids(settings) -> set[int]:
@@ -34,12 +48,7 @@ def _task_pids(settings) -> set[int]:
 
 
 def test_a_task_killed_mid_batch_is_finished_by_airflows_retry(tmp_path):
-    home = tmp_path / "state"
-    up = artclf("up", home=home, timeout=420)
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        env = read_env_file(home / "stack.env")
-        settings = Settings.from_env(env)
+    with _product_up(tmp_path / "state") as settings:
         drop(settings, N_OBJECTS, seed=20_000)
 
         def mid_batch() -> set[int]:
@@ -53,17 +62,12 @@ def test_a_task_killed_mid_batch_is_finished_by_airflows_retry(tmp_path):
 
         def settled() -> bool:
             now = states(settings)
-            return set(now) <= {"catalogued", "duplicate", "quarantined"} and (
-                sum(now.values()) == N_OBJECTS
-            )
+            return set(now) <= TERMINAL and sum(now.values()) == N_OBJECTS
 
         wait_for(settled, 600, "Airflow's retry settles the drop (the lease is 900 s)", 2.0)
         recovery = time.monotonic() - killed_at
         assert_lake_settled(settings, N_OBJECTS)
         print(f"settled {N_OBJECTS} objects {recovery:.0f} s after the kill", file=sys.stderr)
-    finally:
-        down = artclf("down", home=home, timeout=180)
-        assert down.returncode == 0, down.stderr
 
 
 def _triggerer_pids(home: Path) -> list[int]:
@@ -83,11 +87,7 @@ def test_artclf_up_brings_back_a_killed_triggerer_and_the_drop_is_catalogued(tmp
     ``artclf up`` sees the unhealthy component and restarts Airflow, whose watcher's first
     sweep takes what waited."""
     home = tmp_path / "state"
-    up = artclf("up", home=home, timeout=420)
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        env = read_env_file(home / "stack.env")
-        settings = Settings.from_env(env)
+    with _product_up(home) as settings:
         victims = _triggerer_pids(home)
         assert victims
         for pid in victims:
@@ -109,6 +109,3 @@ def test_artclf_up_brings_back_a_killed_triggerer_and_the_drop_is_catalogued(tmp
             lambda: states(settings).get("catalogued", 0) == 30, 300, "the drop catalogued", 2.0
         )
         assert_lake_settled(settings, 30)
-    finally:
-        down = artclf("down", home=home, timeout=180)
-        assert down.returncode == 0, down.stderr

@@ -18,6 +18,7 @@ from lake_invariants import (
     assert_no_orphans_and_full_history,
     drop,
     states,
+    wait_mid_run,
 )
 
 from artclf_core import db
@@ -33,20 +34,6 @@ def _start_ingest(stack_env: dict[str, str], home: Path) -> subprocess.Popen:
     return subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _kill_mid_run(proc: subprocess.Popen, settings, sig: int) -> dict[str, int]:
-    """Wait until the run has catalogued something and holds claims, then send ``sig``."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        now = states(settings)
-        if now.get("catalogued", 0) >= 16 and now.get("processing", 0) > 0:
-            proc.send_signal(sig)
-            proc.wait(timeout=60)
-            return now
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"the run never reached mid-batch: {proc.communicate()[1].decode()[-2000:]}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_an_immediate_rerun_finishes_what_a_killed_ingest_claimed(clean, stack, tmp_path, sig):
@@ -54,7 +41,9 @@ def test_an_immediate_rerun_finishes_what_a_killed_ingest_claimed(clean, stack, 
     _, stack_env = stack
     drop(settings, N_OBJECTS)
     proc = _start_ingest(stack_env, tmp_path / "home")
-    _kill_mid_run(proc, settings, sig)
+    wait_mid_run(proc, settings)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
     if sig == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM
         assert "stopped by SIGTERM" in proc.stderr.read().decode()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lake_invariants import assert_lake_settled, drop, states
+from lake_invariants import assert_lake_settled, drop, wait_mid_run
 
 from artclf_core.config import Settings
 from artclf_core.embedded.procs import read_pid
@@ -50,18 +50,6 @@ def _ingest(env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _mid_run(proc: subprocess.Popen, settings) -> None:
-    """Return once the run has catalogued a batch and holds claims on the next."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        now = states(settings)
-        if now.get("catalogued", 0) >= 16 and now.get("processing", 0) > 0:
-            return
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"the run never reached mid-batch: {proc.communicate()[1].decode()[-2000:]}")
-
-
 def _kill_postgres(s: Stack) -> None:
     """SIGKILL to every PostgreSQL process (postmaster and backends), as the OOM killer or
     a lost container would."""
@@ -87,7 +75,7 @@ def test_an_immediate_rerun_after_a_server_came_back_settles_the_lake(fresh, fau
     service, inflict = FAULTS[fault]
     drop(settings, N_OBJECTS, seed=5000)
     proc = _ingest(env)
-    _mid_run(proc, settings)
+    wait_mid_run(proc, settings)
     inflict(s)
     _, err = proc.communicate(timeout=300)
     err = err.decode()
