@@ -223,6 +223,21 @@ def models(conn: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def retrain_runs(conn: Any, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest retraining runs, newest first (skipped ones too), with what they trained on,
+    their verdict and the Airflow run that made them (``run``; ``None`` from the CLI)."""
+    rows = db.fetch_dicts(
+        conn,
+        "SELECT id, started_at, finished_at, run_by, status, reason, version, compared_with,"
+        " dataset, report_md, seconds FROM artclf.retrain_runs ORDER BY id DESC LIMIT %s",
+        (limit,),
+    )
+    conn.commit()
+    for row in rows:
+        row["run"] = _run_of(row["run_by"])
+    return rows
+
+
 def model_plot(conn: Any, version: str, name: str) -> str | None:
     """The ``s3://`` URL of one plot a model version recorded (its ``plots`` or the atlas
     next to it); ``None`` when the version recorded no such plot."""

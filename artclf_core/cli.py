@@ -596,6 +596,9 @@ def _first_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "train" or getattr(args, "verbose", False):
+        # Training progress (epochs, features, evaluation) is logged at INFO by artclf.*.
+        logging.getLogger("artclf").setLevel(min(logging.INFO, logging.root.level))
     try:
         return args.func(args)
     except KeyboardInterrupt:

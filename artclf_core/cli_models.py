@@ -201,7 +201,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="train on the lake's labelled images, gate and publish")
     p.add_argument(
         "--arch",
-        choices=["cnn", "efficientnet_lite0"],
+        choices=["efficientnet_lite0_texture", "efficientnet_lite0", "cnn"],
         help="default: ARTCLF_TRAIN_ARCH, else the active model's architecture",
     )
     p.add_argument("--epochs", type=int)

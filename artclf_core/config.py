@@ -24,6 +24,8 @@ DUPLICATES_PREFIX = "duplicates/"
 QUARANTINE_PREFIX = "quarantine/"
 #: Curated, labelled images: ``training/<label>/...``; ingested in place, never moved.
 TRAINING_PREFIX = "training/"
+#: Every prefix whose objects are input: the queue holds objects under these only.
+INPUT_PREFIXES = (INCOMING_PREFIX, TRAINING_PREFIX)
 
 
 def default_home() -> Path:

@@ -3,8 +3,9 @@
 Two sources feed the queue (``artclf.ingest_log``, see ``sql/001_catalogue.sql``):
 
 * **MinIO notifications.** MinIO's PostgreSQL target appends each bucket event to
-  ``artclf.minio_events``; a trigger in the database (``sql/004_object_events.sql``) queues
-  every ``s3:ObjectCreated:*`` object under ``incoming/`` and NOTIFYs channel
+  ``artclf.minio_events``; a trigger in the database (``sql/004_object_events.sql``,
+  ``sql/010_training_drops.sql``) queues every ``s3:ObjectCreated:*`` object under
+  ``incoming/`` or ``training/`` and NOTIFYs channel
   :data:`CHANNEL`. The queue is durable as soon as MinIO's INSERT commits.
   :func:`parse_minio_record` is the same mapping in Python (tests hold the two to each other).
 * **The landing-zone sweep** (:func:`artclf_core.pipeline.sweep`) for stores without
@@ -28,7 +29,7 @@ import logging
 import math
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,7 @@ from typing import Any
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from artclf_core.config import INCOMING_PREFIX, Settings
+from artclf_core.config import INCOMING_PREFIX, INPUT_PREFIXES, TRAINING_PREFIX, Settings
 from artclf_core.db import ObjectRef
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,20 @@ MINIO_EVENTS_TABLE = "artclf.minio_events"
 #: Event names that create an object version (MinIO and AWS spell them alike).
 OBJECT_CREATED = "s3:ObjectCreated:"
 
+#: One prefix or several (``str.startswith`` and the SQL below take either).
+Prefixes = str | Sequence[str]
+
+
+def as_prefixes(prefix: Prefixes) -> tuple[str, ...]:
+    """``"incoming/"`` or ``["incoming/", "training/"]`` as a tuple of prefixes."""
+    return (prefix,) if isinstance(prefix, str) else tuple(prefix)
+
 
 # --------------------------------------------------------------------------- MinIO records
 
 
 def parse_minio_record(
-    record: Mapping[str, Any], prefix: str = INCOMING_PREFIX
+    record: Mapping[str, Any], prefix: Prefixes = INPUT_PREFIXES
 ) -> ObjectRef | None:
     """The object version a MinIO/S3 event record announces, or None if it queues nothing.
 
@@ -80,14 +89,14 @@ def parse_minio_record(
         last_modified = datetime.fromisoformat(event_time) if event_time else None
     except (UnicodeDecodeError, ValueError, TypeError):
         return None
-    if not key.startswith(prefix) or key.endswith("/"):
+    if not key.startswith(as_prefixes(prefix)) or key.endswith("/"):
         return None
     etag = str(obj.get("eTag") or "").strip('"')
     return ObjectRef(bucket=bucket, key=key, etag=etag, last_modified=last_modified, size=size)
 
 
 def parse_minio_event(
-    event_data: Mapping[str, Any], prefix: str = INCOMING_PREFIX
+    event_data: Mapping[str, Any], prefix: Prefixes = INPUT_PREFIXES
 ) -> list[ObjectRef]:
     """Every queued object of one MinIO event (``{"Records": [...]}``, as MinIO stores it)."""
     records = event_data.get("Records")
@@ -146,7 +155,7 @@ _PENDING_AFTER = """
     SELECT count(*), min(id), max(id)
     FROM artclf.ingest_log
     WHERE id > %(after)s AND state = 'pending'
-      AND (%(bucket)s::text IS NULL OR bucket = %(bucket)s) AND starts_with(key, %(prefix)s)
+      AND (%(bucket)s::text IS NULL OR bucket = %(bucket)s) AND key ^@ ANY(%(prefixes)s::text[])
 """
 
 
@@ -155,7 +164,7 @@ def pending_after(
     last_id: int,
     *,
     bucket: str | None = None,
-    prefix: str = INCOMING_PREFIX,
+    prefix: Prefixes = INPUT_PREFIXES,
 ) -> tuple[int, int | None]:
     """How many pending rows lie above ``last_id``, and the highest of their ids (or None).
 
@@ -163,7 +172,7 @@ def pending_after(
     The scan walks the primary key from ``last_id`` up, so it costs what is new, not the log.
     """
     n, _first, last = conn.execute(
-        _PENDING_AFTER, {"after": last_id, "bucket": bucket, "prefix": prefix}
+        _PENDING_AFTER, {"after": last_id, "bucket": bucket, "prefixes": list(as_prefixes(prefix))}
     ).fetchone()
     return n, last
 
@@ -224,7 +233,8 @@ class Announcement:
     first_id: int
     last_id: int
     bucket: str | None
-    prefix: str
+    #: The prefixes whose pending rows were counted (the landing zone and the training area).
+    prefixes: tuple[str, ...]
     at: datetime
 
     def payload(self) -> dict[str, Any]:
@@ -236,7 +246,7 @@ class Announcement:
             "first_id": self.first_id,
             "last_id": self.last_id,
             "bucket": self.bucket,
-            "prefix": self.prefix,
+            "prefixes": list(self.prefixes),
             "announced_at": self.at.isoformat(),
         }
 
@@ -276,7 +286,7 @@ def announce(
     name: str,
     *,
     bucket: str | None = None,
-    prefix: str = INCOMING_PREFIX,
+    prefix: Prefixes = INPUT_PREFIXES,
 ) -> Announcement | None:
     """Hand out the pending rows above ``name``'s watermark, once, and advance it. Commits.
 
@@ -298,7 +308,8 @@ def announce(
             "SELECT last_id FROM artclf.trigger_state WHERE name = %s FOR UPDATE", (name,)
         ).fetchone()
         count, first, last = conn.execute(
-            _PENDING_AFTER, {"after": last_id, "bucket": bucket, "prefix": prefix}
+            _PENDING_AFTER,
+            {"after": last_id, "bucket": bucket, "prefixes": list(as_prefixes(prefix))},
         ).fetchone()
         if not count:  # another instance announced them meanwhile
             return None
@@ -308,7 +319,7 @@ def announce(
             " WHERE name = %s RETURNING announced_at",
             (last, name),
         ).fetchone()
-    return Announcement(name, "new", count, first, last, bucket, prefix, at)
+    return Announcement(name, "new", count, first, last, bucket, as_prefixes(prefix), at)
 
 
 def remind(
@@ -317,7 +328,7 @@ def remind(
     *,
     after_seconds: float,
     bucket: str | None = None,
-    prefix: str = INCOMING_PREFIX,
+    prefix: Prefixes = INPUT_PREFIXES,
 ) -> Announcement | None:
     """Re-announce rows still pending ``after_seconds`` after they were queued. Commits.
 
@@ -346,9 +357,14 @@ def remind(
             WHERE id <= %(upto)s AND state = 'pending'
               AND first_seen < now() - make_interval(secs => %(after)s)
               AND (%(bucket)s::text IS NULL OR bucket = %(bucket)s)
-              AND starts_with(key, %(prefix)s)
+              AND key ^@ ANY(%(prefixes)s::text[])
             """,
-            {"upto": last_id, "after": after_seconds, "bucket": bucket, "prefix": prefix},
+            {
+                "upto": last_id,
+                "after": after_seconds,
+                "bucket": bucket,
+                "prefixes": list(as_prefixes(prefix)),
+            },
         ).fetchone()
         if not count:
             return None
@@ -357,7 +373,7 @@ def remind(
             " updated_at = now() WHERE name = %s RETURNING reminded_at",
             (name,),
         ).fetchone()
-    return Announcement(name, "reminder", count, first, last, bucket, prefix, at)
+    return Announcement(name, "reminder", count, first, last, bucket, as_prefixes(prefix), at)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -386,7 +402,12 @@ class IncomingWatcher:
     in a worker thread. One pass of the loop:
 
     1. every ``sweep_interval`` seconds (never if <= 0), sweep ``bucket``/``prefix`` and
-       NOTIFY when that queued rows;
+       NOTIFY when that queued rows; with it, at most every ``training_sweep_interval``
+       seconds, the training area ``training_prefix`` (labelled drops; None or an interval
+       <= 0: never). The
+       landing zone empties as objects are processed, so its sweep costs what waits; the
+       training area keeps its objects (they are catalogued in place), so its sweep lists
+       all of it and runs less often (with MinIO notifications it only repairs);
     2. :func:`announce`; when there is nothing new and the reminder check is due,
        :func:`remind`;
     3. yield the announcement, if any;
@@ -416,14 +437,20 @@ class IncomingWatcher:
         *,
         name: str,
         prefix: str = INCOMING_PREFIX,
+        training_prefix: str | None = TRAINING_PREFIX,
         sweep_interval: float = 5.0,
+        training_sweep_interval: float = 30.0,
         reannounce_after: float = 600.0,
         settle: float = 0.25,
     ) -> None:
         self.settings = settings
         self.name = name
         self.prefix = prefix
+        self.training_prefix = training_prefix
+        #: What this watcher announces: pending rows under the landing zone or training area.
+        self.prefixes = (prefix,) + ((training_prefix,) if training_prefix else ())
         self.sweep_interval = sweep_interval
+        self.training_sweep_interval = training_sweep_interval
         self.reannounce_after = reannounce_after
         self.settle = settle
         self._s3 = None
@@ -470,22 +497,29 @@ class IncomingWatcher:
             )
             own_pid = work.info.backend_pid
             mark = await asyncio.to_thread(load_watermark, work, self.name)
+            training = bool(self.training_prefix) and self.training_sweep_interval > 0
             log.info(
-                "watcher %s: listening on %s for s3://%s/%s (watermark %d, sweep every %s s)",
+                "watcher %s: listening on %s for s3://%s/{%s} (watermark %d, sweep every %s s,"
+                " training area every %s s)",
                 self.name,
                 CHANNEL,
                 bucket,
-                self.prefix,
+                ",".join(self.prefixes),
                 mark.last_id,
                 self.sweep_interval if self.sweep_interval > 0 else "-",
+                self.training_sweep_interval if training else "-",
             )
             next_sweep = loop.time() if self.sweep_interval > 0 else math.inf
+            next_training = loop.time() if training else math.inf
             # Reminders are checked at once: a restart is when a lost announcement shows.
             next_remind = loop.time() if self.reannounce_after > 0 else math.inf
             held_since: float | None = None
             while True:
                 if loop.time() >= next_sweep:
-                    added = await self._sweep(work)
+                    added = await self._sweep(work, self.prefix)
+                    if loop.time() >= next_training:
+                        added += await self._sweep(work, self.training_prefix)
+                        next_training = loop.time() + self.training_sweep_interval
                     next_sweep = loop.time() + self.sweep_interval
                     if added >= self.BURST:
                         held_since = held_since if held_since is not None else loop.time()
@@ -502,7 +536,7 @@ class IncomingWatcher:
                         continue
                     held_since = None
                 found = await asyncio.to_thread(
-                    announce, work, self.name, bucket=bucket, prefix=self.prefix
+                    announce, work, self.name, bucket=bucket, prefix=self.prefixes
                 )
                 if found is None and loop.time() >= next_remind:
                     found = await asyncio.to_thread(
@@ -511,7 +545,7 @@ class IncomingWatcher:
                         self.name,
                         after_seconds=self.reannounce_after,
                         bucket=bucket,
-                        prefix=self.prefix,
+                        prefix=self.prefixes,
                     )
                     next_remind = loop.time() + self.remind_check
                 if found is not None:
@@ -531,16 +565,16 @@ class IncomingWatcher:
                 _close_when_idle(work)
             await listen.close()
 
-    async def _sweep(self, work: psycopg.Connection) -> int:
-        """Sweep in a thread; return how many objects it newly queued. An S3 outage is
-        logged, not fatal (notifications still work)."""
+    async def _sweep(self, work: psycopg.Connection, prefix: str) -> int:
+        """Sweep ``prefix`` in a thread; return how many objects it newly queued. An S3
+        outage is logged, not fatal (notifications still work)."""
         try:
             if self._s3 is None:
                 from artclf_core import s3 as s3lib
 
                 self._s3 = await asyncio.to_thread(s3lib.client, self.settings)
             _, added = await asyncio.to_thread(
-                sweep_counting, self._s3, work, self.settings.bucket, self.prefix
+                sweep_counting, self._s3, work, self.settings.bucket, prefix
             )
             return added
         except (BotoCoreError, ClientError) as exc:
@@ -549,7 +583,7 @@ class IncomingWatcher:
                 "watcher %s: sweep of s3://%s/%s failed: %s",
                 self.name,
                 self.settings.bucket,
-                self.prefix,
+                prefix,
                 exc,
             )
             return 0

@@ -600,6 +600,18 @@ class Ingestor:
     def _prepare(self, item: _Item) -> None:
         """Fetch, validate and hash one object (runs on the I/O thread pool)."""
         row = item.row
+        if item.in_place and item.curated_label is None:
+            # A labelled drop whose folder is not a class would train nothing and is almost
+            # always a typo (training/paintings/, training/Sculpture/): say so, keep it there.
+            folder = row.key[len(TRAINING_PREFIX) :].partition("/")
+            item.quarantine(
+                "unknown_label",
+                f"labelled drops go under training/<label>/ with <label> one of "
+                f"{', '.join(CLASSES)}; "
+                + (f"{folder[0]!r} is not one" if folder[1] else "this one has no label folder")
+                + " (move it to the right folder; it stays where it is until then)",
+            )
+            return
         try:
             data = s3lib.get_bytes(self.s3, row.bucket, row.key, max_bytes=self.limits.max_bytes)
         except s3lib.ObjectTooLarge as exc:

@@ -25,21 +25,24 @@ nothing is trained: a nightly run on an unchanged lake costs a query, not 20 min
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from artclf_core import CLASSES, db, plots, promotion, registry
 from artclf_core import s3 as s3lib
-from artclf_core.config import Settings
+from artclf_core.config import TRAINING_PREFIX, Settings
 
 log = logging.getLogger("artclf.retrain")
 
@@ -60,23 +63,57 @@ def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def labelled_artworks(conn) -> list[dict[str, Any]]:
-    """Catalogued artworks with a known label (folder or curator), oldest first."""
+    """Catalogued artworks with a known label (folder or curator), oldest first;
+    ``labelled_at`` is when the label became known (the curator's confirmation, else the
+    artwork's cataloguing)."""
     return db.fetch_dicts(
         conn,
-        "SELECT id, bucket, key, curated_label AS label, source_key, sha256"
+        "SELECT id, bucket, key, curated_label AS label, source_key, sha256,"
+        " coalesce(curated_at, created_at) AS labelled_at"
         " FROM artclf.artworks WHERE curated_label IS NOT NULL ORDER BY id",
     )
 
 
-def export_training_set(settings: Settings, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def _source(name: str, label: str) -> str:
+    """The source the split holds out: the name's prefix before ``__``, else the class
+    (the rule of :func:`artclf_core.training.scan_labelled_folder`)."""
+    return name.split("__", 1)[0] if "__" in name else label
+
+
+def describe_training_set(
+    rows: Sequence[dict[str, Any]], names: Sequence[str], active: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a retraining would learn from: counts per class and per source, and what is new
+    since the active model was registered (labels that became known after it)."""
+    since = active["created_at"] if active else None
+    new = [r for r in rows if since is None or r["labelled_at"] > since]
+    labels = [r["label"] for r in rows]
+    return {
+        "n": len(rows),
+        "per_class": {c: n for c in CLASSES if (n := sum(r["label"] == c for r in rows))},
+        "per_source": dict(sorted(Counter(map(_source, names, labels)).items())),
+        "new_since_active": {
+            "since": since.isoformat() if since else None,
+            "n": len(new),
+            "per_class": dict(Counter(r["label"] for r in new)),
+        },
+        "fingerprint": data_fingerprint([(r["sha256"], r["label"]) for r in rows]),
+    }
+
+
+def export_training_set(
+    settings: Settings, out_dir: str | os.PathLike[str], active: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Download the lake's labelled artworks to ``out_dir/<label>/<name as dropped>``.
 
     The folder layout is the one ``artclf train`` reads, so training from the lake and from a
-    local folder are the same code. Returns ``{"dir", "n", "per_class", "fingerprint"}``.
+    local folder are the same code. Returns :func:`describe_training_set` plus ``"dir"``.
     """
     out = Path(out_dir)
+    started = time.perf_counter()
     with db.connect(settings.db_url) as conn:
         rows = labelled_artworks(conn)
+    log.info("exporting %d labelled artwork(s) from the lake to %s", len(rows), out)
     if out.exists():
         shutil.rmtree(out)
     for label in CLASSES:
@@ -100,20 +137,32 @@ def export_training_set(settings: Settings, out_dir: str | os.PathLike[str]) -> 
         client.download_file(r["bucket"], r["key"], str(path))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(fetch, jobs))
+        for done, _ in enumerate(pool.map(fetch, jobs), 1):
+            if done % 500 == 0:
+                log.info("downloaded %d/%d", done, len(jobs))
+    log.info("downloaded %d image(s) in %.1f s", len(jobs), time.perf_counter() - started)
     return {
+        **describe_training_set(rows, [path.name for _, path in jobs], active),
         "dir": str(out),
-        "n": len(rows),
-        "per_class": dict(Counter(r["label"] for r in rows)),
-        "fingerprint": data_fingerprint([(r["sha256"], r["label"]) for r in rows]),
     }
+
+
+def _waiting_labelled(conn) -> int:
+    """Objects under ``training/`` queued but not catalogued yet (pending, being processed or
+    failed with attempts left): labelled images this run cannot see yet."""
+    (n,) = conn.execute(
+        "SELECT count(*) FROM artclf.ingest_log WHERE key ^@ %s"
+        " AND state IN ('pending', 'processing', 'failed')",
+        (TRAINING_PREFIX,),
+    ).fetchone()
+    return int(n)
 
 
 def _active(conn) -> dict[str, Any] | None:
     rows = db.fetch_dicts(
         conn,
-        "SELECT version, arch, artifact, data_fingerprint FROM artclf.model_versions"
-        " WHERE is_active",
+        "SELECT version, arch, artifact, data_fingerprint, created_at"
+        " FROM artclf.model_versions WHERE is_active",
     )
     return rows[0] if rows else None
 
@@ -129,6 +178,7 @@ def retrain(
     policy: promotion.GatePolicy | None = None,
     force: bool = False,
     verbose: int = 0,
+    run_by: str | None = None,
 ) -> dict[str, Any]:
     """Build the dataset, train, gate, publish and register; return the run's summary.
 
@@ -137,7 +187,11 @@ def retrain(
     the DAG's param switch architectures deliberately.
 
     ``summary["status"]`` is ``"skipped"`` (with ``reason``), ``"promoted"`` or
-    ``"rejected"``; the last two carry ``version``, ``decision`` and ``artifact``.
+    ``"rejected"``; the last two carry ``version``, ``decision`` and ``artifact``. Every
+    summary carries ``dataset`` (:func:`describe_training_set`), ``report_md`` (the same as
+    Markdown) and is recorded in ``artclf.retrain_runs`` under ``run_by`` (default
+    ``cli:<user>@<host>``). Progress (download, features or epochs, evaluation, the gate) is
+    logged at INFO on the ``artclf.*`` loggers.
     """
     from artclf_core import training
     from artclf_core.cv_evaluate import trained_families
@@ -145,29 +199,44 @@ def retrain(
 
     policy = policy or promotion.GatePolicy.from_env()
     started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    run_by = run_by or f"cli:{getpass.getuser()}@{socket.gethostname()}"
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    dataset = export_training_set(settings, work / "dataset")
     with db.connect(settings.db_url) as conn:
         active = _active(conn)
+        waiting = _waiting_labelled(conn)
+    dataset = export_training_set(settings, work / "dataset", active)
     if arch is None:
         arch = os.environ.get("ARTCLF_TRAIN_ARCH") or (
             active["arch"] if active and active["arch"] in ARCHS else DEFAULT_ARCH
         )
-    summary: dict[str, Any] = {"dataset": {k: v for k, v in dataset.items() if k != "dir"}}
+    summary: dict[str, Any] = {
+        "dataset": {k: v for k, v in dataset.items() if k != "dir"},
+        "waiting_under_training": waiting,
+        "compared_with": active and active["version"],
+    }
     short = [c for c in CLASSES if dataset["per_class"].get(c, 0) < MIN_PER_CLASS]
+    reason = None
     if short:
-        return {
-            **summary,
-            "status": "skipped",
-            "reason": f"fewer than {MIN_PER_CLASS} labelled images of {', '.join(short)}",
-        }
-    if not force and active and active["data_fingerprint"] == dataset["fingerprint"]:
-        return {
-            **summary,
-            "status": "skipped",
-            "reason": f"labelled data unchanged since {active['version']} was trained",
-        }
+        reason = f"fewer than {MIN_PER_CLASS} labelled images of {', '.join(short)}"
+    elif not force and active and active["data_fingerprint"] == dataset["fingerprint"]:
+        reason = f"labelled data unchanged since {active['version']} was trained"
+    if reason:
+        log.info("nothing trained: %s", reason)
+        return _record(
+            settings,
+            {**summary, "status": "skipped", "reason": reason},
+            started,
+            started_at,
+            run_by,
+        )
+    log.info(
+        "training %s on %d labelled image(s) (%d new since the active model)",
+        arch,
+        dataset["n"],
+        dataset["new_since_active"]["n"],
+    )
 
     kwargs: dict[str, Any] = {"seed": seed, "arch": arch, "verbose": verbose}
     if epochs is not None:
@@ -176,6 +245,9 @@ def retrain(
         kwargs["patience"] = patience
     result = training.train(dataset["dir"], work / "candidate.keras", **kwargs)
     version = result["version"]
+    log.info(
+        "trained %s in %.0f s; scoring it and the active model", version, result["train_seconds"]
+    )
     # The active model on exactly the candidate's validation images.
     samples = training.scan_labelled_folder(dataset["dir"])
     split = result["split"]
@@ -266,14 +338,101 @@ def retrain(
             params={k: v for k, v in kwargs.items() if k != "verbose"},
         )
         conn.commit()
-    return {
+    outcome = {
         **summary,
         "status": status,
         "version": version,
-        "compared_with": active and active["version"],
         "decision": decision.as_dict(),
         "reasons": decision.reasons,
         "artifact": artifact,
         "report": f"s3://{settings.bucket}/{prefix}report.json",
-        "seconds": round(time.perf_counter() - started, 1),
     }
+    return _record(settings, outcome, started, started_at, run_by)
+
+
+def _record(
+    settings: Settings,
+    summary: dict[str, Any],
+    started: float,
+    started_at: datetime,
+    run_by: str,
+) -> dict[str, Any]:
+    """Add ``seconds`` and ``report_md`` to the summary and record the run in
+    ``artclf.retrain_runs`` (skipped runs too: "why was nothing trained?" is a question)."""
+    summary = {**summary, "seconds": round(time.perf_counter() - started, 1)}
+    summary["report_md"] = report_markdown(summary)
+    with db.connect(settings.db_url) as conn:
+        conn.execute(
+            "INSERT INTO artclf.retrain_runs (started_at, run_by, status, reason, version,"
+            " compared_with, dataset, report_md, seconds)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                started_at,
+                run_by,
+                summary["status"],
+                summary.get("reason"),
+                summary.get("version"),
+                summary.get("compared_with"),
+                json.dumps(summary["dataset"]),
+                summary["report_md"],
+                summary["seconds"],
+            ),
+        )
+        conn.commit()
+    return summary
+
+
+#: Sources listed by name in the markdown report (the rest are added up in one line).
+REPORT_SOURCES = 15
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    """The run's summary as Markdown: verdict and reasons, then what it trained on."""
+    ds = summary["dataset"]
+    status = summary["status"]
+    if status == "skipped":
+        lines = [f"**Nothing trained**: {summary['reason']}."]
+    else:
+        lines = [
+            f"**{status.upper()}**: candidate `{summary['version']}` against "
+            f"`{summary.get('compared_with') or 'no active model'}`."
+        ]
+        lines += [f"- {r}" for r in summary.get("reasons") or []]
+        lines.append(f"\nReport, model and plots: `{summary['report'].rsplit('/', 1)[0]}/`")
+    new = ds["new_since_active"]
+    lines += [
+        "",
+        f"**Labelled images in the lake**: {ds['n']} "
+        f"({new['n']} new since the active model"
+        + (f", {_counts(new['per_class'])}" if new["n"] else "")
+        + ")",
+        "",
+        *(
+            [
+                f"{summary['waiting_under_training']} object(s) under `training/` are still "
+                "waiting to be catalogued; the next run will see them.",
+                "",
+            ]
+            if summary.get("waiting_under_training")
+            else []
+        ),
+        "| class | images |",
+        "|---|---:|",
+        *(f"| {c} | {ds['per_class'].get(c, 0)} |" for c in CLASSES),
+        "",
+        f"**Sources**: {len(ds['per_source'])}",
+        "",
+        "| source | images |",
+        "|---|---:|",
+    ]
+    top = sorted(ds["per_source"].items(), key=lambda kv: (-kv[1], kv[0]))
+    lines += [f"| {name} | {n} |" for name, n in top[:REPORT_SOURCES]]
+    if len(top) > REPORT_SOURCES:
+        rest = top[REPORT_SOURCES:]
+        lines.append(f"| {len(rest)} more | {sum(n for _, n in rest)} |")
+    lines.append(f"\nTook {summary['seconds']:.0f} s.")
+    return "\n".join(lines)
+
+
+def _counts(per_class: dict[str, int]) -> str:
+    return ", ".join(f"{c} {per_class[c]}" for c in CLASSES if per_class.get(c))

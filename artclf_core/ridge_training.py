@@ -20,6 +20,7 @@ model is active).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ from artclf_core.training import (
     split_by_source,
 )
 
+log = logging.getLogger("artclf.training")
+
 ARCH = "efficientnet_lite0_texture"
 #: Images per forward-pass chunk: bounds memory (decoded pixels and activations).
 CHUNK = 256
@@ -52,12 +55,12 @@ def backbone_features(
     for i in range(0, len(samples), CHUNK):
         x = load_images(samples[i : i + CHUNK], size=size)
         parts.append(backbone.predict(x.astype(np.float32), batch_size=64, verbose=0))
-        if verbose:
-            done = min(i + CHUNK, len(samples))
-            print(
-                f"features {done}/{len(samples)} ({time.perf_counter() - started:.0f}s)",
-                flush=True,
-            )
+        log.info(
+            "backbone features %d/%d (%.0f s)",
+            min(i + CHUNK, len(samples)),
+            len(samples),
+            time.perf_counter() - started,
+        )
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
 
 
@@ -84,8 +87,7 @@ def train(
         tr, va = list(samples), []
     else:
         tr, va = split_by_source(samples, val_fraction, seed, mode=val)
-    if verbose:
-        print(f"{len(tr)} training and {len(va)} validation images at {size}px", flush=True)
+    log.info("%d training and %d validation images at %dpx", len(tr), len(va), size)
     base = build_model(len(CLASSES), arch=ARCH, image_size=size)
     feats = backbone_features(
         list(tr) + list(va), base.get_layer("backbone"), size, verbose=verbose
@@ -99,14 +101,18 @@ def train(
     cv = found[0] if found else None
     temperature = cv["calibration"]["temperature"] if cv else 1.0
     threshold = cv["calibration"]["review"]["threshold"] if cv else None
-    if verbose and cv:
+    if cv:
         cal = cv["calibration"]
-        print(
-            f"source-family CV on the training images ({cv['folds']} folds): balanced "
-            f"accuracy {cv['balanced_accuracy']:.3f}, precision@5 "
-            f"{cv['label_precision_at_5']:.3f}; T {temperature:.3f}, ECE "
-            f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}; review threshold {threshold}",
-            flush=True,
+        log.info(
+            "source-family CV on the training images (%d folds): balanced accuracy %.3f, "
+            "precision@5 %.3f; temperature %.3f, ECE %.3f -> %.3f; review threshold %s",
+            cv["folds"],
+            cv["balanced_accuracy"],
+            cv["label_precision_at_5"],
+            temperature,
+            cal["ece_before"],
+            cal["ece_after"],
+            threshold,
         )
     y_tr = np.array([CLASSES.index(s.label) for s in tr])
     head = ridge_head.fit(
@@ -147,8 +153,7 @@ def train(
         "review_threshold": threshold,
     }
     path = save_model(base, out_path, version=version, classes=CLASSES, arch=ARCH, metrics=metrics)
-    if verbose:
-        print(f"saved {path} ({version}) after {train_seconds:.0f}s", flush=True)
+    log.info("saved %s (%s) after %.0f s", path, version, train_seconds)
     return {
         "version": version,
         "model_path": str(path),

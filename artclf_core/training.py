@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 import os
 import re
@@ -43,6 +44,8 @@ from artclf_core.preprocess import open_rgb, to_model_input
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+log = logging.getLogger("artclf.training")
 
 #: File suffixes treated as images; everything else (README, MANIFEST.csv, .DS_Store) is skipped.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -536,6 +539,33 @@ class _BestWeights(keras.callbacks.Callback):
             self.target.set_weights(self.best_weights)
 
 
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch (losses, validation metrics, seconds), through ``logging``.
+
+    Keras's own progress output goes to stdout, which a scheduler's task log may not show
+    and which is noise in a CLI's JSON output; an operator watching a 10-minute training in
+    the Airflow log needs to see it advance.
+    """
+
+    def __init__(self, phase: str = "") -> None:
+        super().__init__()
+        self.phase = phase
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        values = " ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items()))
+        log.info(
+            "epoch %d%s: %s (%.1f s)",
+            epoch + 1,
+            f" ({self.phase})" if self.phase else "",
+            values,
+            time.perf_counter() - self._started,
+        )
+
+
 def _merge_histories(histories: Sequence[dict[str, list[float]]]) -> dict[str, list[float]]:
     """Concatenate per-phase histories; keys missing from a phase are dropped."""
     keys = set.intersection(*(set(h) for h in histories)) if histories else set()
@@ -625,12 +655,14 @@ def train(
     x_va = load_images(va_samples, size=image_size)
     y_va = np.array([index[s.label] for s in va_samples], dtype=np.int64)
     decode_seconds = time.perf_counter() - started
-    if verbose:
-        print(
-            f"decoded {len(samples)} images at {image_size}px in {decode_seconds:.1f}s: "
-            f"{len(tr_samples)} train, {len(va_samples)} validation",
-            flush=True,
-        )
+    log.info(
+        "decoded %d images at %dpx in %.1f s: %d train, %d validation",
+        len(samples),
+        image_size,
+        decode_seconds,
+        len(tr_samples),
+        len(va_samples),
+    )
 
     weights = class_weights(y_tr, len(classes))
     train_ds = _dataset(
@@ -659,7 +691,8 @@ def train(
 
     base = build_model(len(classes), seed=seed, arch=arch, image_size=image_size)
     fit_started = time.perf_counter()
-    fit_args = {"validation_data": val_ds, "shuffle": False, "verbose": verbose}
+    # Progress goes through logging (EpochLog); Keras's bars only with verbose > 2.
+    fit_args = {"validation_data": val_ds, "shuffle": False, "verbose": max(0, verbose - 2)}
     phase_epochs: list[int] = []
     if not backbone_arch:
         trainer = build_training_model(base, seed=seed)
@@ -671,6 +704,7 @@ def train(
             verbose=int(bool(verbose)),
         )
         callbacks = [
+            EpochLog(),
             stopper,
             keras.callbacks.ReduceLROnPlateau(
                 monitor=monitor, factor=0.5, patience=max(1, patience // 3), min_lr=1e-5, verbose=0
@@ -691,7 +725,9 @@ def train(
         if head_epochs > 0:
             backbone.trainable = False
             compile_(trainer, head_lr)
-            hist = trainer.fit(train_ds, epochs=head_epochs, callbacks=[best], **fit_args)
+            hist = trainer.fit(
+                train_ds, epochs=head_epochs, callbacks=[best, EpochLog("head")], **fit_args
+            )
             histories.append(hist.history)
             phase_epochs.append(len(hist.history.get("loss", [])))
         if epochs > 0:
@@ -710,7 +746,7 @@ def train(
                 train_ds,
                 initial_epoch=done,
                 epochs=done + epochs,
-                callbacks=[best, plateau],
+                callbacks=[best, plateau, EpochLog("fine-tune")],
                 **fit_args,
             )
             histories.append(hist.history)
@@ -765,8 +801,7 @@ def train(
     path = save_model(
         base, out_path, version=version, classes=classes, arch=arch, metrics=metadata_metrics
     )
-    if verbose:
-        print(f"saved {path} ({version}) after {train_seconds:.0f}s", flush=True)
+    log.info("saved %s (%s) after %.0f s", path, version, train_seconds)
     return {
         "version": version,
         "model_path": str(path),

@@ -47,10 +47,18 @@ If promoted, `announce_promotion` updates the `artclf_models` asset, which start
 `artclf_reembed`: the new model embeds the whole catalogue beside the old one, then the
 active version switches in one transaction.
 
-**Why was a model (not) promoted?** The `train_and_gate` log prints the verdict and every
-reason; its XCom `return_value` holds the full summary; in SQL:
-`SELECT version, status, decision FROM artclf.model_versions ORDER BY created_at DESC;`
-or `artclf models show <version>`. Plots are next to the model in the lake.
+**Why was a model (not) promoted, or nothing trained?** Browse > Artworks > *Models* shows
+every retraining run (skipped ones too) with its verdict, reasons and what it trained on
+(images per class and per source, what was new since the active model). The same report is
+the end of the `train_and_gate` log and `report_md` in its XCom `return_value`; in SQL:
+`SELECT started_at, status, reason, report_md FROM artclf.retrain_runs ORDER BY id DESC;`
+or `artclf models show <version>`. Plots are next to the model in the lake. The log shows
+progress while it trains (download, backbone features or epochs, the evaluation).
+
+**Where the labelled images come from.** Objects dropped under `training/<label>/` are
+catalogued by `artclf_ingest` like any drop (its trigger sweeps `training/` every
+`ARTCLF_TRAINING_SWEEP_INTERVAL` seconds, or MinIO notifies at once); a folder that is not
+one of the five classes is quarantined (`unknown_label`).
 
 **Operating it.** Trigger with `force` to train on unchanged data, or change the gate's
 thresholds for one run. Roll back a promotion with `artclf models rollback`.
@@ -65,7 +73,8 @@ def train_and_gate() -> dict:
     from artclf_core import promotion, retrain
 
     quiet_libraries()
-    params = get_current_context()["params"]
+    context = get_current_context()
+    params = context["params"]
     policy = promotion.GatePolicy.from_env(
         min_gain=params["min_gain"], max_f1_drop=params["max_f1_drop"]
     )
@@ -77,19 +86,10 @@ def train_and_gate() -> dict:
             epochs=params["epochs"],
             policy=policy,
             force=bool(params["force"]),
+            run_by=f"airflow:{context['dag'].dag_id}/{context['run_id']}",
         )
-    if summary["status"] == "skipped":
-        log.info("nothing trained: %s", summary["reason"])
-    else:
-        log.info(
-            "candidate %s vs active %s: %s",
-            summary["version"],
-            summary["compared_with"],
-            summary["status"].upper(),
-        )
-        for reason in summary["reasons"]:
-            log.info("  - %s", reason)
-        log.info("report: %s", summary["report"])
+    for line in summary["report_md"].splitlines():
+        log.info("%s", line)
     return summary
 
 

@@ -252,7 +252,14 @@ def test_announce_hands_out_each_pending_row_once_per_name(conn, settings):
     bucket = settings.bucket
     first = register(conn, bucket, ["incoming/a.jpg", "incoming/b.jpg", "incoming/c.jpg"])
     register(conn, "other-bucket", ["incoming/z.jpg"])  # another bucket
-    register(conn, bucket, ["training/painting/t.jpg"])  # another prefix
+    (labelled,) = register(conn, bucket, ["training/painting/t.jpg"])  # another prefix
+    only_incoming = events.announce(conn, "t0", bucket=bucket, prefix="incoming/")
+    assert (only_incoming.count, only_incoming.last_id) == (3, first[-1])
+    # By default a watcher announces the landing zone and the training area.
+    both = events.announce(conn, "t-both", bucket=bucket)
+    assert (both.count, both.last_id, both.prefixes) == (4, labelled, ("incoming/", "training/"))
+    db.claim(conn, [labelled], worker="w", max_attempts=3)
+    conn.commit()
 
     ann = events.announce(conn, "t1", bucket=bucket)
     assert (ann.reason, ann.count, ann.first_id, ann.last_id) == ("new", 3, first[0], first[-1])

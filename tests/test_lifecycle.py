@@ -323,6 +323,12 @@ def test_retraining_from_the_lake_gates_publishes_and_skips_unchanged_data(clean
     )
     assert refused["status"] == "rejected" and refused["compared_with"] == model.version
     assert any("gain" in r for r in refused["reasons"])
+    # What it trained on: per class, per source (the name before "__"), new since the active.
+    dataset = refused["dataset"]
+    assert dataset["per_class"] == dict.fromkeys(CLASSES, 8)
+    assert dataset["per_source"] == {f"{c}{k}": 4 for c in CLASSES for k in (0, 1)}
+    assert dataset["new_since_active"]["n"] == 40  # all labelled after the default was registered
+    assert "**REJECTED**" in refused["report_md"] and "| painting | 8 |" in refused["report_md"]
     prefix = f"models/{refused['version']}/"
     names = {
         r.key[len(prefix) :]
@@ -364,3 +370,13 @@ def test_retraining_from_the_lake_gates_publishes_and_skips_unchanged_data(clean
     # Nothing new in the lake: the next nightly run trains nothing.
     again = retrain.retrain(settings, work_dir=tmp_path / "c", epochs=2)
     assert again["status"] == "skipped" and "unchanged" in again["reason"]
+    assert again["dataset"]["new_since_active"]["n"] == 0
+    assert again["report_md"].startswith("**Nothing trained**: labelled data unchanged")
+    # Every run is on record, skipped ones too, for SQL and the Models page.
+    with db.connect(settings.db_url) as conn:
+        runs = db.fetch_dicts(
+            conn, "SELECT status, version, run_by FROM artclf.retrain_runs ORDER BY id"
+        )
+    assert [r["status"] for r in runs] == ["rejected", "promoted", "skipped"]
+    assert runs[0]["version"] == refused["version"] and runs[2]["version"] is None
+    assert runs[0]["run_by"].startswith("cli:")

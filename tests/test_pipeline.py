@@ -262,19 +262,27 @@ def test_training_images_are_catalogued_in_place_with_their_label(clean, model):
             "training/painting/t1.jpg": imagegen.encode(imagegen.make_artwork(300)),
             "training/sculpture/t2.jpg": imagegen.encode(imagegen.make_artwork(301)),
             "training/sculpture/broken.jpg": b"",
+            # A label folder that is not a class, and no folder at all: quarantined, said why.
+            "training/paintings/typo.jpg": imagegen.encode(imagegen.make_artwork(302)),
+            "training/loose.jpg": imagegen.encode(imagegen.make_artwork(303)),
         },
     )
     with Ingestor(settings, model=model) as ingestor:
         summary = ingestor.ingest_prefix("training/")
         assert ingestor.ingest_prefix("training/").processed == 0
-    assert summary.catalogued == 2 and summary.quarantined == 1
+    assert summary.catalogued == 2 and summary.quarantined == 3
+    assert summary.reasons == {"empty": 1, "unknown_label": 2}
+    log = {r["key"]: r for r in log_by_key_rows(settings)}
+    assert "'paintings' is not one" in log["training/paintings/typo.jpg"]["message"]
+    assert "no label folder" in log["training/loose.jpg"]["message"]
+    assert all(log[k]["final_key"] == k for k in log)  # each stays where it was dropped
     with db.connect(settings.db_url) as conn:
         rows = dict(conn.execute("SELECT key, curated_label FROM artclf.artworks").fetchall())
     assert rows == {
         "training/painting/t1.jpg": "painting",
         "training/sculpture/t2.jpg": "sculpture",
     }
-    assert len(keys(client, settings.bucket, "training/")) == 3  # nothing moved
+    assert len(keys(client, settings.bucket, "training/")) == 5  # nothing moved
 
 
 def test_odd_but_valid_images_are_accepted(clean, model):

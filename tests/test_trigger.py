@@ -170,6 +170,8 @@ def test_serialize_round_trips_and_is_a_stable_identity():
         "bucket": None,
         "prefix": "incoming/",
         "sweep_interval": 5.0,
+        "training_prefix": "training/",
+        "training_sweep_interval": 30.0,
         "name": "artclf_incoming",
         "reannounce_after": 600.0,
     }
@@ -231,7 +233,10 @@ def test_fires_on_a_minio_notification_row(lake):
             (log_id,) = ids_of(conn, "incoming/museum drop/nature morte (1890).jpg")
             assert payload["reason"] == "new" and payload["count"] == 1
             assert payload["first_id"] == payload["last_id"] == log_id
-            assert payload["bucket"] == settings.bucket and payload["prefix"] == "incoming/"
+            assert payload["bucket"] == settings.bucket and payload["prefixes"] == [
+                "incoming/",
+                "training/",
+            ]
             await run.quiet(1.0)
         finally:
             await run.stop()
@@ -265,6 +270,35 @@ def test_fires_on_a_sweep_and_never_twice_for_one_version(lake):
             (two,) = ids_of(conn, "incoming/two.jpg")
             assert (payload["count"], payload["first_id"], payload["last_id"]) == (1, two, two)
             await run.quiet()
+        finally:
+            await run.stop()
+
+    asyncio.run(scenario())
+
+
+def test_labelled_drops_under_training_are_swept_less_often_and_announced(lake):
+    """training/ keeps its objects, so it is swept on its own, slower clock; what it queues is
+    announced like a drop under incoming/ (the ingest DAG then catalogues it in place)."""
+    settings, client, conn = lake
+
+    async def scenario() -> None:
+        run = Running(trigger(unique(), training_sweep_interval=4.0))
+        try:
+            # Once this is announced the watcher runs and its first training sweep is done.
+            client.put_object(Bucket=settings.bucket, Key="incoming/first.jpg", Body=b"1")
+            await run.next()
+            client.put_object(Bucket=settings.bucket, Key="training/painting/p__1.jpg", Body=b"p1")
+            client.put_object(Bucket=settings.bucket, Key="incoming/now.jpg", Body=b"now")
+            first = await run.next()
+            assert ids_of(conn, "training/painting/p__1.jpg") == []  # not swept yet
+            assert first["prefixes"] == ["incoming/", "training/"]
+            payload = await run.next(timeout=6.0)
+            (labelled,) = ids_of(conn, "training/painting/p__1.jpg")
+            assert payload["count"] == 1 and payload["last_id"] == labelled
+            # A MinIO notification queues a labelled drop at once.
+            insert_minio_events(conn, minio_event(settings.bucket, "training/sculpture/s.jpg"))
+            payload = await run.next(timeout=3.0)
+            assert payload["last_id"] == ids_of(conn, "training/sculpture/s.jpg")[0]
         finally:
             await run.stop()
 

@@ -269,6 +269,13 @@ def create_app(
         with backend.connect() as conn:
             return browse.models(conn)
 
+    @app.get("/api/retrain-runs", summary="Retraining runs: verdict, reasons, training set")
+    def retrain_runs(
+        _user: Reader, limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 20
+    ) -> list[dict]:
+        with backend.connect() as conn:
+            return browse.retrain_runs(conn, limit=limit)
+
     @app.get("/api/models/{version}/plots/{name}", summary="A plot or atlas a version recorded")
     def plot(version: str, name: str, _user: Reader) -> Response:
         with backend.connect() as conn:

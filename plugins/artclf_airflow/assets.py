@@ -1,4 +1,5 @@
-"""The asset the ingest DAG is scheduled on: new objects under ``s3://<bucket>/incoming/``.
+"""The asset the ingest DAG is scheduled on: new objects under ``s3://<bucket>/incoming/``
+(drops) and ``training/`` (labelled drops, which the nightly retraining learns from).
 
 ``schedule=[incoming_asset()]`` makes a DAG event-driven: the asset's watcher runs
 :class:`~artclf_airflow.triggers.IncomingObjectsTrigger` in the triggerer, and each event
@@ -38,6 +39,18 @@ def sweep_interval() -> float:
     return float(os.environ.get("ARTCLF_SWEEP_INTERVAL") or 1.0)
 
 
+def training_sweep_interval() -> float:
+    """Seconds between sweeps of the training area: ``ARTCLF_TRAINING_SWEEP_INTERVAL``,
+    default 30 (<= 0: never; labelled drops then need MinIO notifications or a manual
+    ``artclf ingest --prefix training/``).
+
+    ``training/`` keeps its objects (they are catalogued in place), so a sweep lists the whole
+    area: measured at about 2,800 keys per second of CPU on the embedded store
+    (docs/benchmarks.md), hence not every second.
+    """
+    return float(os.environ.get("ARTCLF_TRAINING_SWEEP_INTERVAL") or 30.0)
+
+
 def incoming_asset() -> Asset:
     """``Asset("artclf_incoming", uri="s3://<bucket>/incoming/")`` with its watcher.
 
@@ -54,7 +67,11 @@ def incoming_asset() -> Asset:
         watchers=[
             AssetWatcher(
                 name=f"{ASSET_NAME}_watcher",
-                trigger=IncomingObjectsTrigger(name=ASSET_NAME, sweep_interval=sweep_interval()),
+                trigger=IncomingObjectsTrigger(
+                    name=ASSET_NAME,
+                    sweep_interval=sweep_interval(),
+                    training_sweep_interval=training_sweep_interval(),
+                ),
             )
         ],
     )

@@ -21,7 +21,7 @@ from artclf_airflow.connections import (
     DEFAULT_POSTGRES_CONN_ID,
     settings_from_connections,
 )
-from artclf_core.config import INCOMING_PREFIX, Settings
+from artclf_core.config import INCOMING_PREFIX, TRAINING_PREFIX, Settings
 from artclf_core.events import IncomingWatcher
 
 #: The classpath the triggerer imports (``plugins/`` is on its ``sys.path``). Spelled out
@@ -31,14 +31,17 @@ CLASSPATH = "artclf_airflow.triggers.IncomingObjectsTrigger"
 
 
 class IncomingObjectsTrigger(BaseEventTrigger):
-    """Fires when objects are newly queued under ``s3://<bucket>/<prefix>``.
+    """Fires when objects are newly queued under ``s3://<bucket>/<prefix>`` or the training
+    area ``s3://<bucket>/<training_prefix>`` (labelled drops; None: not watched).
 
     It waits on PostgreSQL LISTEN/NOTIFY (MinIO notifications and sweeps both NOTIFY), sweeps
     the landing zone every ``sweep_interval`` seconds for stores that cannot notify (<= 0:
-    never), and yields one event per batch of newly queued pending objects, with payload
-    ``{"trigger", "reason", "count", "first_id", "last_id", "bucket", "prefix",
-    "announced_at"}`` (``reason``: ``"new"``, or ``"reminder"`` for objects still pending
-    ``reannounce_after`` seconds after they were announced; <= 0: never).
+    never) and the training area at most every ``training_sweep_interval`` seconds (it keeps
+    its objects, so each sweep lists all of it), and yields one event per batch of newly
+    queued pending objects, with payload ``{"trigger", "reason", "count", "first_id",
+    "last_id", "bucket", "prefixes", "announced_at"}`` (``reason``: ``"new"``, or
+    ``"reminder"`` for objects still pending ``reannounce_after`` seconds after they were
+    announced; <= 0: never).
 
     Each object version is announced once per ``name``: the watermark is stored in the
     catalogue (``artclf.trigger_state``), so a restarted or moved trigger resumes where it
@@ -54,6 +57,8 @@ class IncomingObjectsTrigger(BaseEventTrigger):
         bucket: str | None = None,
         prefix: str = INCOMING_PREFIX,
         sweep_interval: float = 5.0,
+        training_prefix: str | None = TRAINING_PREFIX,
+        training_sweep_interval: float = 30.0,
         name: str = "artclf_incoming",
         reannounce_after: float = 600.0,
     ) -> None:
@@ -65,6 +70,8 @@ class IncomingObjectsTrigger(BaseEventTrigger):
         self.bucket = bucket
         self.prefix = prefix
         self.sweep_interval = float(sweep_interval)
+        self.training_prefix = training_prefix
+        self.training_sweep_interval = float(training_sweep_interval)
         self.name = name
         self.reannounce_after = float(reannounce_after)
 
@@ -82,6 +89,8 @@ class IncomingObjectsTrigger(BaseEventTrigger):
                 "bucket": self.bucket,
                 "prefix": self.prefix,
                 "sweep_interval": self.sweep_interval,
+                "training_prefix": self.training_prefix,
+                "training_sweep_interval": self.training_sweep_interval,
                 "name": self.name,
                 "reannounce_after": self.reannounce_after,
             },
@@ -117,6 +126,8 @@ class IncomingObjectsTrigger(BaseEventTrigger):
             name=self.name,
             prefix=self.prefix,
             sweep_interval=self.sweep_interval,
+            training_prefix=self.training_prefix,
+            training_sweep_interval=self.training_sweep_interval,
             reannounce_after=self.reannounce_after,
         )
 

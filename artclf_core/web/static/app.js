@@ -205,7 +205,7 @@ async function showLake() {
 }
 
 async function showModels() {
-  const rows = await api("models");
+  const [rows, runs] = await Promise.all([api("models"), api("retrain-runs")]);
   const plots = (m) => Object.keys(m.plots || {}).map((n) =>
     el("a", { href: new URL(`api/models/${encodeURIComponent(m.version)}/plots/${encodeURIComponent(n)}`, BASE).href, target: "_blank" }, n));
   view.replaceChildren(el("h1", {}, "Models"),
@@ -217,7 +217,17 @@ async function showModels() {
         el("td", { class: "num" }, m.cv_balanced_accuracy?.toFixed(3) ?? "–"),
         el("td", { class: "num" }, m.review_threshold?.toFixed(3) ?? "–"),
         el("td", {}, m.decision ? `${m.decision.promote ? "promoted" : "refused"}: ${m.decision.reasons.join("; ")}` : "–"),
-        el("td", {}, plots(m))))));
+        el("td", {}, plots(m))))),
+    el("h2", {}, "Retraining runs"),
+    runs.length ? el("table", { class: "data", id: "retrain-runs" },
+      el("tr", {}, ["started", "run", "outcome", "labelled images", "report"].map((h) => el("th", {}, h))),
+      runs.map((r) => el("tr", {},
+        el("td", {}, new Date(r.started_at).toLocaleString()),
+        el("td", {}, runLink(r.run)),
+        el("td", {}, r.status === "skipped" ? `nothing trained: ${r.reason}` : `${r.status}: `, r.version ? el("code", {}, r.version) : ""),
+        el("td", { class: "num" }, `${r.dataset.n} (${r.dataset.new_since_active.n} new)`),
+        el("td", {}, el("details", {}, el("summary", {}, "report"), el("pre", { class: "report" }, r.report_md))))))
+      : el("p", { class: "hint" }, "No retraining has run yet (the artclf_retrain DAG runs nightly)."));
 }
 
 // ------------------------------------------------------------------ router
