@@ -448,14 +448,40 @@ def test_two_overlapping_runs_process_each_object_exactly_once(lake, harness, tm
     assert len(keys(client, bucket, "catalog/")) == 10
 
 
+def first_announcement(settings, timeout: float = 60.0):
+    """The first announcement of the product's own watcher loop (what the Airflow trigger
+    runs in the triggerer; each announcement becomes an asset event that starts
+    ``artclf_ingest``), run here without Airflow."""
+    import asyncio
+    from contextlib import aclosing
+
+    from artclf_core.events import IncomingWatcher
+
+    watcher = IncomingWatcher(
+        settings, name="test_dags", sweep_interval=0.5, training_sweep_interval=1.0
+    )
+
+    async def first():
+        async with aclosing(watcher.watch()) as announcements:
+            async for announcement in announcements:
+                return announcement
+
+    return asyncio.run(asyncio.wait_for(first(), timeout))
+
+
 @pytest.mark.slow
-def test_retrain_then_reembed_dags_promote_and_switch(lake, harness):
-    """dag.test() of the nightly DAG on a small labelled lake, then of the re-embedding DAG
-    its promotion schedules: the new version becomes active with every artwork embedded."""
+def test_labelled_drops_are_catalogued_then_retrained_promoted_and_switched(lake, harness):
+    """The ML owner's flow, end to end with dag.test(): labelled images dropped under
+    training/<label>/ are queued by the product's watcher and catalogued by the ingest DAG
+    it starts (no manual command); the nightly DAG trains on them, logs its progress,
+    reports what it trained on and records its gate decision; the re-embedding DAG its
+    promotion schedules makes the new version active with every artwork embedded."""
     from artclf_core import CLASSES
-    from artclf_core.pipeline import Ingestor
 
     settings, client = lake
+    with db.connect(settings.db_url) as conn:
+        conn.execute("TRUNCATE artclf.trigger_state")
+        conn.commit()
     put(
         client,
         settings.bucket,
@@ -467,14 +493,35 @@ def test_retrain_then_reembed_dags_promote_and_switch(lake, harness):
             for i in range(6)
         },
     )
-    with Ingestor(settings) as ing:
-        assert ing.ingest_prefix("training/").catalogued == 6 * len(CLASSES)
-        old = ing.model.version
+    announced = first_announcement(settings)
+    assert announced.count == 6 * len(CLASSES) and "training/" in announced.prefixes
+    ingested = harness.run("--dag", "artclf_ingest")  # the run that event starts
+    assert ingested["state"] == "success", _tail(Path(ingested["log"]))
+    with db.connect(settings.db_url) as conn:
+        labels = dict(
+            conn.execute(
+                "SELECT curated_label, count(*) FROM artclf.artworks GROUP BY 1"
+            ).fetchall()
+        )
+        old = db.active_version(conn)
+    assert labels == dict.fromkeys(CLASSES, 6)
+
     conf = json.dumps({"epochs": 2, "min_gain": -1.0, "max_f1_drop": 1.0})
     trained = harness.run("--dag", "artclf_retrain", "--conf", conf)
     assert trained["state"] == "success", _tail(Path(trained["log"]))
     summary = trained["xcom"]["train_and_gate"][0]
     assert summary["status"] == "promoted" and summary["compared_with"] == old
+    assert summary["dataset"]["per_class"] == dict.fromkeys(CLASSES, 6)
+    assert len(summary["dataset"]["per_source"]) == 2 * len(CLASSES)
+    # Progress and the report are in the task log, not only in XCom.
+    log = Path(trained["log"]).read_text(errors="replace")
+    for line in ("exporting 30 labelled artwork(s)", "backbone features 30/30", "**PROMOTED**"):
+        assert line in log, line
+    with db.connect(settings.db_url) as conn:
+        (run_by, status) = conn.execute(
+            "SELECT run_by, status FROM artclf.retrain_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert run_by == f"airflow:artclf_retrain/{trained['run_id']}" and status == "promoted"
     assert trained["xcom"]["announce_promotion"] == [summary["version"]]
     # The asset event would start artclf_reembed; dag.test() runs it here with the version.
     moved = harness.run(
