@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from artclf_core import events
-from artclf_core.config import INCOMING_PREFIX, Settings
+from artclf_core.config import INCOMING_PREFIX, INPUT_PREFIXES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -303,7 +303,12 @@ def test_bucket_subscription_matches_target_and_trigger(compose):
     arn = next(word for word in add if word.startswith("arn:"))
     assert arn == f"arn:minio:sqs::{target_id.lower()}:postgresql"
     assert add[add.index("--event") + 1] == "put"  # s3:ObjectCreated:*
-    assert add[add.index("--prefix") + 1] == INCOMING_PREFIX
+    assert add[add.index("--prefix") + 1] == '"$prefix"'
+    # The loop subscribes every input prefix: those the catalogue's trigger queues.
+    loop = next(line for line in script.splitlines() if line.strip().startswith("for prefix in"))
+    assert loop.split("in", 1)[1].strip().rstrip(";").split("; do")[0].split() == list(
+        INPUT_PREFIXES
+    )
     assert 'mc mb --ignore-existing "local/${ARTCLF_BUCKET}"' in script
 
 
