@@ -72,7 +72,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from artclf_core.stack import Stack
 
     stack = Stack.default()
-    airflow = EmbeddedAirflow(stack.home)
+    airflow = EmbeddedAirflow(
+        stack.home, executor=args.executor, workers=args.workers, concurrency=args.concurrency
+    )
     stack_was_up = all(stack.status().values())
     before = airflow.leader() if airflow.is_running() else None
     env = stack.up()
@@ -96,6 +98,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"artclf is {'already ' if already else ''}up (state in {stack.home})")
     print()
     print(f"  Airflow     {url}   login {info['AIRFLOW_USER']} / {info['AIRFLOW_PASSWORD']}")
+    plan = airflow.deployment()
+    if plan["executor"] == "celery":
+        print(
+            f"              CeleryExecutor: {plan['workers']} workers x {plan['concurrency']} "
+            f"slots, broker {_redact(airflow.redis.url())}"
+        )
     print(f"              DAG {DAG_ID} runs by itself when images land under incoming/")
     print(f"              {url}/dags/{DAG_ID}")
     print(f"  Artworks    {url}/artclf/   (also under Browse in Airflow's menu)")
@@ -442,6 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="start everything: the stack and Airflow running the DAG")
+    p.add_argument(
+        "--executor",
+        choices=["local", "celery"],
+        help="local: airflow standalone (LocalExecutor, SQLite metadata); celery: the "
+        "CeleryExecutor with a Redis broker, Airflow's metadata in the stack's PostgreSQL "
+        "and --workers Celery workers, the path docker-compose takes. Default: what the "
+        "last `artclf up` used, else local",
+    )
+    p.add_argument("--workers", type=int, help="Celery workers (celery executor; default 2)")
+    p.add_argument(
+        "--concurrency", type=int, help="task slots per Celery worker (celery executor; default 2)"
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop everything `artclf up` started (data is kept)")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from artclf_core import s3 as s3lib
 from artclf_core.config import Settings, read_env_file
@@ -114,3 +118,65 @@ def test_two_stack_ups_at_the_same_moment_share_one_stack(tmp_path):
         assert read_pid(home / "s3" / "weed.pid")
     finally:
         assert artclf("stack", "down", home=home).returncode == 0
+
+
+def _redis_or_skip() -> None:
+    if not (shutil.which("redis-server") or shutil.which("valkey-server")):
+        pytest.skip("no redis-server or valkey-server (apt-get install redis-server)")
+
+
+def test_the_celery_broker_is_private_keeps_its_port_and_stops(tmp_path):
+    """The Celery deployment's Redis: loopback only, a password nobody else can read, the
+    same port after a restart (the broker URL in airflow.cfg stays right)."""
+    _redis_or_skip()
+    from artclf_core.embedded.redis import EmbeddedRedis
+
+    broker = EmbeddedRedis(tmp_path)
+    url = broker.start()
+    try:
+        assert url.startswith("redis://:") and "@127.0.0.1:" in url
+        assert broker.ping()
+        assert (broker.dir.stat().st_mode & 0o077) == 0
+        assert (broker.config_file.stat().st_mode & 0o077) == 0
+        assert broker.password() not in " ".join(
+            Path(f"/proc/{read_pid(broker.pid_file)}/cmdline").read_text().split("\0")
+        )
+        port = int(broker.port_file.read_text())
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")  # no AUTH
+            assert sock.recv(64).startswith(b"-NOAUTH")
+        assert broker.start() == url  # idempotent
+        broker.stop()
+        assert not broker.is_running()
+        assert broker.start() == url  # same port, same password
+    finally:
+        broker.stop()
+    assert not broker.is_running()
+
+
+def test_the_embedded_airflow_remembers_its_executor_and_writes_celery_settings(tmp_path):
+    from artclf_core.embedded.airflow import EmbeddedAirflow
+
+    assert EmbeddedAirflow(tmp_path).deployment() == {"executor": "local"}
+    airflow = EmbeddedAirflow(tmp_path, executor="celery", workers=3)
+    plan = airflow.deployment()
+    assert plan == {"executor": "celery", "workers": 3, "concurrency": 2}
+    airflow.dir.mkdir(parents=True)
+    airflow._executor_file.write_text(json.dumps(plan))
+    assert EmbeddedAirflow(tmp_path).deployment() == plan  # plain `artclf up` keeps it
+    assert EmbeddedAirflow(tmp_path, executor="local").deployment() == {"executor": "local"}
+    celery = {
+        **plan,
+        "broker_url": "redis://:pw@127.0.0.1:6390/0",
+        "metadata_url": "postgresql+psycopg2://airflow:pw@127.0.0.1:5433/airflow",
+    }
+    airflow._write_config(8080, celery)
+    cfg = airflow.config_file.read_text()
+    assert "executor = CeleryExecutor" in cfg
+    assert "sql_alchemy_conn = postgresql+psycopg2://airflow:pw@127.0.0.1:5433/airflow" in cfg
+    assert "result_backend = db+postgresql+psycopg2://airflow:pw@" in cfg
+    assert "broker_url = redis://:pw@127.0.0.1:6390/0" in cfg
+    assert "parallelism = 6" in cfg and "task_instance_heartbeat_timeout = 60" in cfg
+    assert (airflow.config_file.stat().st_mode & 0o077) == 0
+    with pytest.raises(ValueError, match="unknown executor"):
+        EmbeddedAirflow(tmp_path, executor="kubernetes").deployment()

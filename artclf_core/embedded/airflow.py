@@ -53,7 +53,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from artclf_core.embedded.procs import pick_port, wait_until
+from artclf_core.embedded.airflow_celery import COMPONENTS_FILE, worker_name
+from artclf_core.embedded.postgres import EmbeddedPostgres
+from artclf_core.embedded.procs import GaveUp, pick_port, wait_until
+from artclf_core.embedded.redis import EmbeddedRedis
 
 #: The one Airflow user of the embedded instance (simple auth manager, role admin).
 ADMIN_USER = "admin"
@@ -79,6 +82,10 @@ SIMPLE_AUTH_MANAGER = (
 HEALTH_PATH = "/api/v2/monitor/health"
 #: Components whose heartbeat the health endpoint reports; all must be healthy to be ready.
 COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+#: ``artclf up --executor``: the executors the embedded deployment can run.
+EXECUTORS = ("local", "celery")
+#: Airflow's metadata database and its owner in the stack's PostgreSQL (celery executor).
+METADATA_DB = "airflow"
 
 
 def repo_root() -> Path:
@@ -170,6 +177,13 @@ class EmbeddedAirflow:
     port: int | None = None
     #: Seconds ``start`` waits for every component to report healthy.
     start_timeout: float = 300.0
+    #: ``"local"`` (``airflow standalone``: LocalExecutor, SQLite metadata) or ``"celery"``
+    #: (CeleryExecutor: Redis broker, metadata in the stack's PostgreSQL, ``workers`` Celery
+    #: workers of ``concurrency`` task slots each; see ``airflow_celery``). ``None``: what
+    #: the last start used (``executor.json``), else ``"local"``.
+    executor: str | None = None
+    workers: int | None = None
+    concurrency: int | None = None
 
     # ------------------------------------------------------------------ paths
 
@@ -209,6 +223,33 @@ class EmbeddedAirflow:
     def _shim(self) -> Path:
         return self.dir / "bin" / "airflow"
 
+    @property
+    def _executor_file(self) -> Path:
+        return self.dir / "executor.json"
+
+    def deployment(self) -> dict[str, object]:
+        """The executor settings of this start: those given, else the last start's."""
+        try:
+            last = json.loads(self._executor_file.read_text())
+        except (OSError, ValueError):
+            last = {}
+        executor = self.executor or last.get("executor") or "local"
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
+        if executor == "local":
+            return {"executor": "local"}
+        same = last.get("executor") == executor
+        return {
+            "executor": executor,
+            "workers": self.workers or (same and last.get("workers")) or 2,
+            "concurrency": self.concurrency or (same and last.get("concurrency")) or 2,
+        }
+
+    @property
+    def redis(self) -> EmbeddedRedis:
+        """The Celery broker (used only by the celery executor)."""
+        return EmbeddedRedis(self.home)
+
     # ------------------------------------------------------------------ state
 
     def leader(self) -> tuple[int, int] | None:
@@ -237,7 +278,31 @@ class EmbeddedAirflow:
             "AIRFLOW_PASSWORD": self.password(),
             "AIRFLOW_HOME": str(self.dir),
             "AIRFLOW_LOG": str(self.log_file),
+            "AIRFLOW_EXECUTOR": str(self.deployment()["executor"]),
         }
+
+    def components(self) -> dict[str, tuple[int, int]]:
+        """``{name: (pid, start time)}`` of the celery deployment's components, as its
+        launcher recorded them (empty for ``airflow standalone``)."""
+        try:
+            raw = json.loads((self.dir / COMPONENTS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {name: (int(v[0]), int(v[1])) for name, v in raw.items()}
+
+    def dead_workers(self) -> list[str]:
+        """Celery workers of the running deployment whose process is gone (or was never
+        recorded)."""
+        plan = self.deployment()
+        if plan["executor"] != "celery":
+            return []
+        have = self.components()
+        names = [worker_name(i) for i in range(1, int(plan["workers"]) + 1)]
+        return [n for n in names if n not in have or _start_time(have[n][0]) != have[n][1]]
+
+    def dead_components(self) -> list[str]:
+        """Recorded components of the celery deployment that are no longer alive."""
+        return [n for n, (pid, t) in self.components().items() if _start_time(pid) != t]
 
     def processes(self) -> list[int]:
         """Pids of every live process of this instance.
@@ -287,7 +352,8 @@ class EmbeddedAirflow:
         standalone`` does not restart a killed triggerer or scheduler, docs/reliability.md),
         it is restarted.
         """
-        digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+        plan = self.deployment()
+        digest = hashlib.sha256(json.dumps([env, plan], sort_keys=True).encode()).hexdigest()
         if self.is_running():
             previous = self._digest_file.read_text() if self._digest_file.exists() else ""
             unhealthy = self._unhealthy()
@@ -301,14 +367,27 @@ class EmbeddedAirflow:
         airflow = airflow_binary()
         previous_port = int(self.port_file.read_text()) if self.port_file.exists() else None
         port = pick_port(self.port or previous_port or 8080)
-        self._write_config(port)
+        celery = self._prepare_celery(plan) if plan["executor"] == "celery" else None
+        self._write_config(port, celery)
         self._write_passwords()
         self._write_shim(airflow)
         self._write_local_settings()
         child_env = self._child_env(env, airflow)
+        if celery is None:
+            command = [str(self._shim), "standalone"]
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "artclf_core.embedded.airflow_celery",
+                f"--workers={plan['workers']}",
+                f"--concurrency={plan['concurrency']}",
+            ]
+        (self.dir / COMPONENTS_FILE).unlink(missing_ok=True)
+        self._log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [str(self._shim), "standalone"],
+            command,
             cwd=self.dir,
             env=child_env,
             stdout=log,
@@ -320,6 +399,7 @@ class EmbeddedAirflow:
         self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         self.port_file.write_text(str(port))
         self._digest_file.write_text(digest)
+        self._executor_file.write_text(json.dumps(plan))
         try:
             self._wait_healthy(proc)
         except BaseException:
@@ -357,6 +437,7 @@ class EmbeddedAirflow:
         if left := self.processes():
             raise RuntimeError(f"Airflow processes survived SIGKILL: {left}")
         self.pid_file.unlink(missing_ok=True)
+        self.redis.stop()  # the celery broker, once nothing of Airflow uses it
 
     def _wait_gone(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -378,6 +459,7 @@ class EmbeddedAirflow:
                 bad = [n for n in COMPONENTS if (health.get(n) or {}).get("status") != "healthy"]
             except OSError as exc:
                 bad = [f"the api-server ({exc})"]
+            bad += [f"Celery {name}" for name in self.dead_workers()]
             if not bad or time.monotonic() > deadline:
                 return bad
             time.sleep(1.0)
@@ -385,16 +467,33 @@ class EmbeddedAirflow:
     def _wait_healthy(self, proc: subprocess.Popen | None) -> None:
         def ready() -> bool:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(
+                raise GaveUp(
                     f"airflow standalone exited with {proc.returncode}:\n{self._log_tail()}"
                 )
+            if dead := self.dead_components():
+                raise GaveUp(f"Airflow's {', '.join(dead)} exited:\n{self._log_tail()}")
             health = self.health()
-            return all((health.get(name) or {}).get("status") == "healthy" for name in COMPONENTS)
+            healthy = all((health.get(n) or {}).get("status") == "healthy" for n in COMPONENTS)
+            return healthy and self._workers_ready()
 
         try:
             wait_until(ready, timeout=self.start_timeout, interval=1.0, what="Airflow")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n{self._log_tail()}") from None
+
+    def _workers_ready(self) -> bool:
+        """Every Celery worker of this start has said ``ready.`` (always true for
+        ``standalone``)."""
+        plan = self.deployment()
+        if plan["executor"] != "celery":
+            return True
+        with open(self.log_file, "rb") as fh:
+            fh.seek(getattr(self, "_log_start", 0))
+            lines = fh.read().decode(errors="replace").splitlines()
+        return all(
+            any(line.startswith(f"{worker_name(i):<13} | ") and " ready." in line for line in lines)
+            for i in range(1, int(plan["workers"]) + 1)
+        )
 
     def _log_tail(self, n: int = 3000) -> str:
         try:
@@ -405,18 +504,32 @@ class EmbeddedAirflow:
     # ------------------------------------------------------------------ files
 
     def _secrets(self) -> dict[str, str]:
-        if self._secrets_file.exists():
-            return json.loads(self._secrets_file.read_text())
+        """Generated once, kept in ``secrets.json`` (600); a key added by a later version
+        of artclf is generated the first time it is needed."""
         import base64
 
-        values = {
+        known = json.loads(self._secrets_file.read_text()) if self._secrets_file.exists() else {}
+        makers = {
             # A Fernet key is 32 url-safe base64 bytes.
-            "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-            "jwt_secret": secrets.token_urlsafe(32),
-            "api_secret_key": secrets.token_urlsafe(32),
+            "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            "jwt_secret": lambda: secrets.token_urlsafe(32),
+            "api_secret_key": lambda: secrets.token_urlsafe(32),
+            "metadata_db_password": lambda: secrets.token_urlsafe(18),
         }
-        _write_private(self._secrets_file, json.dumps(values, indent=2))
+        values = {**{k: make() for k, make in makers.items() if k not in known}, **known}
+        if values != known:
+            _write_private(self._secrets_file, json.dumps(values, indent=2))
         return values
+
+    def _prepare_celery(self, plan: dict[str, object]) -> dict[str, object]:
+        """The broker (started) and Airflow's metadata database in the stack's PostgreSQL
+        (created, owned by its own ``airflow`` role); their settings for ``airflow.cfg``."""
+        broker = self.redis.start()
+        url = EmbeddedPostgres(self.home).ensure_database(
+            METADATA_DB, METADATA_DB, self._secrets()["metadata_db_password"], catalogue=False
+        )
+        metadata = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        return {**plan, "broker_url": broker, "metadata_url": metadata}
 
     def _write_passwords(self) -> None:
         """The simple auth manager's password file: a password generated once per user."""
@@ -429,8 +542,11 @@ class EmbeddedAirflow:
         passwords = {user: known.get(user) or secrets.token_urlsafe(12) for user in USERS}
         _write_private(self.passwords_file, json.dumps(passwords) + "\n")
 
-    def _write_config(self, port: int) -> None:
-        """``airflow.cfg`` for this instance; rewritten at every start (ports may move)."""
+    def _write_config(self, port: int, celery: dict[str, object] | None = None) -> None:
+        """``airflow.cfg`` for this instance; rewritten at every start (ports may move).
+
+        ``celery``: what ``_prepare_celery`` returned, for the CeleryExecutor deployment.
+        """
         sec = self._secrets()
         root = repo_root()
 
@@ -478,6 +594,28 @@ class EmbeddedAirflow:
                 "scheduler_idle_sleep_time": "0.2",
             },
         }
+        if celery is not None:
+            settings["core"]["executor"] = "CeleryExecutor"
+            # Tasks of both workers at once, plus the trigger-started runs' planning tasks.
+            slots = int(celery["workers"]) * int(celery["concurrency"])  # type: ignore[call-overload]
+            settings["core"]["parallelism"] = str(max(4, slots))
+            settings["core"]["max_active_tasks_per_dag"] = str(max(4, slots))
+            settings["database"]["sql_alchemy_conn"] = celery["metadata_url"]
+            settings["celery"] = {
+                "broker_url": celery["broker_url"],
+                "result_backend": "db+" + str(celery["metadata_url"]),
+                "worker_concurrency": celery["concurrency"],
+            }
+            settings["scheduler"].update(
+                {
+                    # A worker that dies takes its task supervisors with it: nothing reports
+                    # the task's end, and the scheduler notices only when its heartbeats
+                    # stop. 60 s instead of 300 s: the retry (and the objects its claims
+                    # hold) are back within about a minute and a half (docs/reliability.md).
+                    "task_instance_heartbeat_timeout": "60",
+                    "task_instance_heartbeat_timeout_detection_interval": "5",
+                }
+            )
         lines = [
             "# Written by artclf (artclf_core/embedded/airflow.py) at every `artclf up`.",
             "# Edit that module, not this file.",

@@ -227,27 +227,39 @@ class EmbeddedPostgres:
         a crash; the fault tests use it)."""
         if not self.is_running():
             return
-        subprocess.run(
+        _make_traversable(self.data_dir.parent)  # a parent's mode may have changed since
+        done = subprocess.run(
             [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"],
             capture_output=True,
+            text=True,
             cwd=self.home / "pg",
             **_as_user(_run_as()),
         )
+        if done.returncode and self.is_running():
+            # e.g. a parent directory lost its o+x, so the server's user cannot reach its
+            # data directory: say so rather than report a stopped stack that still runs.
+            raise RuntimeError(f"PostgreSQL in {self.data_dir} did not stop: {done.stderr.strip()}")
 
-    def ensure_database(self, dbname: str, owner: str, password: str) -> str:
-        """Create the application role and database (idempotent); return its TCP URL.
+    def ensure_database(
+        self, dbname: str, owner: str, password: str, *, catalogue: bool = True
+    ) -> str:
+        """Create the role and the database it owns (idempotent); return its TCP URL.
 
-        The role owns the database but is no superuser; pgvector is created here, by the
-        superuser, because ``CREATE EXTENSION vector`` needs it, and ``sql/superuser.sql``
-        takes advisory-lock and large-object rights from PUBLIC (only a superuser can).
+        The role owns the database but is no superuser. For the catalogue
+        (``catalogue=True``) the role may create roles (migrations create ``artclf_reader``),
+        pgvector is created here, by the superuser, because ``CREATE EXTENSION vector``
+        needs it, and ``sql/superuser.sql`` takes advisory-lock and large-object rights from
+        PUBLIC (only a superuser can). Another database (Airflow's metadata, with
+        ``catalogue=False``) gets a plain login role, and PUBLIC loses the right to connect
+        to it: the catalogue's roles, the reader among them, have no business there.
         """
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname=%s", (owner,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                psycopg.sql.SQL("{} ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
-                    psycopg.sql.SQL(verb),
+                psycopg.sql.SQL("{} ROLE {} LOGIN {} PASSWORD {}").format(
+                    psycopg.sql.SQL("ALTER" if exists else "CREATE"),
                     psycopg.sql.Identifier(owner),
+                    psycopg.sql.SQL("CREATEROLE" if catalogue else "NOCREATEROLE"),
                     psycopg.sql.Literal(password),
                 )
             )
@@ -257,9 +269,16 @@ class EmbeddedPostgres:
                         psycopg.sql.Identifier(dbname), psycopg.sql.Identifier(owner)
                     )
                 )
-        with psycopg.connect(self.superuser_dsn(dbname), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            conn.execute((sql_dir() / "superuser.sql").read_text())
+            if not catalogue:
+                conn.execute(
+                    psycopg.sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+                        psycopg.sql.Identifier(dbname)
+                    )
+                )
+        if catalogue:
+            with psycopg.connect(self.superuser_dsn(dbname), autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                conn.execute((sql_dir() / "superuser.sql").read_text())
         return f"postgresql://{owner}:{password}@127.0.0.1:{self.running_port()}/{dbname}"
 
     def wipe(self) -> None:

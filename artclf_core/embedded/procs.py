@@ -104,13 +104,22 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+class GaveUp(RuntimeError):
+    """Raised by a ``wait_until`` check that knows waiting longer cannot help (the process
+    it waits for has exited): ``wait_until`` lets it through at once."""
+
+
 def wait_until(check, *, timeout: float, interval: float = 0.1, what: str = "service") -> None:
+    """Call ``check`` until it returns true; any exception but ``GaveUp`` counts as "not
+    yet" and the last one is reported if ``timeout`` runs out."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
+        except GaveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - we report the last one on timeout
             last = exc
         time.sleep(interval)

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from artclf_core.embedded.procs import pick_port, read_pid, stop_group, wait_until
+from artclf_core.embedded.procs import GaveUp, pick_port, read_pid, stop_group, wait_until
 
 
 def weed_binary() -> str:
@@ -116,9 +116,7 @@ class EmbeddedSeaweed:
 
         def bucket_ready() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"weed exited with {proc.returncode}; see {self.dir / 'weed.log'}"
-                )
+                raise GaveUp(f"weed exited with {proc.returncode}; see {self.dir / 'weed.log'}")
             import boto3
 
             s3 = boto3.client(
