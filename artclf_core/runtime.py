@@ -15,6 +15,15 @@ The conversion takes ~2 s, so the converted model is cached on disk under
 ``$ARTCLF_HOME/model-cache/tflite/``, keyed by the digest of the ``.keras`` file and the
 TensorFlow version; every Airflow task that loads the model after the first one skips it.
 
+The flatbuffer runs in LiteRT's interpreter (``ai-edge-litert``), the successor of
+``tf.lite.Interpreter``, which TensorFlow has scheduled for deletion: the same XNNPACK kernels
+and bit-identical outputs, 1-7 % less CPU per image (``bench/inference_runtime.py``). ONNX
+Runtime on the same weights (converted by tf2onnx) measured the same CPU per image as LiteRT
+and would add a second conversion and two dependencies, so it is not used. Threads: every
+CPU the process may use (``ARTCLF_INFER_THREADS`` overrides). On 2 cores, one thread costs
+the same CPU per image over a whole ingest and gives 6 % fewer images/s
+(``bench/ingest.py``), so two it is.
+
 ``ARTCLF_RUNTIME=keras`` selects TensorFlow's executor instead (for a platform where the TFLite
 interpreter is missing or misbehaves); a conversion that fails falls back to it with a warning.
 """
@@ -66,6 +75,25 @@ def inference_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def interpreter_class() -> Callable[..., Any]:
+    """LiteRT's interpreter (``ai-edge-litert``), the successor of ``tf.lite.Interpreter``,
+    which TensorFlow has scheduled for deletion. Same flatbuffer, same XNNPACK kernels, the
+    same outputs (``bench/inference_runtime.py``). ``tf.lite``'s is the fallback where the wheel is
+    missing (a platform LiteRT does not publish for), without its deprecation notice."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        log.info("ai-edge-litert is not installed: using tf.lite.Interpreter")
+
+        def deprecated(**kwargs: Any) -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tf.lite's notice that LiteRT is its home
+                return tf.lite.Interpreter(**kwargs)
+
+        return deprecated
+    return Interpreter
+
+
 class KerasRunner:
     """The Keras model's graph, traced once with a batch dimension of ``None``."""
 
@@ -95,11 +123,9 @@ class LiteRunner:
     chunk = TFLITE_CHUNK
 
     def __init__(self, flatbuffer: bytes, image_size: int, n_classes: int, dim: int) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite's notice that LiteRT is its new home
-            self._interp = tf.lite.Interpreter(
-                model_content=flatbuffer, num_threads=inference_threads()
-            )
+        self._interp = interpreter_class()(
+            model_content=flatbuffer, num_threads=inference_threads()
+        )
         self._input = self._interp.get_input_details()[0]["index"]
         outputs = self._interp.get_output_details()
         # convert_variables_to_constants names the outputs Identity, Identity_1, ... in the

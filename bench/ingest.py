@@ -1,115 +1,102 @@
-"""Ingest throughput: `artclf ingest` against a prototype-style baseline, in one run.
+"""Ingest cost, honestly: CPU milliseconds per image over the pipeline window, A/B interleaved.
 
-    python bench/ingest.py [--data ../shared/data/artworks] [--limit N] [--baseline-sample 200]
+    python bench/ingest.py [--manifest bench/manifests/ingest-1000.tsv] [--rounds 3]
+                           [--data ../shared/data/artworks] [--threads 2,1] [--baseline-sample 200]
+    python bench/ingest.py --write-manifest bench/manifests/ingest-1000.tsv --images 1000
 
-1. Starts a throw-away embedded stack (real PostgreSQL + pgvector, real SeaweedFS S3).
-2. Uploads the real images to ``incoming/`` (not timed: that is the users' side).
-3. Baseline, in this process, over a sample of the same objects, written the way the
-   prototype worked: GET, full decode, resize, one model call for the class and another for
-   the embedding, one INSERT + COMMIT per image.
-4. ``artclf ingest`` as a subprocess (the real command, end to end: validation, exact and near
-   de-duplication, one forward pass per batch, Great Expectations, bulk COPY, S3 moves), with
-   its peak RSS.
-
-Prints images/s of both and the ratio. Numbers go in docs/benchmarks.md.
+* **A pinned image list.** The images are those of a manifest (path under ``--data``, SHA-256,
+  bytes), checked before anything runs: a file that is missing or changed stops the bench, so
+  figures stay comparable as ``../shared`` grows. ``--write-manifest`` makes one (every k-th
+  file of ``--data``, sorted).
+* **Each run on a fresh catalogue.** A throw-away embedded stack (real PostgreSQL + pgvector,
+  real SeaweedFS) per run, the images uploaded under ``incoming/run/`` (not timed), and a
+  warm-up ingest of 16 made-up images first (not timed), so TensorFlow, the model runner and
+  Great Expectations are loaded before the window opens.
+* **The pipeline window only.** ``Ingestor.ingest_prefix`` runs in this process; its CPU is
+  ``RUSAGE_SELF`` (every thread) around that one call, the S3 server's and PostgreSQL's are
+  their processes' CPU (reaped backends included) over the same window. Start-up is in none
+  of them. The forward pass alone is measured on the same images by the same runner and
+  subtracted for the "excluding the forward pass" figure (issue 15's goal).
+* **A/B/A/B.** Configurations alternate within each round, ``--rounds`` times, and the median
+  is printed: the product at each ``--threads`` value (``ARTCLF_INFER_THREADS``; the first is
+  the reference) and the prototype-style baseline (per image: GET, full decode, two model
+  calls, INSERT + COMMIT) over ``--baseline-sample`` of the same images. Ratios are against
+  the first configuration. The load average is printed with each run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
-import json
 import os
 import resource
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import psutil  # noqa: E402
 
 from artclf_core import s3 as s3lib  # noqa: E402
 from artclf_core.config import Settings  # noqa: E402
+from artclf_core.embedded.procs import read_pid  # noqa: E402
 from artclf_core.stack import Stack  # noqa: E402
 
-
-def images(data: Path, limit: int | None) -> list[Path]:
-    suffixes = {".jpg", ".jpeg", ".png", ".webp"}
-    files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in suffixes)
-    return files[:limit] if limit else files
+DEFAULT_MANIFEST = REPO / "bench" / "manifests" / "ingest-1000.tsv"
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+WARM_UP = 16
 
 
-def upload(settings: Settings, files: list[Path]) -> None:
-    client = s3lib.client(settings)
-
-    def put(p: Path) -> None:
-        client.upload_file(str(p), settings.bucket, f"incoming/{p.parent.name}/{p.name}")
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(put, files))
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def baseline(settings: Settings, model_path: str | None, keys: list[str]) -> float:
-    """The prototype's way: per image, decode, resize, two model calls, INSERT + COMMIT."""
-    import keras
-    import numpy as np
-    import psycopg
-    from PIL import Image
+def write_manifest(data: Path, out: Path, n: int) -> None:
+    files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise SystemExit(f"no images under {data}")
+    chosen = [files[(i * len(files)) // n] for i in range(min(n, len(files)))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# path under the data folder\tsha256\tbytes"]
+    lines += [f"{p.relative_to(data)}\t{sha256(p)}\t{p.stat().st_size}" for p in chosen]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}: {len(chosen)} of {len(files)} images of {data}")
 
-    from artclf_core.model import ArtModel
 
-    art = ArtModel.load(model_path)
-    model = art.model
-    classify = keras.Model(model.input, model.output["probabilities"])
-    embed = keras.Model(model.input, model.output["embedding"])
-    client = s3lib.client(settings)
-    with psycopg.connect(settings.db_url) as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS public.baseline_artworks (id serial PRIMARY KEY,"
-            " location text, label text, probability real, embedding vector(128))"
+def read_manifest(manifest: Path, data: Path) -> list[Path]:
+    """The manifest's files under ``data``, each checked against its hash."""
+    files, bad = [], []
+    for line in manifest.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        rel, digest, size = line.split("\t")
+        path = data / rel
+        if not path.is_file() or path.stat().st_size != int(size) or sha256(path) != digest:
+            bad.append(rel)
+        files.append(path)
+    if bad:
+        raise SystemExit(
+            f"{len(bad)} of {len(files)} files of {manifest} are missing or changed under {data} "
+            f"(first: {bad[0]}): the figures would not be comparable"
         )
-        conn.commit()
-        started = time.perf_counter()
-        for key in keys:
-            data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-            size = art.image_size  # the prototype resized to its fixed 150 x 150
-            img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
-            x = np.asarray(img, dtype=np.float32)[None]
-            probs = classify.predict(x, verbose=0)[0]
-            emb = embed.predict(x, verbose=0)[0]
-            conn.execute(
-                "INSERT INTO public.baseline_artworks (location, label, probability, embedding)"
-                " VALUES (%s, %s, %s, %s::vector)",
-                (
-                    f"s3://{settings.bucket}/{key}",
-                    art.classes[int(probs.argmax())],
-                    float(probs.max()),
-                    "[" + ",".join(map(str, emb.tolist())) + "]",
-                ),
-            )
-            conn.commit()
-        elapsed = time.perf_counter() - started
-    return len(keys) / elapsed
+    return files
 
 
 def server_cpu(stack: Stack) -> dict[str, float]:
-    """CPU seconds used so far by the S3 server and by PostgreSQL (with its exited backends,
-    which the postmaster has reaped), to show where the two cores go during the ingest."""
-    import psutil
-
-    from artclf_core.embedded.procs import read_pid
-
+    """CPU seconds used so far by the S3 server and by PostgreSQL (reaped backends included)."""
     out = {}
     for name, pid in (
-        ("seaweedfs", read_pid(stack.seaweed.pid_file)),
+        ("s3", read_pid(stack.seaweed.pid_file)),
         ("postgres", read_pid(stack.postgres.data_dir / "postmaster.pid")),
     ):
-        if pid is None:
-            continue
         proc = psutil.Process(pid)
         total = sum(proc.cpu_times()[:4])  # user, system, children_user, children_system
         for child in proc.children(recursive=True):
@@ -121,90 +108,198 @@ def server_cpu(stack: Stack) -> dict[str, float]:
     return out
 
 
-def run_ingest(env: dict, model_path: str | None, batch_size: int) -> tuple[dict, float, float]:
-    args = [
-        sys.executable,
-        "-m",
-        "artclf_core.cli",
-        "ingest",
-        "--json",
-        "--batch-size",
-        str(batch_size),
-    ]
-    if model_path:
-        args += ["--model", model_path]
-    started = time.perf_counter()
-    out = subprocess.run(
-        args, env={**os.environ, **env}, capture_output=True, text=True, check=False
-    )
-    wall = time.perf_counter() - started
-    if out.returncode != 0:
-        raise SystemExit(f"artclf ingest failed:\n{out.stderr[-3000:]}")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    summary = json.loads(out.stdout)
-    summary["cpu_seconds"] = usage.ru_utime + usage.ru_stime
-    return summary, wall, usage.ru_maxrss / 1024
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
-    parser.add_argument("--limit", type=int, help="use only the first N images")
-    parser.add_argument("--baseline-sample", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--model", help=".keras model (default: the shipped one)")
-    args = parser.parse_args()
+@dataclass
+class Result:
+    images: int
+    wall: float
+    cpu: dict[str, float]
+    forward_cpu: float = 0.0
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
 
-    files = images(args.data, args.limit)
-    if not files:
-        raise SystemExit(f"no images under {args.data}")
+    @property
+    def rate(self) -> float:
+        return self.images / self.wall
+
+    def ms(self, part: str | None = None) -> float:
+        total = self.cpu[part] if part else sum(self.cpu.values())
+        return 1000 * total / self.images
+
+
+def upload(settings: Settings, files: list[Path], prefix: str) -> list[str]:
+    client = s3lib.client(settings)
+    keys = [f"{prefix}{p.parent.name}/{p.name}" for p in files]
+
+    def put(item: tuple[Path, str]) -> None:
+        client.upload_file(str(item[0]), settings.bucket, item[1])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, zip(files, keys, strict=True)))
+    return keys
+
+
+def warm_up(settings: Settings) -> None:
+    import imagegen
+
+    client = s3lib.client(settings)
+    for i in range(WARM_UP):
+        body = imagegen.encode(imagegen.make_artwork(900_000 + i))
+        client.put_object(Bucket=settings.bucket, Key=f"incoming/warm/{i:02d}.jpg", Body=body)
+
+
+def run_product(model, files: list[Path]) -> Result:
+    """One measured ``ingest_prefix`` on a fresh stack, the model already loaded."""
+    import numpy as np
+
+    from artclf_core.pipeline import Ingestor
+    from artclf_core.preprocess import open_rgb, to_model_input
+
     with tempfile.TemporaryDirectory(prefix="artclf-bench-") as tmp:
-        stack = Stack(Path(tmp), bucket="bench")
+        stack = Stack(Path(tmp), bucket="bench", pg_tuning={"fsync": "off"})
         env = stack.up()
         try:
             settings = Settings.from_env(env, home=Path(tmp) / "none")
-            t0 = time.perf_counter()
-            upload(settings, files)
-            print(f"uploaded {len(files)} images in {time.perf_counter() - t0:.1f} s")
-
-            step = max(1, len(files) // args.baseline_sample)
-            sample = [f"incoming/{p.parent.name}/{p.name}" for p in files[::step]]
-            sample = sample[: args.baseline_sample]
-            base_rate = baseline(settings, args.model, sample)
-            print(f"baseline (prototype style): {base_rate:.1f} images/s over {len(sample)}")
-
-            cpu_before = server_cpu(stack)
-            summary, wall, peak_mib = run_ingest(env, args.model, args.batch_size)
-            cpu_after = server_cpu(stack)
-            cpu = {"artclf ingest": summary["cpu_seconds"]}
-            cpu.update({k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after})
-            rate = summary["seen"] / summary["seconds"]
-            rate_wall = summary["seen"] / wall
+            upload(settings, files, "incoming/run/")
+            warm_up(settings)
+            with Ingestor(settings, model=model) as ingestor:
+                ingestor.ingest_prefix("incoming/warm/")
+                servers, mine = server_cpu(stack), self_cpu()
+                started = time.perf_counter()
+                summary = ingestor.ingest_prefix("incoming/run/")
+                wall = time.perf_counter() - started
+                mine, servers_after = self_cpu() - mine, server_cpu(stack)
         finally:
             stack.down()
+    if summary.processed != len(files):
+        raise SystemExit(f"ingest processed {summary.processed} of {len(files)}: {summary.line()}")
+    cpu = {"ingest": mine, **{k: servers_after[k] - v for k, v in servers.items()}}
+    # The forward pass alone, same runner, same images (decode not timed).
+    batch = np.stack([to_model_input(open_rgb(str(p)), model.image_size) for p in files])
+    before = time.process_time()
+    model.predict(batch)
+    forward = time.process_time() - before
+    return Result(summary.processed, wall, cpu, forward_cpu=forward)
 
+
+def run_baseline(model, files: list[Path]) -> Result:
+    """The prototype's way: per image GET, full decode, two model calls, INSERT + COMMIT."""
+    import keras
+    import numpy as np
+    import psycopg
+    from PIL import Image
+
+    classify = keras.Model(model.model.input, model.model.output["probabilities"])
+    embed = keras.Model(model.model.input, model.model.output["embedding"])
+    with tempfile.TemporaryDirectory(prefix="artclf-bench-") as tmp:
+        stack = Stack(Path(tmp), bucket="bench", pg_tuning={"fsync": "off"})
+        env = stack.up()
+        try:
+            settings = Settings.from_env(env, home=Path(tmp) / "none")
+            keys = upload(settings, files, "incoming/run/")
+            client = s3lib.client(settings)
+            with psycopg.connect(settings.db_url) as conn:
+                conn.execute(
+                    "CREATE TABLE public.baseline_artworks (id serial PRIMARY KEY,"
+                    " location text, label text, probability real, embedding vector(128))"
+                )
+                conn.commit()
+                x = np.zeros((1, model.image_size, model.image_size, 3), np.float32)
+                classify.predict(x, verbose=0), embed.predict(x, verbose=0)  # warm-up
+                servers, mine = server_cpu(stack), self_cpu()
+                started = time.perf_counter()
+                for key in keys:
+                    data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+                    size = model.image_size
+                    img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+                    x = np.asarray(img, dtype=np.float32)[None]
+                    probs = classify.predict(x, verbose=0)[0]
+                    emb = embed.predict(x, verbose=0)[0]
+                    conn.execute(
+                        "INSERT INTO public.baseline_artworks (location, label, probability,"
+                        " embedding) VALUES (%s, %s, %s, %s::vector)",
+                        (
+                            key,
+                            model.classes[int(probs.argmax())],
+                            float(probs.max()),
+                            "[" + ",".join(map(str, emb.tolist())) + "]",
+                        ),
+                    )
+                    conn.commit()
+                wall = time.perf_counter() - started
+                mine, servers_after = self_cpu() - mine, server_cpu(stack)
+        finally:
+            stack.down()
+    cpu = {"ingest": mine, **{k: servers_after[k] - v for k, v in servers.items()}}
+    return Result(len(keys), wall, cpu)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--write-manifest", type=Path, help="write a manifest and exit")
+    parser.add_argument("--images", type=int, default=1000, help="with --write-manifest")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", default="2,1", help="ARTCLF_INFER_THREADS values to compare")
+    parser.add_argument("--baseline-sample", type=int, default=200, help="0: no baseline")
+    args = parser.parse_args()
+    if args.write_manifest:
+        write_manifest(args.data, args.write_manifest, args.images)
+        return 0
+    files = read_manifest(args.manifest, args.data)
+    from artclf_core.model import ArtModel
+
+    models = {}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        os.environ["ARTCLF_INFER_THREADS"] = str(threads)
+        model = ArtModel.load()
+        model.runner  # noqa: B018 - built now, with this thread count
+        models[f"product, {threads} thread(s)"] = model
+    configs = {name: (run_product, m, files) for name, m in models.items()}
+    if args.baseline_sample:
+        step = max(1, len(files) // args.baseline_sample)
+        sample = files[::step][: args.baseline_sample]
+        configs["prototype baseline"] = (run_baseline, next(iter(models.values())), sample)
+    results: dict[str, list[Result]] = {name: [] for name in configs}
+    print(f"{len(files)} images of {args.manifest.name} (hashes checked), {os.cpu_count()} cores")
+    for r in range(args.rounds):
+        for name, (run, model, chosen) in configs.items():
+            res = run(model, chosen)
+            results[name].append(res)
+            print(
+                f"  round {r + 1} {name}: {res.rate:.0f} images/s, "
+                f"{res.ms():.2f} CPU ms/image (ingest {res.ms('ingest'):.2f}, "
+                f"S3 {res.ms('s3'):.2f}, PostgreSQL {res.ms('postgres'):.2f}), "
+                f"load {res.load:.1f}",
+                flush=True,
+            )
     print()
-    print(
-        f"artclf ingest: {summary['seen']} objects -> catalogued {summary['catalogued']},"
-        f" duplicates {summary['duplicates']}, quarantined {summary['quarantined']},"
-        f" failed {summary['failed']}"
+    print(f"median of {args.rounds} interleaved rounds; CPU ms per image over the pipeline window")
+    header = (
+        f"{'configuration':<24} {'images/s':>8} {'ratio':>6} {'total':>6} {'ratio':>6} "
+        f"{'ingest':>6} {'S3':>5} {'PG':>5} {'fwd':>5} {'total-fwd':>9} {'load':>5}"
     )
-    print(f"  pipeline time {summary['seconds']:.1f} s  -> {rate:.0f} images/s")
-    print(
-        f"  command wall time (incl. start-up, model load) {wall:.1f} s -> {rate_wall:.0f} images/s"
-    )
-    print(f"  peak RSS of the ingest process: {peak_mib:.0f} MiB")
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.get("stages", {}).items())
-    print(f"  wall seconds by stage: {stages}")
-    spent = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-    available = (os.cpu_count() or 1) * wall
-    print(f"  CPU seconds during the command: {spent} (of {available:.1f} available)")
-    print(
-        f"  ratio against baseline: {rate / base_rate:.1f}x (pipeline), "
-        f"{rate_wall / base_rate:.1f}x (whole command)"
-    )
-    print(f"  cores: {os.cpu_count()}")
+    print(header)
+    first = None
+    for name, runs in results.items():
+        rate = statistics.median(r.rate for r in runs)
+        total = statistics.median(r.ms() for r in runs)
+        first = first or (rate, total)
+        fwd = statistics.median(1000 * r.forward_cpu / r.images for r in runs)
+        print(
+            f"{name:<24} {rate:>8.0f} {rate / first[0]:>6.2f} {total:>6.2f} "
+            f"{total / first[1]:>6.2f} {statistics.median(r.ms('ingest') for r in runs):>6.2f} "
+            f"{statistics.median(r.ms('s3') for r in runs):>5.2f} "
+            f"{statistics.median(r.ms('postgres') for r in runs):>5.2f} "
+            f"{fwd:>5.2f} {f'{total - fwd:.2f}' if fwd else '-':>9} "
+            f"{statistics.median(r.load for r in runs):>5.1f}"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -174,6 +174,8 @@ def test_tflite_and_keras_runtimes_agree(
     keras_run = ArtModel.load(path, runtime="keras")
     assert isinstance(lite.runner, runtime.LiteRunner)
     assert isinstance(keras_run.runner, runtime.KerasRunner)
+    # LiteRT's interpreter, not TensorFlow's deprecated tf.lite one (a dependency: installed).
+    assert type(lite.runner._interp).__module__.startswith("ai_edge_litert")
     batch = np.concatenate([images] * 2)  # 20 images: one full chunk of 16 and a tail of 4
     p_lite, e_lite = lite.predict(batch)
     p_keras, e_keras = keras_run.predict(batch)
