@@ -149,6 +149,10 @@ class _Item:
 
     row: db.LogRow
     data_size: int = 0
+    #: The downloaded bytes, kept until the move writes them at the final key (a PUT costs
+    #: less than a server-side copy, s3.DataPath), then dropped.
+    data: bytes | None = None
+    content_type: str | None = None
     pixels: np.ndarray | None = None
     width: int = 0
     height: int = 0
@@ -262,6 +266,8 @@ class Ingestor:
     ) -> None:
         self.settings = settings
         self.s3 = s3lib.client(settings, max_pool=max(workers * 2, 10))
+        #: GETs and the moves' PUTs (obstore); listings, deletes and copies use ``self.s3``.
+        self.data_path = s3lib.DataPath(settings)
         #: Given a model (argument or ARTCLF_MODEL), use it whatever the registry says; else
         #: follow the registry's active model, reloading it when a new one is switched in.
         self.follow_active = model is None and not settings.model_path
@@ -613,23 +619,22 @@ class Ingestor:
             )
             return
         try:
-            data = s3lib.get_bytes(self.s3, row.bucket, row.key, max_bytes=self.limits.max_bytes)
+            data, item.content_type = self.data_path.get(
+                row.bucket, row.key, max_bytes=self.limits.max_bytes
+            )
         except s3lib.ObjectTooLarge as exc:
             item.quarantine(
                 "too_large_file",
                 f"file is {exc.size} bytes, the limit is {self.limits.max_bytes} bytes",
             )
             return
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404") and row.generation > 0:
+        except s3lib.ObjectMissing:
+            if row.generation > 0:
                 item.state = "phantom"  # a stale listing of an object already moved away
-            elif code in ("NoSuchKey", "404"):
-                item.fail("object_missing", "the object was deleted before it was processed")
             else:
-                item.fail("s3_error", f"S3 GET failed: {code or exc}")
+                item.fail("object_missing", "the object was deleted before it was processed")
             return
-        except (BotoCoreError, OSError) as exc:
+        except (s3lib.S3Failure, OSError) as exc:
             item.fail("s3_error", f"S3 GET failed: {exc}")
             return
         item.data_size = len(data)
@@ -642,6 +647,8 @@ class Ingestor:
             item.fail("internal_error", f"decoding crashed: {type(exc).__name__}: {exc}")
             return
         item.sha256 = dedup.sha256_hex(data)
+        if not item.in_place:
+            item.data = data  # written at its final key by the move
         item.phash, item.dhash = dedup.image_hashes(decoded.image)
         item.pixels = to_model_input(decoded.image, self.model.image_size)
         item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
@@ -749,12 +756,22 @@ class Ingestor:
         return new_rows
 
     def _copy_all(self, movers: list[_Item], new_rows: list) -> None:
-        """Server-side copy of every moving object to its final key, in parallel."""
+        """Write every moving object at its final key, in parallel: a PUT of the bytes
+        downloaded (and hashed) with the trace metadata, or a server-side copy where they
+        are not at hand (a quarantine decided before the download)."""
 
         def copy_one(it: _Item) -> None:
+            data, it.data = it.data, None
             try:
-                s3lib.copy(self.s3, it.row.bucket, it.row.key, it.final_key, trace_metadata(it))
-            except (ClientError, BotoCoreError) as exc:
+                if data is not None:
+                    self.data_path.put(
+                        it.row.bucket, it.final_key, data, trace_metadata(it), it.content_type
+                    )
+                else:
+                    s3lib.copy(
+                        self.s3, it.row.bucket, it.row.key, it.final_key, trace_metadata(it)
+                    )
+            except (ClientError, BotoCoreError, s3lib.S3Failure) as exc:
                 it.fail("s3_error", f"S3 copy to {it.final_key} failed: {exc}")
 
         list(self.move_pool.map(copy_one, movers))

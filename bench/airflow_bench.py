@@ -3,6 +3,7 @@ sustained throughput, all against the real product (``artclf up``) in a throw-aw
 
     python bench/airflow_bench.py [--mode all|latency|throughput] [--drops 20]
         [--baseline-drops 5] [--total 2000] [--data /work/shared/data/artworks] [--keep]
+        [--executor local|celery]
 
 1. ``artclf up`` in a temporary ``ARTCLF_HOME`` with ``ARTCLF_AIRFLOW_EXTRA_DAGS`` naming
    ``bench/dags/s3_sensor_baseline.py`` (loaded paused; never shipped in ``dags/``).
@@ -95,8 +96,9 @@ def pct(values: list[float], q: float) -> float:
 class Product:
     """``artclf up`` in ``home``; S3, PostgreSQL and Airflow REST handles on it."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, executor: str = "local") -> None:
         self.home = home
+        self.executor = executor
         self.env = {
             **os.environ,
             # `artclf` and `airflow standalone` (which starts `airflow` by name) from this
@@ -111,7 +113,11 @@ class Product:
     def up(self) -> None:
         t0 = time.perf_counter()
         subprocess.run(
-            ["artclf", "up"], cwd=REPO, env=self.env, check=True, stdout=subprocess.DEVNULL
+            ["artclf", "up", "--executor", self.executor],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         log(f"artclf up in {time.perf_counter() - t0:.0f}s (home {self.home})")
         self.stack_env = read_env_file(self.home / "stack.env")
@@ -554,12 +560,18 @@ def main() -> int:
         help="per-drop latency records (with their breakdown)",
     )
     ap.add_argument("--keep", action="store_true", help="leave the product up at the end")
+    ap.add_argument(
+        "--executor",
+        choices=["local", "celery"],
+        default="local",
+        help="artclf up --executor (celery: 2 workers x 2 slots, Redis, metadata in PostgreSQL)",
+    )
     args = ap.parse_args()
 
     files = image_files(Path(args.data))
     rng = random.Random(args.seed)
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="artclf-afbench-"))
-    p = Product(home)
+    p = Product(home, args.executor)
     load0 = os.getloadavg()
     try:
         p.up()

@@ -112,3 +112,65 @@ def test_copies_of_a_run_that_died_before_its_commit_are_not_left_behind(clean, 
         final_keys = {r[0] for r in conn.execute("SELECT final_key FROM artclf.ingest_log")}
     assert len(artwork_keys) == 3
     assert_no_orphans_and_full_history(client, settings.bucket, artwork_keys, final_keys)
+
+
+#: Keys a hostile or careless uploader produces: at the store's 255-byte part limit, non-ASCII,
+#: URL and shell metacharacters, spaces, dots and nested folders.
+HOSTILE_NAMES = [
+    "a" * 236 + ".jpg",
+    "é" * 110 + ".jpg",
+    "100% off + free?.jpg",
+    "#hash & amp; 'quote' \"dq\".jpg",
+    " spaced  out .jpg",
+    "..dots...jpg",
+    "deep/er/and/deeper/" + "n" * 200 + ".jpeg",
+    "UPPER.JPG",
+    "ünï cödé ✓ 文字.png",
+]
+
+
+@pytest.mark.slow
+def test_hostile_keys_and_bytes_survive_a_kill_and_an_immediate_rerun(clean, stack, tmp_path):
+    """Long and hostile keys with hostile bytes among real artworks, ingest SIGKILLed mid-run:
+    the re-run settles every object, each bad one quarantined with a reason, every long
+    name shortened where it lands, full history on each."""
+    settings = clean
+    _, stack_env = stack
+    client = s3lib.client(settings)
+    expected: dict[str, str] = {}
+    for i, name in enumerate(HOSTILE_NAMES):
+        key = f"incoming/h{i}/{name}"
+        fmt = "PNG" if name.endswith(".png") else "JPEG"
+        body = imagegen.encode(imagegen.make_artwork(70_000 + i), fmt)
+        client.put_object(Bucket=settings.bucket, Key=key, Body=body)
+        expected[key] = "catalogued"
+    for i, (name, (body, reason)) in enumerate(sorted(imagegen.bad_inputs().items())):
+        if reason == "too_large_file":  # only under BAD_INPUT_LIMITS' small byte limit
+            continue
+        key = f"incoming/bad/{'x' * 200}-{i}-{name}.jpg"
+        client.put_object(Bucket=settings.bucket, Key=key, Body=body)
+        expected[key] = "quarantined"
+    drop(settings, 200, seed=71_000)  # enough work for the kill to land mid-run
+    total = len(expected) + 200
+    proc = _start_ingest(stack_env, tmp_path / "home")
+    wait_mid_run(proc, settings)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+    with Ingestor(settings) as ing:
+        summary = ing.ingest_prefix("incoming/")
+    assert summary.skipped == 0, summary
+    assert_lake_settled(settings, total)
+    with db.connect(settings.db_url) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT key, state FROM artclf.ingest_log WHERE key = ANY(%s)"
+                " AND (state <> 'quarantined' OR reason IS NOT NULL)",
+                (list(expected),),
+            ).fetchall()
+        )
+        final_keys = [
+            k for (k,) in conn.execute("SELECT final_key FROM artclf.ingest_log") if k is not None
+        ]
+    assert rows == expected
+    assert all(len(part.encode()) <= 255 for k in final_keys for part in k.split("/"))
