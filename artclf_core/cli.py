@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--executor",
         choices=["local", "celery"],
-        help="local: airflow standalone (LocalExecutor, SQLite metadata); celery: the "
+        help="local: the LocalExecutor with SQLite metadata; celery: the "
         "CeleryExecutor with a Redis broker, Airflow's metadata in the stack's PostgreSQL "
         "and --workers Celery workers, the path docker-compose takes. Default: what the "
         "last `artclf up` used, else local",

@@ -768,9 +768,7 @@ class Ingestor:
                         it.row.bucket, it.final_key, data, trace_metadata(it), it.content_type
                     )
                 else:
-                    s3lib.copy(
-                        self.s3, it.row.bucket, it.row.key, it.final_key, trace_metadata(it)
-                    )
+                    s3lib.copy(self.s3, it.row.bucket, it.row.key, it.final_key, trace_metadata(it))
             except (ClientError, BotoCoreError, s3lib.S3Failure) as exc:
                 it.fail("s3_error", f"S3 copy to {it.final_key} failed: {exc}")
 

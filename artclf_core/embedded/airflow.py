@@ -1,4 +1,4 @@
-"""Airflow for the embedded default: ``airflow standalone``, started and stopped by artclf.
+"""Airflow for the embedded default, started, kept alive and stopped by artclf.
 
 ``artclf up`` runs the whole product on one machine: the stack (PostgreSQL + pgvector,
 SeaweedFS) and an Airflow that runs the ``artclf_ingest`` DAG whenever objects land under
@@ -6,32 +6,39 @@ SeaweedFS) and an Airflow that runs the ``artclf_ingest`` DAG whenever objects l
 stays free of Airflow) and kept in ``<ARTCLF_HOME>/airflow``:
 
 * ``airflow.cfg``: written at every start from what this module decides (DAGs and plugins from
-  this repository, no examples, SQLite metadata, LocalExecutor, simple auth manager, every
-  listener on 127.0.0.1, fast DAG discovery), so an operator can also run
-  ``AIRFLOW_HOME=.artclf/airflow airflow ...`` by hand against the same instance;
-* ``secrets.json`` (Fernet key, JWT and API secrets) and ``passwords.json`` (the generated
-  ``admin`` password, read by Airflow's simple auth manager), both mode 600;
-* ``standalone.pid``, ``api.port``, ``standalone.log`` and ``logs/`` (task logs).
+  this repository, no examples, simple auth manager, every listener on 127.0.0.1, fast DAG
+  discovery; the executor: ``local`` = LocalExecutor with SQLite metadata, or ``celery`` =
+  CeleryExecutor with a Redis broker and the metadata in the stack's PostgreSQL), so an
+  operator can also run ``AIRFLOW_HOME=.artclf/airflow airflow ...`` by hand against it;
+* ``secrets.json`` (Fernet key, JWT and API secrets, the metadata database's password) and
+  ``passwords.json`` (the generated ``admin`` and ``viewer`` passwords, read by Airflow's
+  simple auth manager), both mode 600; ``executor.json``, the executor of the last start;
+* ``standalone.pid`` (the launcher), ``components.json``, ``api.port``, ``standalone.log``
+  (every component's output) and ``logs/`` (task logs). The names go back to when this was
+  ``airflow standalone``; they are kept so that existing homes and habits stay right.
+
+The components are started by ``airflow_launcher`` (not ``airflow standalone``, which forces
+the LocalExecutor and restarts nothing), which restarts one that dies.
 
 The catalogue and the lake reach the DAG as the Airflow connections ``artclf_db`` and
 ``artclf_s3``, given as ``AIRFLOW_CONN_*`` environment variables built from the stack's
 settings: no credential is written into Airflow's database or into code.
 
-Two things ``airflow standalone`` does not do for us, handled here:
+Two more things handled here:
 
-* its scheduler and triggerer serve task logs on ports 8793/8794 of *every* interface, with no
+* the scheduler and triggerer serve task logs on ports 8793/8794 of *every* interface, with no
   setting for the address. The api-server on this machine reads task logs from the local log
-  folder anyway, so we skip those servers: ``standalone`` starts its components as
-  ``airflow <component>`` found on ``PATH``, and the ``airflow`` first on that ``PATH`` is a
-  small shim (``bin/airflow``) that adds ``--skip-serve-logs`` to ``scheduler`` and
-  ``triggerer``. The only listener left is the api-server, bound to 127.0.0.1. This also keeps
-  two instances on one machine (two checkouts, a test run next to ``artclf up``) from
-  fighting over fixed ports.
+  folder anyway, so we skip those servers: the launcher starts components as ``airflow
+  <component>`` found on ``PATH``, and the ``airflow`` first on that ``PATH`` is a small shim
+  (``bin/airflow``) that adds ``--skip-serve-logs`` to ``scheduler`` and ``triggerer`` (the
+  launcher gives it to Celery workers). The only listener left is the api-server, bound to
+  127.0.0.1. This also keeps two instances on one machine (two checkouts, a test run next to
+  ``artclf up``) from fighting over fixed ports.
 * it runs a dozen processes and more while tasks run, and task runners put themselves in
-  process groups of their own, so neither its pid nor its process group names them all.
-  It is started in a session of its own; ``stop`` sends SIGINT to the standalone process
-  alone (it then terminates each component, which shut down cleanly; a SIGINT to the whole
-  group also reaches the executor's workers, and the scheduler then waits for them forever),
+  process groups of their own, so neither the launcher's pid nor its process group names them
+  all. It is started in a session of its own; ``stop`` sends SIGINT to the launcher alone (it
+  then terminates each component, which shut down cleanly; a SIGINT to the whole group would
+  also reach the LocalExecutor's workers, and the scheduler then waits for them forever),
   waits, and then SIGTERMs and SIGKILLs whatever is left of the session or still carries
   this instance's marker in its environment.
 """
@@ -53,7 +60,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from artclf_core.embedded.airflow_celery import COMPONENTS_FILE, worker_name
+from artclf_core.embedded.airflow_launcher import COMPONENTS_FILE, commands, worker_name
 from artclf_core.embedded.postgres import EmbeddedPostgres
 from artclf_core.embedded.procs import GaveUp, pick_port, wait_until
 from artclf_core.embedded.redis import EmbeddedRedis
@@ -167,7 +174,7 @@ def _write_private(path: Path, text: str) -> None:
 
 @dataclass
 class EmbeddedAirflow:
-    """One ``airflow standalone`` keeping its state in ``home/airflow``.
+    """One embedded Airflow keeping its state in ``home/airflow``.
 
     ``home`` is the stack's ``ARTCLF_HOME``; ``port`` the api-server's preferred port (the
     previous one, else 8080; another free one if taken).
@@ -177,9 +184,9 @@ class EmbeddedAirflow:
     port: int | None = None
     #: Seconds ``start`` waits for every component to report healthy.
     start_timeout: float = 300.0
-    #: ``"local"`` (``airflow standalone``: LocalExecutor, SQLite metadata) or ``"celery"``
-    #: (CeleryExecutor: Redis broker, metadata in the stack's PostgreSQL, ``workers`` Celery
-    #: workers of ``concurrency`` task slots each; see ``airflow_celery``). ``None``: what
+    #: ``"local"`` (LocalExecutor, SQLite metadata) or ``"celery"`` (CeleryExecutor: Redis
+    #: broker, metadata in the stack's PostgreSQL, ``workers`` Celery workers of
+    #: ``concurrency`` task slots each; see ``airflow_launcher``). ``None``: what
     #: the last start used (``executor.json``), else ``"local"``.
     executor: str | None = None
     workers: int | None = None
@@ -253,7 +260,7 @@ class EmbeddedAirflow:
     # ------------------------------------------------------------------ state
 
     def leader(self) -> tuple[int, int] | None:
-        """(pid, start time) of the standalone process, as recorded at start."""
+        """(pid, start time) of the launcher process, as recorded at start."""
         try:
             pid, started = self.pid_file.read_text().split()[:2]
             return int(pid), int(started)
@@ -282,8 +289,8 @@ class EmbeddedAirflow:
         }
 
     def components(self) -> dict[str, tuple[int, int]]:
-        """``{name: (pid, start time)}`` of the celery deployment's components, as its
-        launcher recorded them (empty for ``airflow standalone``)."""
+        """``{name: (pid, start time)}`` of the live components, as the launcher recorded
+        them (it rewrites the file at every start and restart)."""
         try:
             raw = json.loads((self.dir / COMPONENTS_FILE).read_text())
         except (OSError, ValueError):
@@ -301,13 +308,21 @@ class EmbeddedAirflow:
         return [n for n in names if n not in have or _start_time(have[n][0]) != have[n][1]]
 
     def dead_components(self) -> list[str]:
-        """Recorded components of the celery deployment that are no longer alive."""
-        return [n for n, (pid, t) in self.components().items() if _start_time(pid) != t]
+        """Components of this deployment not alive now (the launcher may be restarting
+        them)."""
+        plan = self.deployment()
+        workers = int(plan["workers"]) if plan["executor"] == "celery" else 0
+        have = self.components()
+        return [
+            n
+            for n in commands(workers, 1)
+            if n not in have or _start_time(have[n][0]) != have[n][1]
+        ]
 
     def processes(self) -> list[int]:
         """Pids of every live process of this instance.
 
-        Two ways to belong, because each alone misses some: the session of the standalone
+        Two ways to belong, because each alone misses some: the session of the launcher
         process (every component, executor worker and task runner, whatever process group it
         moved to; but not what a task starts in a new session), and the environment marker
         (inherited by everything, but erased from ``/proc/<pid>/environ`` by processes that
@@ -348,9 +363,9 @@ class EmbeddedAirflow:
 
         ``env`` is what ``Stack.up()`` returns. When this instance already runs for the same
         stack and every component is healthy, nothing is started; when it runs for a
-        different one (the stack came back on other ports), or a component died (``airflow
-        standalone`` does not restart a killed triggerer or scheduler, docs/reliability.md),
-        it is restarted.
+        different one (the stack came back on other ports), or a component is dead (the
+        launcher restarts one that dies, but gives up on one that keeps dying), it is
+        restarted.
         """
         plan = self.deployment()
         digest = hashlib.sha256(json.dumps([env, plan], sort_keys=True).encode()).hexdigest()
@@ -373,16 +388,13 @@ class EmbeddedAirflow:
         self._write_shim(airflow)
         self._write_local_settings()
         child_env = self._child_env(env, airflow)
-        if celery is None:
-            command = [str(self._shim), "standalone"]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "artclf_core.embedded.airflow_celery",
-                f"--workers={plan['workers']}",
-                f"--concurrency={plan['concurrency']}",
-            ]
+        command = [
+            sys.executable,
+            "-m",
+            "artclf_core.embedded.airflow_launcher",
+            f"--workers={plan.get('workers', 0)}",
+            f"--concurrency={plan.get('concurrency', 2)}",
+        ]
         (self.dir / COMPONENTS_FILE).unlink(missing_ok=True)
         self._log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
@@ -410,7 +422,7 @@ class EmbeddedAirflow:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every process of this instance and leave none behind.
 
-        SIGINT to the standalone process alone: it then terminates each component, which
+        SIGINT to the launcher alone: it then terminates each component, which
         shuts down cleanly (the scheduler ends its executor workers and their tasks). A SIGINT
         to the whole group instead reaches the LocalExecutor workers too, and the scheduler
         then waits forever for them; so the group gets SIGTERM, then SIGKILL, only for what is
@@ -468,10 +480,10 @@ class EmbeddedAirflow:
         def ready() -> bool:
             if proc is not None and proc.poll() is not None:
                 raise GaveUp(
-                    f"airflow standalone exited with {proc.returncode}:\n{self._log_tail()}"
+                    f"the Airflow launcher exited with {proc.returncode}:\n{self._log_tail()}"
                 )
-            if dead := self.dead_components():
-                raise GaveUp(f"Airflow's {', '.join(dead)} exited:\n{self._log_tail()}")
+            if "not restarting it again" in self._log_since_start():
+                raise GaveUp(f"an Airflow component keeps dying:\n{self._log_tail()}")
             health = self.health()
             healthy = all((health.get(n) or {}).get("status") == "healthy" for n in COMPONENTS)
             return healthy and self._workers_ready()
@@ -482,18 +494,24 @@ class EmbeddedAirflow:
             raise TimeoutError(f"{exc}\n{self._log_tail()}") from None
 
     def _workers_ready(self) -> bool:
-        """Every Celery worker of this start has said ``ready.`` (always true for
-        ``standalone``)."""
+        """Every Celery worker of this start has said ``ready.`` (always true for the
+        LocalExecutor)."""
         plan = self.deployment()
         if plan["executor"] != "celery":
             return True
-        with open(self.log_file, "rb") as fh:
-            fh.seek(getattr(self, "_log_start", 0))
-            lines = fh.read().decode(errors="replace").splitlines()
+        lines = self._log_since_start().splitlines()
         return all(
             any(line.startswith(f"{worker_name(i):<13} | ") and " ready." in line for line in lines)
             for i in range(1, int(plan["workers"]) + 1)
         )
+
+    def _log_since_start(self) -> str:
+        try:
+            with open(self.log_file, "rb") as fh:
+                fh.seek(getattr(self, "_log_start", 0))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _log_tail(self, n: int = 3000) -> str:
         try:
@@ -614,6 +632,11 @@ class EmbeddedAirflow:
                     # hold) are back within about a minute and a half (docs/reliability.md).
                     "task_instance_heartbeat_timeout": "60",
                     "task_instance_heartbeat_timeout_detection_interval": "5",
+                    # A task the dead worker had taken but not yet started stays "queued"
+                    # (no heartbeat to miss) until this timeout requeues it: 120 s, not 600.
+                    # Safe because parallelism equals the workers' slots, so a queued task
+                    # never waits long for a free one.
+                    "task_queued_timeout": "120",
                 }
             )
         lines = [
@@ -656,7 +679,7 @@ class EmbeddedAirflow:
         self._shim.parent.mkdir(exist_ok=True)
         self._shim.write_text(
             "#!/bin/sh\n"
-            "# Written by artclf: `airflow standalone` starts its components by this name.\n"
+            "# Written by artclf: the launcher starts Airflow's components by this name.\n"
             "# The scheduler's and triggerer's log servers would listen on every interface;\n"
             "# the api-server reads the local log folder, so they are not needed here.\n"
             'case "$1" in\n'
@@ -667,7 +690,7 @@ class EmbeddedAirflow:
         self._shim.chmod(0o755)
 
     def _child_env(self, env: dict[str, str], airflow: str) -> dict[str, str]:
-        """The standalone's environment: ours minus any other Airflow's settings, plus the
+        """The launcher's environment: ours minus any other Airflow's settings, plus the
         stack's settings, the two connections, the shim first on PATH and the marker."""
         inherited = {
             k: v

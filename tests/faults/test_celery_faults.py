@@ -1,9 +1,10 @@
 """The Celery deployment on this machine, faulted: ``artclf up --executor celery --workers 2``
 (CeleryExecutor, Debian's redis-server as the broker, Airflow's metadata in the embedded
 PostgreSQL, two ``airflow celery worker`` processes), 2,000 images dropped, and one worker
-SIGKILLed with everything it runs while it holds claims. Airflow's retry, on the surviving
-worker, and the next runs must settle the lake (tests/lake_invariants.py), with no object
-waiting for the 15-minute claim lease; ``artclf up`` then brings the dead worker back."""
+SIGKILLed with everything it runs while it holds claims. The surviving worker must settle
+the lake (tests/lake_invariants.py), with no object waiting for the 15-minute claim lease,
+Airflow's retry must end every run in success, and the launcher brings the dead worker
+back by itself."""
 
 from __future__ import annotations
 
@@ -100,8 +101,6 @@ def test_a_killed_celery_worker_loses_nothing_and_the_other_finishes(tmp_path):
         wait_for(settled, 900, "the surviving worker settles the drop (lease 900 s)", 2.0)
         done = time.monotonic()
         assert_lake_settled(settings, N_OBJECTS)
-        # Everything after the kill ran on worker2: worker1 never came back by itself.
-        assert airflow.dead_workers() == ["worker1"]
         finished = [
             line
             for line in _log_lines_after(airflow, log_at_kill, "worker2 ")
@@ -127,16 +126,29 @@ def test_a_killed_celery_worker_loses_nothing_and_the_other_finishes(tmp_path):
                 counts[run["state"]] = counts.get(run["state"], 0) + 1
             return counts
 
-        wait_for(lambda: set(runs_by_state()) == {"success"}, 300, "every run succeeds", 3.0)
+        seen: dict[str, int] = {}
+
+        def all_succeeded() -> bool:
+            seen.clear()
+            seen.update(runs_by_state())
+            return set(seen) == {"success"}
+
+        try:
+            wait_for(all_succeeded, 300, "every run succeeds", 3.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; runs by state: {seen}") from None
         print(
             f"runs {runs_by_state()} {time.monotonic() - killed_at:.0f} s after the kill",
             file=sys.stderr,
         )
 
+        # The launcher started worker1 again by itself; `artclf up` finds all well.
+        relaunched = _log_lines_after(airflow, log_at_kill, "launcher ")
+        assert any("worker1 exited with -9; restarting it" in x for x in relaunched), relaunched
+        wait_for(lambda: airflow.dead_workers() == [], 120, "worker1 is back", 2.0)
         again = artclf("up", home=home, timeout=420)  # the executor is remembered
         assert again.returncode == 0, again.stdout + again.stderr
-        assert "Celery worker1 unhealthy: restarting" in again.stderr, again.stderr[-2000:]
-        assert airflow.dead_workers() == []
+        assert "already up" in again.stdout and "CeleryExecutor" in again.stdout
         drop(settings, 10, seed=50_000, prefix="incoming/after")
         wait_for(
             lambda: (
