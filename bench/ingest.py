@@ -9,8 +9,8 @@
   figures stay comparable as ``../shared`` grows. ``--write-manifest`` makes one (every k-th
   file of ``--data``, sorted).
 * **Each run on a fresh catalogue.** A throw-away embedded stack (real PostgreSQL + pgvector,
-  real SeaweedFS) per run, the images uploaded under ``incoming/run/`` (not timed), and a
-  warm-up ingest of 16 made-up images first (not timed), so TensorFlow, the model runner and
+  durable as the product runs it, real SeaweedFS) per run, the images uploaded under
+  ``incoming/run/`` (not timed), and a warm-up ingest of 16 made-up images first (not timed), so TensorFlow, the model runner and
   Great Expectations are loaded before the window opens.
 * **The pipeline window only.** ``Ingestor.ingest_prefix`` runs in this process; its CPU is
   ``RUSAGE_SELF`` (every thread) around that one call, the S3 server's and PostgreSQL's are
@@ -159,7 +159,7 @@ def run_product(model, files: list[Path]) -> Result:
     from artclf_core.preprocess import open_rgb, to_model_input
 
     with tempfile.TemporaryDirectory(prefix="artclf-bench-") as tmp:
-        stack = Stack(Path(tmp), bucket="bench", pg_tuning={"fsync": "off"})
+        stack = Stack(Path(tmp), bucket="bench")
         env = stack.up()
         try:
             settings = Settings.from_env(env, home=Path(tmp) / "none")
@@ -195,7 +195,7 @@ def run_baseline(model, files: list[Path]) -> Result:
     classify = keras.Model(model.model.input, model.model.output["probabilities"])
     embed = keras.Model(model.model.input, model.model.output["embedding"])
     with tempfile.TemporaryDirectory(prefix="artclf-bench-") as tmp:
-        stack = Stack(Path(tmp), bucket="bench", pg_tuning={"fsync": "off"})
+        stack = Stack(Path(tmp), bucket="bench")
         env = stack.up()
         try:
             settings = Settings.from_env(env, home=Path(tmp) / "none")
