@@ -10,8 +10,9 @@
   file of ``--data``, sorted).
 * **Each run on a fresh catalogue.** A throw-away embedded stack (real PostgreSQL + pgvector,
   durable as the product runs it, real SeaweedFS) per run, the images uploaded under
-  ``incoming/run/`` (not timed), and a warm-up ingest of 16 made-up images first (not timed), so TensorFlow, the model runner and
-  Great Expectations are loaded before the window opens.
+  ``incoming/run/`` (not timed), and a warm-up ingest of 16 made-up images first (not
+  timed), so TensorFlow, the model runner and Great Expectations are loaded before the
+  window opens.
 * **The pipeline window only.** ``Ingestor.ingest_prefix`` runs in this process; its CPU is
   ``RUSAGE_SELF`` (every thread) around that one call, the S3 server's and PostgreSQL's are
   their processes' CPU (reaped backends included) over the same window. Start-up is in none
