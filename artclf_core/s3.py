@@ -145,7 +145,7 @@ class DataPath:
                 raise ObjectTooLarge(size)  # the body is never read
             data = bytes(result.bytes())
         except FileNotFoundError as exc:
-            raise ObjectMissing(key) from exc
+            raise ObjectMissing(f"no object at {key}") from exc
         except ObjectTooLarge:
             raise
         except Exception as exc:  # noqa: BLE001 - obstore's errors have no common S3 base
