@@ -57,12 +57,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from artclf_core.embedded.airflow_launcher import COMPONENTS_FILE, commands, worker_name
 from artclf_core.embedded.postgres import EmbeddedPostgres
-from artclf_core.embedded.procs import GaveUp, pick_port, wait_until
+from artclf_core.embedded.procs import GaveUp, pick_port, proc_stat, start_time, wait_until
 from artclf_core.embedded.redis import EmbeddedRedis
 
 #: The one Airflow user of the embedded instance (simple auth manager, role admin).
@@ -150,21 +150,6 @@ def airflow_connections(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, session..."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot): a pid plus this names one process."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields and fields[0] != "Z" else None
-
-
 def _write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (created 600 before any byte is written)."""
     path.touch(mode=0o600)
@@ -191,6 +176,9 @@ class EmbeddedAirflow:
     executor: str | None = None
     workers: int | None = None
     concurrency: int | None = None
+    #: Size of ``standalone.log`` when this object last started the instance: readiness
+    #: is read from what the launcher wrote after it.
+    _log_start: int = field(default=0, init=False, repr=False)
 
     # ------------------------------------------------------------------ paths
 
@@ -269,7 +257,7 @@ class EmbeddedAirflow:
 
     def is_running(self) -> bool:
         leader = self.leader()
-        return leader is not None and _start_time(leader[0]) == leader[1]
+        return leader is not None and start_time(leader[0]) == leader[1]
 
     def url(self) -> str:
         return f"http://127.0.0.1:{int(self.port_file.read_text())}"
@@ -297,27 +285,23 @@ class EmbeddedAirflow:
             return {}
         return {name: (int(v[0]), int(v[1])) for name, v in raw.items()}
 
-    def dead_workers(self) -> list[str]:
-        """Celery workers of the running deployment whose process is gone (or was never
-        recorded)."""
-        plan = self.deployment()
-        if plan["executor"] != "celery":
-            return []
-        have = self.components()
-        names = [worker_name(i) for i in range(1, int(plan["workers"]) + 1)]
-        return [n for n in names if n not in have or _start_time(have[n][0]) != have[n][1]]
-
     def dead_components(self) -> list[str]:
-        """Components of this deployment not alive now (the launcher may be restarting
-        them)."""
+        """Components of this deployment not alive now (never recorded, gone, or being
+        restarted by the launcher)."""
         plan = self.deployment()
-        workers = int(plan["workers"]) if plan["executor"] == "celery" else 0
         have = self.components()
         return [
-            n
-            for n in commands(workers, 1)
-            if n not in have or _start_time(have[n][0]) != have[n][1]
+            name
+            for name in commands(int(plan.get("workers", 0)), int(plan.get("concurrency", 2)))
+            if name not in have or start_time(have[name][0]) != have[name][1]
         ]
+
+    def dead_workers(self) -> list[str]:
+        """The Celery workers among :meth:`dead_components` (the health endpoint knows the
+        others)."""
+        workers = int(self.deployment().get("workers", 0))
+        names = {worker_name(i) for i in range(1, workers + 1)}
+        return [name for name in self.dead_components() if name in names]
 
     def processes(self) -> list[int]:
         """Pids of every live process of this instance.
@@ -331,7 +315,7 @@ class EmbeddedAirflow:
         leader = self.leader()
         session = None
         if leader is not None:
-            now = _start_time(leader[0])
+            now = start_time(leader[0])
             # The session is ours while its leader lives, or after it died (a session id is
             # not reused while a member lives); not when the pid now belongs to another.
             if now is None or now == leader[1]:
@@ -342,7 +326,7 @@ class EmbeddedAirflow:
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             pid = int(entry.name)
-            fields = _stat(pid)
+            fields = proc_stat(pid)
             if fields is None or fields[0] == "Z":
                 continue
             if session is not None and int(fields[3]) == session:
@@ -408,7 +392,7 @@ class EmbeddedAirflow:
             start_new_session=True,
         )
         log.close()
-        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        self.pid_file.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
         self.port_file.write_text(str(port))
         self._digest_file.write_text(digest)
         self._executor_file.write_text(json.dumps(plan))
@@ -508,7 +492,7 @@ class EmbeddedAirflow:
     def _log_since_start(self) -> str:
         try:
             with open(self.log_file, "rb") as fh:
-                fh.seek(getattr(self, "_log_start", 0))
+                fh.seek(self._log_start)
                 return fh.read().decode(errors="replace")
         except OSError:
             return ""

@@ -39,6 +39,8 @@ import threading
 import time
 from pathlib import Path
 
+from artclf_core.embedded.procs import start_time
+
 #: Seconds the components get to stop after SIGTERM before they are killed.
 STOP_TIMEOUT = 30.0
 #: File, in the Airflow home, with ``{name: [pid, start time]}`` of every component.
@@ -80,11 +82,6 @@ def commands(workers: int, concurrency: int) -> dict[str, list[str]]:
     return parts
 
 
-def _start_time(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[19])
-
-
 class Launcher:
     """The components of one instance, each restarted when it dies (see the module doc)."""
 
@@ -119,7 +116,7 @@ class Launcher:
         self.say(f"started {name} (pid {proc.pid})")
 
     def _record(self) -> None:
-        alive = {n: [p.pid, _start_time(p.pid)] for n, p in self.procs.items() if p.poll() is None}
+        alive = {n: [p.pid, start_time(p.pid)] for n, p in self.procs.items() if p.poll() is None}
         tmp = self.home / f".{COMPONENTS_FILE}.tmp"
         tmp.write_text(json.dumps(alive))
         os.replace(tmp, self.home / COMPONENTS_FILE)

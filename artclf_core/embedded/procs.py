@@ -67,6 +67,22 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, session..."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), None if it is gone or a zombie: a pid
+    plus this names one process, even after the pid is reused."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields and fields[0] != "Z" else None
+
+
 def stop_group(pid: int, *, timeout: float = 20.0, first: int = signal.SIGINT) -> None:
     """Stop a process started in its own session, with everything it spawned.
 
