@@ -75,25 +75,6 @@ def inference_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def interpreter_class() -> Callable[..., Any]:
-    """LiteRT's interpreter (``ai-edge-litert``), the successor of ``tf.lite.Interpreter``,
-    which TensorFlow has scheduled for deletion. Same flatbuffer, same XNNPACK kernels, the
-    same outputs (``bench/inference_runtime.py``). ``tf.lite``'s is the fallback where the wheel is
-    missing (a platform LiteRT does not publish for), without its deprecation notice."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        log.info("ai-edge-litert is not installed: using tf.lite.Interpreter")
-
-        def deprecated(**kwargs: Any) -> Any:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tf.lite's notice that LiteRT is its home
-                return tf.lite.Interpreter(**kwargs)
-
-        return deprecated
-    return Interpreter
-
-
 class KerasRunner:
     """The Keras model's graph, traced once with a batch dimension of ``None``."""
 
@@ -123,9 +104,9 @@ class LiteRunner:
     chunk = TFLITE_CHUNK
 
     def __init__(self, flatbuffer: bytes, image_size: int, n_classes: int, dim: int) -> None:
-        self._interp = interpreter_class()(
-            model_content=flatbuffer, num_threads=inference_threads()
-        )
+        from ai_edge_litert.interpreter import Interpreter  # LiteRT, not tf.lite (deprecated)
+
+        self._interp = Interpreter(model_content=flatbuffer, num_threads=inference_threads())
         self._input = self._interp.get_input_details()[0]["index"]
         outputs = self._interp.get_output_details()
         # convert_variables_to_constants names the outputs Identity, Identity_1, ... in the
