@@ -430,7 +430,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.cv == "sources":
         from artclf_core import cv_evaluate
 
-        result = cv_evaluate.evaluate_by_sources(args.data, args.model, views=args.views)
+        result = cv_evaluate.evaluate_by_sources(
+            args.data, args.model, views=args.views, variant=args.backbone
+        )
         print(json.dumps(result) if args.json else cv_evaluate.format_by_sources(result))
         return 0
     report = training.evaluate(args.data, args.model)
@@ -528,9 +530,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument(
         "--arch",
-        default="efficientnet_lite0_texture",
-        help="efficientnet_lite0_texture (default: frozen backbone, closed-form head, "
-        "calibrated by source-family CV), efficientnet_lite0 (fine-tuned) or cnn",
+        default="efficientnet_lite1_texture",
+        choices=[
+            "efficientnet_lite1_texture",
+            "efficientnet_lite0_texture",
+            "efficientnet_lite0",
+            "cnn",
+        ],
+        help="efficientnet_lite1_texture (default: frozen backbone, closed-form head, "
+        "calibrated by source-family CV), the same on Lite0, efficientnet_lite0 "
+        "(fine-tuned) or cnn",
     )
     p.add_argument("--epochs", type=int, help="max epochs (backbone: of the fine-tuning phase)")
     p.add_argument("--val", default="source", choices=["source", "random", "none"])
@@ -555,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of DIR is scored, which overstates quality on training data",
     )
     p.add_argument("--views", type=int, default=1, help="--cv: views per training image")
+    p.add_argument(
+        "--backbone",
+        default="lite1",
+        choices=("lite0", "lite1", "lite2"),
+        help="--cv: the recipe's frozen EfficientNet-Lite (default lite1, the shipped one)",
+    )
     p.set_defaults(func=cmd_evaluate)
     return parser
 

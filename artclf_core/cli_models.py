@@ -201,7 +201,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="train on the lake's labelled images, gate and publish")
     p.add_argument(
         "--arch",
-        choices=["efficientnet_lite0_texture", "efficientnet_lite0", "cnn"],
+        choices=[
+            "efficientnet_lite1_texture",
+            "efficientnet_lite0_texture",
+            "efficientnet_lite0",
+            "cnn",
+        ],
         help="default: ARTCLF_TRAIN_ARCH, else the active model's architecture",
     )
     p.add_argument("--epochs", type=int)

@@ -4,14 +4,14 @@
 :func:`evaluate_by_sources`:
 
 1. **The reference recipe** under leave-one-source-family-out cross-validation
-   (:mod:`artclf_core.source_cv`): frozen ImageNet EfficientNet-Lite0 features with texture
-   statistics (:func:`artclf_core.texture.build_texture_backbone`), ``views - 1`` augmented
-   views per image (:func:`artclf_core.augment.augment`), and a closed-form ridge classifier
-   per fold (one-hot targets, L2 ``lam`` per example, sources balanced within a class by
-   ``source_power``). A ridge head refits in well under a second, so 24 folds cost one
-   feature pass. Pooled out-of-fold report, label precision@5 of each held-out family
-   against the fold's training images (standardised features), temperature scaling of the
-   out-of-fold scores (:mod:`artclf_core.calibration`).
+   (:mod:`artclf_core.source_cv`): frozen ImageNet EfficientNet-Lite1 (``variant``)
+   features with texture statistics (:func:`artclf_core.texture.build_texture_backbone`),
+   ``views - 1`` augmented views per image (:func:`artclf_core.augment.augment`), and a
+   closed-form ridge classifier per fold (one-hot targets, L2 ``lam`` per example, sources
+   balanced within a class by ``source_power``). A ridge head refits in well under a
+   second, so 24 folds cost one feature pass. Pooled out-of-fold report, label precision@5
+   of each held-out family against the fold's training images (standardised features),
+   temperature scaling of the out-of-fold scores (:mod:`artclf_core.calibration`).
 2. **A saved model** (the shipped default unless given) on the images of the families its
    metadata says it never trained on, and the recipe's out-of-fold predictions on exactly
    those images: the same held-out images for both.
@@ -33,10 +33,10 @@ from artclf_core.preprocess import open_rgb, to_model_input
 log = logging.getLogger("artclf.evaluate")
 
 
-def features(samples, size: int, views: int) -> np.ndarray:
+def features(samples, size: int, views: int, variant: str = "lite1") -> np.ndarray:
     from artclf_core.texture import build_texture_backbone
 
-    net = build_texture_backbone(size)
+    net = build_texture_backbone(size, variant=variant)
     with ThreadPoolExecutor(max_workers=2) as pool:
         pictures = list(pool.map(lambda s: open_rgb(str(s.path)), samples))
     out = []
@@ -130,6 +130,7 @@ def evaluate_by_sources(
     views: int = 1,
     lam: float = 10.0,
     source_power: float = 0.5,
+    variant: str = "lite1",
 ) -> dict[str, Any]:
     """Both measurements of the module docstring; returns ``{"recipe": pooled out-of-fold
     report (with ``calibration``), "model": the saved model on its unseen families (None if
@@ -143,8 +144,15 @@ def evaluate_by_sources(
     sources = np.array([s.source for s in samples])
     y = np.array([CLASSES.index(s.label) for s in samples])
     log.info("%d images, %d sources", len(samples), len(set(sources)))
-    report, probs = calibrated_cv(features(samples, size, views), samples, lam, source_power)
-    report["recipe"] = {"size": size, "views": views, "lam": lam, "source_power": source_power}
+    feats = features(samples, size, views, variant)
+    report, probs = calibrated_cv(feats, samples, lam, source_power)
+    report["recipe"] = {
+        "backbone": variant,
+        "size": size,
+        "views": views,
+        "lam": lam,
+        "source_power": source_power,
+    }
 
     model = ArtModel.load(model_path)
     trained = trained_families(model)
@@ -177,7 +185,8 @@ def format_by_sources(result: dict[str, Any]) -> str:
     cal = rep["calibration"]
     r = rep["recipe"]
     lines = [
-        f"== leave-one-source-family-out ({result['groups']} groups): frozen lite0 "
+        f"== leave-one-source-family-out ({result['groups']} groups): frozen "
+        f"{r.get('backbone', 'lite0')} "
         f"{r['size']}px + texture statistics, ridge lam {r['lam']}, {r['views']} view(s), "
         f"source power {r['source_power']}; out-of-fold ==",
         format_report(rep),

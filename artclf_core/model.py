@@ -42,14 +42,29 @@ METADATA_FORMAT = 1
 #: Architecture names :func:`build_model` knows: the prototype's CNN trained from scratch,
 #: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.backbones`), and the same
 #: backbone frozen with texture statistics (:mod:`artclf_core.texture`) under a closed-form
-#: head (:mod:`artclf_core.ridge_head`), the default since it generalises best to new sources.
-ARCHS: tuple[str, ...] = ("cnn", "efficientnet_lite0", "efficientnet_lite0_texture")
+#: head (:mod:`artclf_core.ridge_head`), and the same recipe on the larger EfficientNet-Lite1,
+#: the default since it generalises best to new sources (docs/model-card.md).
+ARCHS: tuple[str, ...] = (
+    "cnn",
+    "efficientnet_lite0",
+    "efficientnet_lite0_texture",
+    "efficientnet_lite1_texture",
+)
+#: The frozen-backbone, closed-form-head architectures (:mod:`artclf_core.ridge_training`)
+#: and the EfficientNet-Lite size each one runs.
+TEXTURE_ARCHS: dict[str, str] = {
+    "efficientnet_lite0_texture": "lite0",
+    "efficientnet_lite1_texture": "lite1",
+}
+#: What ``artclf train`` and a first retraining build.
+DEFAULT_ARCH = "efficientnet_lite1_texture"
 #: Input side per architecture when ``image_size`` is not given. The backbone's 160 was chosen
 #: by measurement (docs/model-card.md "Input resolution").
 DEFAULT_IMAGE_SIZES: dict[str, int] = {
     "cnn": IMAGE_SIZE,
     "efficientnet_lite0": 160,
     "efficientnet_lite0_texture": 160,
+    "efficientnet_lite1_texture": 160,
 }
 #: Dropout between the backbone's pooled features and the embedding layer.
 BACKBONE_DROPOUT = 0.3
@@ -81,6 +96,7 @@ def build_model(
     stages 2-6 beside its pooled features (:func:`artclf_core.texture.build_texture_backbone`,
     2176 values, no dropout), then the same two layers, whose weights
     :mod:`artclf_core.ridge_training` computes in closed form.
+    ``arch="efficientnet_lite1_texture"`` (the default): the same on EfficientNet-Lite1.
 
     The embedding is the linear 128-unit layer just before the softmax: a linear layer keeps
     the geometry the classifier uses (no ReLU zeroing half of the space), which is what a
@@ -118,7 +134,10 @@ def build_model(
     else:
         from artclf_core.texture import build_texture_backbone
 
-        x = build_texture_backbone(size, weights=weights, name="backbone")(inputs)
+        backbone = build_texture_backbone(
+            size, weights=weights, name="backbone", variant=TEXTURE_ARCHS[arch]
+        )
+        x = backbone(inputs)
     embedding = keras.layers.Dense(
         EMBEDDING_DIM, activation=None, kernel_initializer=glorot(20), name="embedding"
     )(x)

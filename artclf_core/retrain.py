@@ -49,8 +49,6 @@ log = logging.getLogger("artclf.retrain")
 #: Fewest labelled images per class to train at all (a class needs some to validate on).
 MIN_PER_CLASS = 4
 MODELS_PREFIX = "models/"
-#: Architecture trained when neither the caller nor an active model says (the shipped one's).
-DEFAULT_ARCH = "efficientnet_lite0_texture"
 
 
 def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
@@ -195,7 +193,9 @@ def retrain(
     """
     from artclf_core import training
     from artclf_core.cv_evaluate import trained_families
-    from artclf_core.model import ARCHS, ArtModel
+
+    # Without a caller's or an active model's architecture: model.DEFAULT_ARCH (the shipped one).
+    from artclf_core.model import ARCHS, DEFAULT_ARCH, ArtModel
 
     policy = policy or promotion.GatePolicy.from_env()
     started = time.perf_counter()

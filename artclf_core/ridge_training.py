@@ -1,9 +1,10 @@
-"""Training the default architecture, ``efficientnet_lite0_texture``, in closed form.
+"""Training the default architectures, ``efficientnet_lite{0,1}_texture``, in closed form.
 
-The recipe that measured best on sources it never saw (docs/model-card.md): the frozen
-ImageNet EfficientNet-Lite0 with texture statistics (:mod:`artclf_core.texture`), one forward
-pass over the training images, and a ridge head (:mod:`artclf_core.ridge_head`). Because the
-head refits in a fraction of a second, training includes its own honest evaluation:
+The recipe that measured best on sources it never saw (docs/model-card.md): a frozen
+ImageNet EfficientNet-Lite (Lite1 by default) with texture statistics
+(:mod:`artclf_core.texture`), one forward pass over the training images, and a ridge head
+(:mod:`artclf_core.ridge_head`). Because the head refits in a fraction of a second, training
+includes its own honest evaluation:
 
 1. features of every image (train and validation) in one pass of the backbone;
 2. leave-one-source-family-out cross-validation on the *training* images
@@ -41,7 +42,6 @@ from artclf_core.training import (
 
 log = logging.getLogger("artclf.training")
 
-ARCH = "efficientnet_lite0_texture"
 #: Images per forward-pass chunk: bounds memory (decoded pixels and activations).
 CHUNK = 256
 
@@ -68,6 +68,7 @@ def train(
     data_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
+    arch: str | None = None,
     seed: int = 0,
     val: ValMode = "source",
     val_fraction: float,
@@ -78,17 +79,27 @@ def train(
 ) -> dict[str, Any]:
     """Train, calibrate and save; the same return value as :func:`artclf_core.training.train`
     (``history`` is empty and ``best_epoch``/``epochs_run`` are 0: there are no epochs)."""
-    from artclf_core.model import DEFAULT_IMAGE_SIZES, build_model, make_version, save_model
+    from artclf_core.model import (
+        DEFAULT_ARCH,
+        DEFAULT_IMAGE_SIZES,
+        TEXTURE_ARCHS,
+        build_model,
+        make_version,
+        save_model,
+    )
 
+    arch = arch or DEFAULT_ARCH
+    if arch not in TEXTURE_ARCHS:
+        raise ValueError(f"{arch!r} is not a closed-form architecture: {list(TEXTURE_ARCHS)}")
     started = time.perf_counter()
-    size = int(image_size or DEFAULT_IMAGE_SIZES[ARCH])
+    size = int(image_size or DEFAULT_IMAGE_SIZES[arch])
     samples = scan_labelled_folder(data_dir)
     if val == "none":
         tr, va = list(samples), []
     else:
         tr, va = split_by_source(samples, val_fraction, seed, mode=val)
     log.info("%d training and %d validation images at %dpx", len(tr), len(va), size)
-    base = build_model(len(CLASSES), arch=ARCH, image_size=size)
+    base = build_model(len(CLASSES), arch=arch, image_size=size)
     feats = backbone_features(
         list(tr) + list(va), base.get_layer("backbone"), size, verbose=verbose
     )
@@ -133,7 +144,7 @@ def train(
         probs = calibration.softmax(head.logits(f_va), temperature)
         report = _full_report(va, probs, head.embed(f_va), CLASSES, split=split)
     train_seconds = time.perf_counter() - started
-    version = make_version(ARCH, base)
+    version = make_version(arch, base)
     info = {
         "recipe": "frozen backbone + texture statistics, ridge head (closed form)",
         "image_size": size,
@@ -152,7 +163,7 @@ def train(
         "cross_validation": cv,
         "review_threshold": threshold,
     }
-    path = save_model(base, out_path, version=version, classes=CLASSES, arch=ARCH, metrics=metrics)
+    path = save_model(base, out_path, version=version, classes=CLASSES, arch=arch, metrics=metrics)
     log.info("saved %s (%s) after %.0f s", path, version, train_seconds)
     return {
         "version": version,

@@ -44,12 +44,12 @@ class ChannelStats(keras.layers.Layer):
         return (input_shape[0], 2 * input_shape[-1])
 
 
-def tap_layer_name(backbone: keras.Model, stage: int) -> str:
+def tap_layer_name(backbone: keras.Model, stage: int, variant: str = "lite0") -> str:
     """Name of the layer whose output ends ``stage``: its last block's residual ``add``, or the
     projection's BatchNorm for a stage whose last block has no shortcut."""
-    from artclf_core.backbones.efficientnet_lite import STAGES
+    from artclf_core.backbones.efficientnet_lite import stages
 
-    block = f"stage{stage}_block{STAGES[stage - 1].repeats}"
+    block = f"stage{stage}_block{stages(variant)[stage - 1].repeats}"
     names = {layer.name for layer in backbone.layers}
     for candidate in (f"{block}_add", f"{block}_project_bn"):
         if candidate in names:
@@ -63,22 +63,23 @@ def build_texture_backbone(
     taps: Sequence[int] = DEFAULT_TAPS,
     weights: str | None = "imagenet",
     name: str = "backbone",
+    variant: str = "lite0",
 ) -> keras.Model:
-    """EfficientNet-Lite0 returning one vector: its pooled 1280-d head followed by
-    :class:`ChannelStats` of each tapped stage (896 more values for the default taps)."""
-    from artclf_core.backbones import build_efficientnet_lite0
+    """EfficientNet-Lite ``variant`` returning one vector: its pooled 1280-d head followed by
+    :class:`ChannelStats` of each tapped stage (896 more values for Lite0's default taps)."""
+    from artclf_core.backbones.efficientnet_lite import build_efficientnet_lite
 
-    net = build_efficientnet_lite0((size, size, 3), weights=weights, name=f"{name}_net")
+    net = build_efficientnet_lite(variant, (size, size, 3), weights=weights, name=f"{name}_net")
     parts = [net.output]
     for stage in taps:
-        out = net.get_layer(tap_layer_name(net, stage)).output
+        out = net.get_layer(tap_layer_name(net, stage, variant)).output
         parts.append(ChannelStats(name=f"texture_stage{stage}")(out))
     features = keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
     return keras.Model(net.input, features, name=name)
 
 
-def feature_dim(taps: Sequence[int] = DEFAULT_TAPS) -> int:
+def feature_dim(taps: Sequence[int] = DEFAULT_TAPS, variant: str = "lite0") -> int:
     """Length of :func:`build_texture_backbone`'s output for ``taps``."""
-    from artclf_core.backbones.efficientnet_lite import FEATURE_DIM, STAGES
+    from artclf_core.backbones.efficientnet_lite import FEATURE_DIM, stages
 
-    return FEATURE_DIM + sum(2 * STAGES[s - 1].output_filters for s in taps)
+    return FEATURE_DIM + sum(2 * stages(variant)[s - 1].output_filters for s in taps)

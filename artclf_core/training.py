@@ -616,12 +616,15 @@ def train(
     """
     if val not in ("source", "random", "none"):
         raise ValueError(f"val must be 'source', 'random' or 'none', got {val!r}")
-    if arch == "efficientnet_lite0_texture":
+    from artclf_core.model import TEXTURE_ARCHS
+
+    if arch in TEXTURE_ARCHS:
         from artclf_core import ridge_training
 
         return ridge_training.train(
             data_dir,
             out_path,
+            arch=arch,
             seed=seed,
             val=val,
             val_fraction=val_fraction,

@@ -3,7 +3,8 @@ on the families it never trained on (:mod:`artclf_core.cv_evaluate`; the same as
 ``artclf evaluate --data DIR --cv sources``).
 
     python bench/source_cv.py [--data ../shared/data/artworks] [--model PATH] [--size 160]
-                              [--views 1] [--lam 10] [--source-power 0.5] [--json OUT]
+                              [--views 1] [--lam 10] [--source-power 0.5]
+                              [--backbone lite1] [--json OUT]
 
 The recipes tried with it and what each gave: docs/model-card.md, "Read this first".
 """
@@ -34,6 +35,7 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=1)
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--source-power", type=float, default=0.5)
+    ap.add_argument("--backbone", default="lite1", choices=["lite0", "lite1", "lite2"])
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -44,6 +46,7 @@ def main() -> int:
         views=args.views,
         lam=args.lam,
         source_power=args.source_power,
+        variant=args.backbone,
     )
     print(format_by_sources(result))
     if args.json:

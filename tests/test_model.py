@@ -328,7 +328,12 @@ def trained_backbone(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_backbone_builds_with_the_same_output_contract() -> None:
-    assert ARCHS == ("cnn", BACKBONE, "efficientnet_lite0_texture")
+    assert ARCHS == (
+        "cnn",
+        BACKBONE,
+        "efficientnet_lite0_texture",
+        "efficientnet_lite1_texture",
+    )
     model = build_model(seed=0, arch=BACKBONE, image_size=TINY)
     assert tuple(model.inputs[0].shape) == (None, TINY, TINY, 3)
     x = np.random.default_rng(0).integers(0, 256, (2, TINY, TINY, 3)).astype("float32")

