@@ -19,9 +19,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,22 @@ def features(samples, size: int, views: int, variant: str = "lite1") -> np.ndarr
     return np.stack(out).astype(np.float32)
 
 
+def cached_features(
+    samples, size: int, views: int, variant: str, cache: str | None = None
+) -> np.ndarray:
+    """:func:`features`, kept in ``cache`` (an ``.npz``) for the same images and settings."""
+    key = f"{variant}/{size}/{views}/" + "|".join(str(s.path) for s in samples)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    if cache and Path(cache).exists():
+        with np.load(cache) as z:
+            if str(z["key"]) == digest:
+                return z["features"]
+    feats = features(samples, size, views, variant)
+    if cache:
+        np.savez(cache, features=feats, key=digest)
+    return feats
+
+
 def cross_validate(
     feats: np.ndarray,
     labels: np.ndarray,
@@ -61,14 +79,16 @@ def cross_validate(
     groups: list[str],
     lam: float,
     power: float,
+    k: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Out-of-fold logits of :func:`artclf_core.ridge_head.fit` (``feats``: (views, N, D)) and
     the label precision@5 of the shipped embedding (:meth:`RidgeHead.embed`): each held-out
-    family's images searched among the fold's training images."""
+    family's images searched among the fold's training images. ``k``: grouped k-fold instead
+    of leave-one-group-out (:func:`artclf_core.source_cv.plan`)."""
     y = np.array([CLASSES.index(c) for c in labels])
     scores = np.zeros((len(y), len(CLASSES)))
     hits = total = 0
-    for _, train, test in source_cv.folds(groups):
+    for _, train, test in source_cv.plan(groups, k):
         head = ridge_head.fit(
             feats[:, train],
             y[train],
@@ -85,22 +105,34 @@ def cross_validate(
     return scores, hits / total
 
 
+def sample_groups(samples) -> list[str]:
+    """The CV group of each sample: its source family, families sharing a copy merged."""
+    from artclf_core.training import duplicate_groups
+
+    copies = duplicate_groups(samples)
+    return source_cv.cv_groups([s.source for s in samples], [copies[s] for s in samples])
+
+
 def calibrated_cv(
-    feats: np.ndarray, samples, lam: float, power: float
+    feats: np.ndarray,
+    samples,
+    lam: float,
+    power: float,
+    k: int | None = None,
+    groups: list[str] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray] | None:
     """The recipe's source-family CV on ``samples`` (``feats``: (views, N, D)), calibrated:
     ``(pooled out-of-fold report with its "calibration", calibrated out-of-fold
     probabilities)``; None with fewer than two held-out groups (nothing to hold out).
-    What ``artclf evaluate --cv sources`` reports and what training stores in a model."""
-    from artclf_core.training import duplicate_groups
-
+    What ``artclf evaluate --cv sources`` reports and what training stores in a model.
+    ``k``: grouped k-fold instead of leave-one-group-out; ``groups``: precomputed
+    :func:`sample_groups`."""
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
-    copies = duplicate_groups(samples)
-    groups = source_cv.cv_groups(list(sources), [copies[s] for s in samples])
-    if len(set(groups)) < 2:
+    groups = groups if groups is not None else sample_groups(samples)
+    if len(set(groups)) < max(2, k or 2):
         return None
-    scores, p5 = cross_validate(feats, labels, sources, groups, lam, power)
+    scores, p5 = cross_validate(feats, labels, sources, groups, lam, power, k)
     y = np.array([CLASSES.index(c) for c in labels])
     cal = calibration.calibration_summary(scores, y)
     probs = calibration.softmax(scores, cal["temperature"])
@@ -108,6 +140,8 @@ def calibrated_cv(
         list(labels), list(sources), groups, probs, CLASSES, precision_at_5=p5
     )
     report["calibration"] = cal
+    if k is not None:
+        report["folds"] = k
     return report, probs
 
 
@@ -131,11 +165,18 @@ def evaluate_by_sources(
     lam: float = 10.0,
     source_power: float = 0.5,
     variant: str = "lite1",
+    k: int | None = None,
+    kshot: bool = False,
+    boost: float = 1.0,
+    features_cache: str | None = None,
 ) -> dict[str, Any]:
     """Both measurements of the module docstring; returns ``{"recipe": pooled out-of-fold
     report (with ``calibration``), "model": the saved model on its unseen families (None if
     it recorded no split or every family was trained on), "recipe_on_model_unseen": the
-    recipe on the same images, "groups", "seconds"}``."""
+    recipe on the same images, "groups", "seconds"}``, and with ``kshot`` the recipe's
+    k-shot curve (:mod:`artclf_core.kshot`, curator labels weighed ``boost``) under
+    ``"kshot"``. ``k``: grouped k-fold instead of leave-one-group-out; ``features_cache``:
+    an ``.npz`` that keeps the backbone's features between runs on the same images."""
     from artclf_core.model import ArtModel
     from artclf_core.training import evaluate_samples, scan_labelled_folder
 
@@ -144,8 +185,9 @@ def evaluate_by_sources(
     sources = np.array([s.source for s in samples])
     y = np.array([CLASSES.index(s.label) for s in samples])
     log.info("%d images, %d sources", len(samples), len(set(sources)))
-    feats = features(samples, size, views, variant)
-    report, probs = calibrated_cv(feats, samples, lam, source_power)
+    feats = cached_features(samples, size, views, variant, features_cache)
+    groups = sample_groups(samples)
+    report, probs = calibrated_cv(feats, samples, lam, source_power, k, groups)
     report["recipe"] = {
         "backbone": variant,
         "size": size,
@@ -166,7 +208,25 @@ def evaluate_by_sources(
                 [s for s, u in zip(samples, unseen, strict=True) if u], model
             )
             same = classification_report(y[unseen], probs[unseen].argmax(1), CLASSES)
+    curve = None
+    if kshot:
+        from artclf_core import kshot as kshot_lib
+        from artclf_core.training import duplicate_groups
+
+        copies = duplicate_groups(samples)
+        curve = kshot_lib.kshot_curve(
+            feats[0],
+            y,
+            list(sources),
+            groups,
+            [copies[s] for s in samples],
+            n_classes=len(CLASSES),
+            lam=lam,
+            source_power=source_power,
+            boost=boost,
+        )
     return {
+        "kshot": curve,
         "recipe": report,
         "model": model_report,
         "model_version": model.version,
@@ -210,6 +270,17 @@ def format_by_sources(result: dict[str, Any]) -> str:
             f"accuracy {m['accuracy']:.3f}",
             f"recipe, out-of-fold: balanced accuracy {s['balanced_accuracy']:.3f}, "
             f"accuracy {s['accuracy']:.3f}",
+        ]
+    if result.get("kshot"):
+        ks = result["kshot"]
+        lines += [
+            "",
+            f"== k-shot: k labelled images per class of each held-out family added to "
+            f"training (weight x{ks['boost']:g}), balanced accuracy on the rest of it, "
+            f"{ks['n_groups']} families, {ks['draws']} draws ==",
+            "k:     " + "  ".join(f"{k:>6}" for k in ks["ks"]),
+            "mean:  " + "  ".join(f"{ks['mean'][k]:6.3f}" for k in ks["ks"]),
+            "gain:  " + "  ".join(f"{ks['gain'][k]:+6.3f}" for k in ks["ks"]),
         ]
     lines.append(f"({result['seconds']:.0f}s)")
     return "\n".join(lines)

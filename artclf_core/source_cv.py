@@ -82,6 +82,38 @@ def folds(groups: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+def group_kfold(groups: Sequence[str], k: int = 5) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Grouped k-fold: ``[(fold name, train indices, test indices)]`` with every group in
+    exactly one test fold.
+
+    The assignment is deterministic and depends only on the groups and their sizes, so every
+    variant compared under it sees the same folds: groups are taken largest first (ties by
+    name) and each goes to the fold with the fewest images so far (ties: the lowest fold),
+    the rule of scikit-learn's ``GroupKFold``. A fold's name lists its groups.
+    """
+    arr = np.asarray(groups)
+    sizes = Counter(groups)
+    if k < 2 or k > len(sizes):
+        raise ValueError(f"k must be between 2 and the number of groups ({len(sizes)}), got {k}")
+    load = [0] * k
+    members: list[list[str]] = [[] for _ in range(k)]
+    for g, n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        f = min(range(k), key=lambda i: (load[i], i))
+        load[f] += n
+        members[f].append(g)
+    out = []
+    for names in members:
+        test = np.flatnonzero(np.isin(arr, names))
+        train = np.flatnonzero(~np.isin(arr, names))
+        out.append(("+".join(sorted(names)), train, test))
+    return out
+
+
+def plan(groups: Sequence[str], k: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The folds of an evaluation: leave-one-group-out (``k`` None) or grouped ``k``-fold."""
+    return folds(groups) if k is None else group_kfold(groups, k)
+
+
 def check_disjoint(
     groups: Sequence[str], copy_keys: Sequence[str], train: np.ndarray, test: np.ndarray
 ) -> None:

@@ -4,7 +4,12 @@ on the families it never trained on (:mod:`artclf_core.cv_evaluate`; the same as
 
     python bench/source_cv.py [--data ../shared/data/artworks] [--model PATH] [--size 160]
                               [--views 1] [--lam 10] [--source-power 0.5]
-                              [--backbone lite1] [--json OUT]
+                              [--backbone lite1] [--folds K] [--kshot] [--boost B]
+                              [--features-cache F.npz] [--json OUT]
+
+``--folds 5``: grouped 5-fold (the folds every variant of the model card is compared on)
+instead of leave-one-family-out; ``--kshot``: the k-shot curve (k = 0, 5, 10, 20 labelled
+images per class of each held-out family added to training, :mod:`artclf_core.kshot`).
 
 The recipes tried with it and what each gave: docs/model-card.md, "Read this first".
 """
@@ -36,6 +41,10 @@ def main() -> int:
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--source-power", type=float, default=0.5)
     ap.add_argument("--backbone", default="lite1", choices=["lite0", "lite1", "lite2"])
+    ap.add_argument("--folds", type=int, help="grouped k-fold instead of leave-one-out")
+    ap.add_argument("--kshot", action="store_true", help="also the k-shot curve")
+    ap.add_argument("--boost", type=float, default=1.0, help="--kshot: weight of the shots")
+    ap.add_argument("--features-cache", help=".npz keeping the backbone features between runs")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -47,6 +56,10 @@ def main() -> int:
         lam=args.lam,
         source_power=args.source_power,
         variant=args.backbone,
+        k=args.folds,
+        kshot=args.kshot,
+        boost=args.boost,
+        features_cache=args.features_cache,
     )
     print(format_by_sources(result))
     if args.json:

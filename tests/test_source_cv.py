@@ -55,6 +55,32 @@ def test_no_family_or_copy_on_both_sides(seed: int) -> None:
     assert (held == 1).all(), "every image is held out exactly once"
 
 
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("k", [2, 5])
+def test_group_kfold_never_splits_a_family_or_a_copy(seed: int, k: int) -> None:
+    sources, keys = _made_up(seed)
+    groups = source_cv.cv_groups(sources, keys)
+    if len(set(groups)) < k:
+        with pytest.raises(ValueError):
+            source_cv.group_kfold(groups, k)
+        return
+    plan = source_cv.group_kfold(groups, k)
+    assert len(plan) == k
+    held = np.zeros(len(sources), dtype=int)
+    fam = np.array([source_cv.source_family(s) for s in sources])
+    for _, train, test in plan:
+        source_cv.check_disjoint(groups, keys, train, test)
+        assert not set(fam[train]) & set(fam[test])
+        assert len(train) + len(test) == len(sources)
+        held[test] += 1
+    assert (held == 1).all(), "every image is held out exactly once"
+    # The same groups give the same folds, whatever their order: every variant compared
+    # under the plan sees the same test sets.
+    perm = np.random.default_rng(seed).permutation(len(groups))
+    again = source_cv.group_kfold([groups[i] for i in perm], k)
+    assert sorted(name for name, _, _ in again) == sorted(name for name, _, _ in plan)
+
+
 def test_check_disjoint_catches_a_split_copy() -> None:
     groups = ["a", "a", "b"]
     keys = ["x", "y", "x"]
