@@ -110,6 +110,32 @@ def choose_threshold(
     }
 
 
+def precision_coverage(
+    probabilities: np.ndarray, labels: np.ndarray, points: int = 41
+) -> list[dict[str, float]]:
+    """Precision of the accepted predictions against their share (coverage) when everything
+    at or above a threshold of the top probability is accepted, at ``points`` thresholds
+    from the lowest to the highest top probability seen (the review plot of the Models
+    page): ``[{"threshold", "coverage", "precision"}]``, coverage falling."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if not len(y):
+        return []
+    conf = p.max(axis=1)
+    correct = p.argmax(axis=1) == y
+    out = []
+    for t in np.quantile(conf, np.linspace(0.0, 1.0, points)):
+        accepted = conf >= t
+        out.append(
+            {
+                "threshold": round(float(t), 4),
+                "coverage": round(float(accepted.mean()), 4),
+                "precision": round(float(correct[accepted].mean()), 4),
+            }
+        )
+    return out
+
+
 def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Fit ``T`` and report what it changes: ECE and log-loss before and after, the review
     threshold on the calibrated probabilities."""
@@ -122,5 +148,8 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any
         "ece_after": expected_calibration_error(after, labels),
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, t),
-        "review": choose_threshold(after, labels),
+        "review": {
+            **choose_threshold(after, labels),
+            "curve": precision_coverage(after, labels),
+        },
     }

@@ -404,6 +404,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from artclf_core.metrics import format_report
 
     kwargs = {"val": args.val, "seed": args.seed, "arch": args.arch}
+    if args.kshot:
+        kwargs["kshot"] = True
     for name in (
         "epochs",
         "patience",
@@ -550,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input side (default: the arch's recipe)")
     p.add_argument("--head-epochs", type=int, help="backbone: epochs with it frozen")
     p.add_argument("--fine-tune-stages", type=int, help="backbone: top stages unfrozen (0-7)")
+    p.add_argument(
+        "--kshot",
+        action="store_true",
+        help="closed-form archs: also measure the k-shot curve and store it in the model "
+        "(the Models page plots it; a few minutes more)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model on DIR/<label>/*")

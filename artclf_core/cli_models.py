@@ -4,6 +4,7 @@ artclf models list | show V | register | activate V | embed V | rollback | drop 
 artclf retrain [--arch A] [--force]       train on the lake's labelled images, gate, publish
 artclf atlas [--version V] [--out F]      interactive HTML projection of a version's embeddings
 artclf label ID LABEL [--by NAME]          confirm or correct an artwork's label
+artclf label DIR [--collection C]          label a folder of <class>/ sub-folders in one go
 artclf review [--threshold P]              low-confidence predictions awaiting a curator
 """
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -157,13 +159,43 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     from artclf_core import db
 
+    curator = args.by or getpass.getuser()
+    if args.label is None:
+        return _label_folder(args, curator)
+    try:
+        artwork_id = int(args.target)
+    except ValueError:
+        raise ValueError(
+            f"{args.target!r} is not an artwork id; `artclf label ID LABEL` labels one "
+            "artwork, `artclf label DIR` a folder of <class>/ sub-folders"
+        ) from None
     with db.connect(_settings().db_url) as conn:
-        conn.execute(
-            "SELECT artclf.confirm_label(%s, %s, %s)",
-            (args.id, args.label, args.by or getpass.getuser()),
-        )
+        conn.execute("SELECT artclf.confirm_label(%s, %s, %s)", (artwork_id, args.label, curator))
+        if args.collection:
+            conn.execute("SELECT artclf.set_collection(%s, %s)", ([artwork_id], args.collection))
         conn.commit()
-    print(f"artwork {args.id}: label {args.label} confirmed")
+    print(f"artwork {artwork_id}: label {args.label} confirmed")
+    return 0
+
+
+def _label_folder(args: argparse.Namespace, curator: str) -> int:
+    from artclf_core import labelling
+
+    if not Path(args.target).is_dir():
+        raise ValueError(
+            f"{args.target}: no such folder (`artclf label DIR`, or `artclf label ID LABEL`)"
+        )
+    summary = labelling.label_folder(
+        _settings(), args.target, curator=curator, collection=args.collection
+    )
+    if args.json:
+        print(json.dumps(summary.__dict__))
+        return 0
+    print(summary.line())
+    for path, why in sorted(summary.not_labelled.items()):
+        print(f"  not labelled: {path}: {why}")
+    for path in summary.skipped:
+        print(f"  skipped (not a picture): {path}")
     return 0
 
 
@@ -223,10 +255,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-upload", action="store_true", help="do not copy it to models/<v>/")
     p.set_defaults(func=cmd_atlas)
 
-    p = sub.add_parser("label", help="confirm or correct an artwork's label (curators)")
-    p.add_argument("id", type=int)
-    p.add_argument("label")
+    p = sub.add_parser(
+        "label",
+        help="confirm or correct labels (curators): one artwork (ID LABEL) or a folder of "
+        "<class>/ sub-folders (DIR), new pictures in it catalogued first",
+    )
+    p.add_argument("target", metavar="ID|DIR")
+    p.add_argument("label", nargs="?", help="with ID: the label")
     p.add_argument("--by", help="curator name (default: your login)")
+    p.add_argument(
+        "--collection",
+        help="the collection these artworks belong to (DIR: default the folder's name for new "
+        "pictures; given, it is set on every labelled artwork)",
+    )
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("review", help="low-confidence predictions awaiting a curator")

@@ -80,6 +80,7 @@ def cross_validate(
     lam: float,
     power: float,
     k: int | None = None,
+    boost: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Out-of-fold logits of :func:`artclf_core.ridge_head.fit` (``feats``: (views, N, D)) and
     the label precision@5 of the shipped embedding (:meth:`RidgeHead.embed`): each held-out
@@ -96,6 +97,7 @@ def cross_validate(
             n_classes=len(CLASSES),
             lam=lam,
             source_power=power,
+            boost=None if boost is None else boost[train],
         )
         scores[test] = head.logits(feats[0, test])
         h, n = source_cv.fold_precision_at_k(
@@ -120,19 +122,20 @@ def calibrated_cv(
     power: float,
     k: int | None = None,
     groups: list[str] | None = None,
+    boost: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray] | None:
     """The recipe's source-family CV on ``samples`` (``feats``: (views, N, D)), calibrated:
     ``(pooled out-of-fold report with its "calibration", calibrated out-of-fold
     probabilities)``; None with fewer than two held-out groups (nothing to hold out).
     What ``artclf evaluate --cv sources`` reports and what training stores in a model.
     ``k``: grouped k-fold instead of leave-one-group-out; ``groups``: precomputed
-    :func:`sample_groups`."""
+    :func:`sample_groups`; ``boost``: per-image weight multipliers (curator labels)."""
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
     groups = groups if groups is not None else sample_groups(samples)
     if len(set(groups)) < max(2, k or 2):
         return None
-    scores, p5 = cross_validate(feats, labels, sources, groups, lam, power, k)
+    scores, p5 = cross_validate(feats, labels, sources, groups, lam, power, k, boost)
     y = np.array([CLASSES.index(c) for c in labels])
     cal = calibration.calibration_summary(scores, y)
     probs = calibration.softmax(scores, cal["temperature"])

@@ -56,6 +56,8 @@ class Decision:
     active: dict[str, Any] | None
     policy: dict[str, float]
     deltas: dict[str, float] = field(default_factory=dict)
+    #: The curator collections' side (:func:`with_collections`), None when there was none.
+    collections: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +125,106 @@ def decide(
     if promote and worst is not None:
         reasons.append(f"largest F1 drop {max(worst[0], 0.0):.3f} ({worst[1]}) within limits")
     return Decision(promote, reasons, cand, act, pol, deltas)
+
+
+def collection_evidence(
+    y: list[int],
+    candidate_pred: list[int],
+    active_pred: list[int],
+    collections: list[str],
+    classes: tuple[str, ...],
+) -> dict[str, Any]:
+    """Both models on the curator labels the active model never saw: the candidate by its
+    within-collection out-of-fold predictions (:func:`artclf_core.curator_labels.collection_cv`:
+    never an image it trained on), the active model as it is. Pooled and per collection."""
+    from artclf_core.metrics import classification_report
+
+    def ba(idx: list[int], pred: list[int]) -> float:
+        return classification_report([y[i] for i in idx], [pred[i] for i in idx], classes)[
+            "balanced_accuracy"
+        ]
+
+    every = list(range(len(y)))
+    out: dict[str, Any] = {
+        "n": len(y),
+        "candidate_balanced_accuracy": round(ba(every, candidate_pred), 4) if y else None,
+        "active_balanced_accuracy": round(ba(every, active_pred), 4) if y else None,
+        "per_collection": {},
+    }
+    for coll in sorted(set(collections)):
+        idx = [i for i in every if collections[i] == coll]
+        out["per_collection"][coll] = {
+            "n": len(idx),
+            "candidate": round(ba(idx, candidate_pred), 4),
+            "active": round(ba(idx, active_pred), 4),
+        }
+    return out
+
+
+def with_collections(
+    held_out: Decision | None, evidence: dict[str, Any] | None, policy: GatePolicy
+) -> Decision:
+    """The gate on both kinds of evidence: held-out source families (``held_out``, the
+    decision of :func:`decide`, or None when no family was unseen by both models) and the
+    curator collections (``evidence``, :func:`collection_evidence`, or None without new
+    curator labels).
+
+    Promote only if neither side gets worse by more than ``min_gain`` in balanced accuracy,
+    no class's F1 on the held-out families drops by more than ``max_f1_drop``, and at least
+    one side gains ``min_gain``. Curator labels thus reach production when they make the
+    model better on their own collection without making it worse elsewhere; a candidate
+    that wins only on images it trained on has no evidence on either side and is refused.
+    """
+    if evidence is None or not evidence["n"]:
+        return (
+            held_out
+            if held_out is not None
+            else Decision(
+                False,
+                [
+                    "no held-out family and no new curator label to judge on: nothing says the "
+                    "candidate is better"
+                ],
+                {},
+                None,
+                asdict(policy),
+            )
+        )
+    gain_c = evidence["candidate_balanced_accuracy"] - evidence["active_balanced_accuracy"]
+    reasons = [
+        f"curator collections ({evidence['n']} labels the active model never saw, candidate "
+        f"out of fold): balanced accuracy {evidence['candidate_balanced_accuracy']:.3f} vs "
+        f"{evidence['active_balanced_accuracy']:.3f} (gain {gain_c:+.3f})"
+    ]
+    wins = gain_c + 1e-9 >= policy.min_gain
+    loses = gain_c < -policy.min_gain - 1e-9
+    f1_bad = False
+    deltas = {"collections_balanced_accuracy": round(gain_c, 4)}
+    if held_out is not None and held_out.active is not None:
+        gain_h = held_out.deltas.get("balanced_accuracy", 0.0)
+        deltas.update(held_out.deltas)
+        reasons = [f"held-out families: {r}" for r in held_out.reasons] + reasons
+        wins = wins or gain_h + 1e-9 >= policy.min_gain
+        loses = loses or gain_h < -policy.min_gain - 1e-9
+        f1_bad = any(
+            -v > policy.max_f1_drop + 1e-9 for k, v in held_out.deltas.items() if k[:3] == "f1_"
+        )
+    else:
+        reasons.insert(0, "held-out families: none unseen by both models")
+    promote = wins and not loses and not f1_bad
+    if not wins:
+        reasons.append(f"no side gains the required {policy.min_gain:+.3f}")
+    if loses:
+        reasons.append(f"a side loses more than {policy.min_gain:.3f}")
+    return Decision(
+        promote,
+        reasons,
+        held_out.candidate if held_out is not None else {},
+        held_out.active if held_out is not None else None,
+        asdict(policy),
+        deltas,
+        evidence,
+    )
 
 
 def unseen_by(samples: list[Any], trained_sources: set[str] | None) -> list[Any]:

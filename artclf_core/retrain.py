@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from artclf_core import CLASSES, db, plots, promotion, registry
+from artclf_core import CLASSES, curator_labels, db, plots, promotion, registry
 from artclf_core import s3 as s3lib
 from artclf_core.config import TRAINING_PREFIX, Settings
 
@@ -66,8 +66,8 @@ def labelled_artworks(conn) -> list[dict[str, Any]]:
     artwork's cataloguing)."""
     return db.fetch_dicts(
         conn,
-        "SELECT id, bucket, key, curated_label AS label, source_key, sha256,"
-        " coalesce(curated_at, created_at) AS labelled_at"
+        "SELECT id, bucket, key, curated_label AS label, source_key, sha256, collection,"
+        " curated_by, coalesce(curated_at, created_at) AS labelled_at"
         " FROM artclf.artworks WHERE curated_label IS NOT NULL ORDER BY id",
     )
 
@@ -76,6 +76,31 @@ def _source(name: str, label: str) -> str:
     """The source the split holds out: the name's prefix before ``__``, else the class
     (the rule of :func:`artclf_core.training.scan_labelled_folder`)."""
     return name.split("__", 1)[0] if "__" in name else label
+
+
+def _safe_collection(collection: str) -> str:
+    """A collection name usable as a file-name source prefix: no ``/``, no ``__`` (the
+    separator), no control characters, at most 100 bytes."""
+    out = "".join(c if c.isprintable() and c != "/" else "_" for c in collection)
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out.encode()[:100].decode(errors="ignore").strip("_") or "collection"
+
+
+def export_name(row: dict[str, Any]) -> str:
+    """The file name an artwork is exported under: the name it was dropped with, prefixed
+    with its collection (``<collection>__<name>``) so the collection is its *source*, held
+    out, grouped and weighed as one in training, cross-validation and the gate. Without a
+    collection the name is kept as dropped (its ``__`` prefix, else its class, is the
+    source)."""
+    name = s3lib.basename(row["source_key"]) or s3lib.basename(row["key"])
+    coll = row.get("collection")
+    if not coll:
+        return name
+    prefix = _safe_collection(coll)
+    if name.startswith(prefix + "__"):
+        return name
+    return f"{prefix}__{name.replace('__', '_')}"
 
 
 def describe_training_set(
@@ -123,7 +148,7 @@ def export_training_set(
     names: dict[tuple[str, str], int] = Counter()
     jobs = []
     for r in rows:
-        name = s3lib.basename(r["source_key"]) or s3lib.basename(r["key"])
+        name = export_name(r)
         if names[(r["label"], name)]:
             stem, dot, ext = name.rpartition(".")
             name = f"{stem}-{r['id']}.{ext}" if dot else f"{name}-{r['id']}"
@@ -139,6 +164,20 @@ def export_training_set(
             if done % 500 == 0:
                 log.info("downloaded %d/%d", done, len(jobs))
     log.info("downloaded %d image(s) in %.1f s", len(jobs), time.perf_counter() - started)
+    since = active["created_at"] if active else None
+    curator_labels.write(
+        out,
+        [
+            curator_labels.Label(
+                path=f"{r['label']}/{path.name}",
+                collection=r["collection"],
+                curator=r["curated_by"],
+                new=since is None or r["labelled_at"] > since,
+            )
+            for r, path in jobs
+            if r["curated_by"]
+        ],
+    )
     return {
         **describe_training_set(rows, [path.name for _, path in jobs], active),
         "dir": str(out),
@@ -266,11 +305,17 @@ def retrain(
             trained_families(candidate_model) or set()
         )
         fair = promotion.unseen_by(val, seen)
+        held = None
         if fair:
             active_report = training.evaluate_samples(fair, active_model)
             if len(fair) != len(val):
                 candidate_report = training.evaluate_samples(fair, candidate_model)
-            decision = promotion.decide(candidate_report, active_report, policy)
+            held = promotion.decide(candidate_report, active_report, policy)
+        evidence = _collection_evidence(samples, dataset["dir"], result, active_model)
+        if evidence is not None:
+            decision = promotion.with_collections(held, evidence, policy)
+        elif held is not None:
+            decision = held
         else:
             decision = promotion.no_evidence(result["report"], active["version"], policy)
     else:
@@ -289,6 +334,7 @@ def retrain(
         "decision": decision.as_dict(),
         "candidate": result["report"],
         "candidate_on_gate_images": candidate_report,
+        "collections": result.get("collections"),
         "active": active_report,
         "split": split,
         "dataset": summary["dataset"],
@@ -325,6 +371,7 @@ def retrain(
                 "split": split,
                 "cross_validation": result.get("cross_validation"),
                 "review_threshold": result.get("review_threshold"),
+                "collections": result.get("collections"),
             },
             status=status,
         )
@@ -348,6 +395,36 @@ def retrain(
         "report": f"s3://{settings.bucket}/{prefix}report.json",
     }
     return _record(settings, outcome, started, started_at, run_by)
+
+
+def _collection_evidence(
+    samples: Sequence[Any], folder: str, result: dict[str, Any], active_model: Any
+) -> dict[str, Any] | None:
+    """The gate's curator side: the labels the active model never saw (labelled after it was
+    trained), the candidate's within-collection out-of-fold predictions on them against the
+    active model's; None when there are none (or the recipe kept no out-of-fold predictions)."""
+    from artclf_core import curator_labels
+    from artclf_core.training import load_images
+
+    oof = result.get("collection_oof") or {}
+    labels = curator_labels.read(folder)
+    chosen = [
+        s
+        for s in samples
+        if str(s.path) in oof
+        and labels.get(curator_labels.relative(s), None) is not None
+        and labels[curator_labels.relative(s)].new
+    ]
+    if not chosen:
+        return None
+    probs, _ = active_model.predict(load_images(chosen, size=active_model.image_size))
+    return promotion.collection_evidence(
+        [CLASSES.index(s.label) for s in chosen],
+        [int(oof[str(s.path)].argmax()) for s in chosen],
+        [int(p.argmax()) for p in probs],
+        [s.source for s in chosen],
+        CLASSES,
+    )
 
 
 def _record(

@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from artclf_core import CLASSES, calibration, ridge_head
+from artclf_core import CLASSES, calibration, curator_labels, ridge_head
 from artclf_core.training import (
     Sample,
     ValMode,
     _full_report,
     describe_split,
+    duplicate_groups,
     load_images,
     scan_labelled_folder,
     split_by_source,
@@ -75,10 +76,18 @@ def train(
     image_size: int | None = None,
     lam: float = ridge_head.DEFAULT_LAMBDA,
     source_power: float = ridge_head.DEFAULT_SOURCE_POWER,
+    kshot: bool = False,
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train, calibrate and save; the same return value as :func:`artclf_core.training.train`
-    (``history`` is empty and ``best_epoch``/``epochs_run`` are 0: there are no epochs)."""
+    (``history`` is empty and ``best_epoch``/``epochs_run`` are 0: there are no epochs),
+    plus ``collections`` and ``collection_oof`` (the curator labels' within-collection
+    cross-validation, :mod:`artclf_core.curator_labels`; empty without curator labels).
+
+    Curator-labelled images (the export's sidecar) stay in training whatever the split, are
+    weighed :data:`artclf_core.curator_labels.BOOST` times, and are cross-validated within
+    their collection. ``kshot``: also measure the k-shot curve (:mod:`artclf_core.kshot`,
+    a few minutes more), stored as ``metrics["kshot"]``."""
     from artclf_core.model import (
         DEFAULT_ARCH,
         DEFAULT_IMAGE_SIZES,
@@ -94,10 +103,12 @@ def train(
     started = time.perf_counter()
     size = int(image_size or DEFAULT_IMAGE_SIZES[arch])
     samples = scan_labelled_folder(data_dir)
+    curated = curator_labels.read(data_dir)
+    curator_sources = {s.source for s in samples if curator_labels.relative(s) in curated}
     if val == "none":
         tr, va = list(samples), []
     else:
-        tr, va = split_by_source(samples, val_fraction, seed, mode=val)
+        tr, va = split_by_source(samples, val_fraction, seed, mode=val, keep=curator_sources)
     log.info("%d training and %d validation images at %dpx", len(tr), len(va), size)
     base = build_model(len(CLASSES), arch=arch, image_size=size)
     feats = backbone_features(
@@ -106,9 +117,14 @@ def train(
     f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
     feature_seconds = time.perf_counter() - started
 
+    from artclf_core import source_cv
     from artclf_core.cv_evaluate import calibrated_cv
 
-    found = calibrated_cv(f_tr[None], tr, lam, source_power)
+    copies = duplicate_groups(tr)
+    copy_keys = [copies[s] for s in tr]
+    groups = source_cv.cv_groups([s.source for s in tr], copy_keys)
+    boost = curator_labels.boosts(tr, curated)
+    found = calibrated_cv(f_tr[None], tr, lam, source_power, groups=groups, boost=boost)
     cv = found[0] if found else None
     temperature = cv["calibration"]["temperature"] if cv else 1.0
     threshold = cv["calibration"]["review"]["threshold"] if cv else None
@@ -126,14 +142,52 @@ def train(
             threshold,
         )
     y_tr = np.array([CLASSES.index(s.label) for s in tr])
+    src_tr = np.array([s.source for s in tr])
     head = ridge_head.fit(
+        f_tr, y_tr, src_tr, n_classes=len(CLASSES), lam=lam, source_power=source_power, boost=boost
+    )
+    is_curated = np.array([curator_labels.relative(s) in curated for s in tr], dtype=bool)
+    collections, oof = curator_labels.collection_cv(
         f_tr,
         y_tr,
-        np.array([s.source for s in tr]),
-        n_classes=len(CLASSES),
+        src_tr,
+        is_curated,
+        copy_keys,
+        classes=CLASSES,
+        temperature=temperature,
         lam=lam,
         source_power=source_power,
+        boost=boost,
     )
+    for coll, rep in collections.items():
+        if "balanced_accuracy" in rep:
+            log.info(
+                "curator labels of %s: %d, balanced accuracy %.3f out of fold (%d folds)",
+                coll,
+                rep["n"],
+                rep["balanced_accuracy"],
+                rep["folds"],
+            )
+    curve = None
+    if kshot and len(set(groups)) > 1:
+        from artclf_core import kshot as kshot_lib
+
+        curve = kshot_lib.kshot_curve(
+            f_tr,
+            y_tr,
+            list(src_tr),
+            groups,
+            copy_keys,
+            n_classes=len(CLASSES),
+            lam=lam,
+            source_power=source_power,
+            boost=curator_labels.BOOST,
+        )
+        log.info(
+            "k-shot curve (%d families): %s",
+            curve["n_groups"],
+            ", ".join(f"k={k} {v:.3f}" for k, v in curve["mean"].items()),
+        )
     w_e, b_e, w_p, b_p = ridge_head.layer_weights(head, temperature)
     base.get_layer("embedding").set_weights([w_e, b_e])
     base.get_layer("probabilities").set_weights([w_p, b_p])
@@ -162,6 +216,9 @@ def train(
         "history": {},
         "cross_validation": cv,
         "review_threshold": threshold,
+        "collections": collections,
+        "kshot": curve,
+        "curator_boost": curator_labels.BOOST,
     }
     path = save_model(base, out_path, version=version, classes=CLASSES, arch=arch, metrics=metrics)
     log.info("saved %s (%s) after %.0f s", path, version, train_seconds)
@@ -176,4 +233,6 @@ def train(
         "split": split,
         "cross_validation": cv,
         "review_threshold": threshold,
+        "collections": collections,
+        "collection_oof": {str(tr[i].path): p for i, p in oof.items()},
     }

@@ -179,6 +179,7 @@ def split_by_source(
     seed: int = 0,
     *,
     mode: Literal["source", "random"] = "source",
+    keep: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[Sample], list[Sample]]:
     """Split into ``(train, validation)`` so that validation sources are never trained on.
 
@@ -188,7 +189,8 @@ def split_by_source(
     ``orthodoxshop``) falls back to :func:`sub_source_key` groups, and to single files if even
     that gives one group, so every class with two or more images appears in validation.
     ``mode="random"`` is a plain stratified split per class (single files), kept only to show
-    how much a random split overstates accuracy.
+    how much a random split overstates accuracy. Sources in ``keep`` (curator collections,
+    whose labels are what the retraining is for) always stay in training.
 
     Copies always stay on one side: files with identical SHA-256, and near copies by the
     ingest pipeline's own rule (pHash and dHash within 14 bits, see :mod:`artclf_core.dedup`),
@@ -203,7 +205,8 @@ def split_by_source(
     hashes = duplicate_groups(samples)
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for s in sorted(samples):
-        by_class[s.label].append(s)
+        if s.source not in keep:
+            by_class[s.label].append(s)
     key_fns: list[Callable[[Sample], str]] = [lambda s: str(s.path)]
     if mode == "source":
         key_fns = [lambda s: s.source, sub_source_key, *key_fns]
@@ -588,11 +591,17 @@ def train(
     head_epochs: int | None = None,
     head_learning_rate: float | None = None,
     fine_tune_stages: int | None = None,
+    label_smoothing: float = 0.0,
+    source_balanced: bool = False,
+    kshot: bool = False,
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train a model on ``data_dir`` and save it, with its metadata, to ``out_path``.
 
     Every keyword left as None takes the architecture's :data:`RECIPES` value.
+    ``label_smoothing`` softens the one-hot targets; ``source_balanced`` weighs each image
+    like the ridge head does (classes equal, a source of n images by 1/sqrt(n),
+    :func:`artclf_core.ridge_head.source_weights`) instead of by class only.
 
     * ``arch="cnn"``: the prototype's recipe: augmentation layers in front of the model, class
       weights, Adam, learning-rate halving on plateaus and early stopping on the
@@ -629,6 +638,7 @@ def train(
             val=val,
             val_fraction=val_fraction,
             image_size=image_size,
+            kshot=kshot,
             verbose=verbose,
         )
     if arch not in RECIPES:
@@ -668,10 +678,17 @@ def train(
     )
 
     weights = class_weights(y_tr, len(classes))
+    per_image = weights[y_tr]
+    if source_balanced:
+        from artclf_core.ridge_head import DEFAULT_SOURCE_POWER, source_weights
+
+        per_image = source_weights(
+            y_tr, np.array([s.source for s in tr_samples]), DEFAULT_SOURCE_POWER
+        )
     train_ds = _dataset(
         x_tr,
         y_tr,
-        weights[y_tr],
+        per_image,
         batch_size,
         shuffle_seed=seed,
         augment_seed=seed if backbone_arch else None,
@@ -685,10 +702,18 @@ def train(
         )
     monitor = "val_loss" if val_ds is not None else "loss"
 
+    n_classes = len(classes)
+
+    def smoothed(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        onehot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), n_classes)
+        return keras.losses.categorical_crossentropy(
+            onehot, y_pred, label_smoothing=label_smoothing
+        )
+
     def compile_(model: keras.Model, lr: float) -> None:
         model.compile(
             optimizer=keras.optimizers.Adam(lr),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
+            loss=smoothed if label_smoothing else keras.losses.SparseCategoricalCrossentropy(),
             weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
 
@@ -794,6 +819,8 @@ def train(
             fine_tune_stages=stages,
             phase_epochs=phase_epochs,
             augmentation="augment_image (tf.data)",
+            label_smoothing=label_smoothing,
+            source_balanced=source_balanced,
         )
     metadata_metrics = {
         "validation": report,

@@ -35,10 +35,16 @@ def tables(meta: dict) -> str:
         "|---|---:|",
         f"| balanced accuracy | **{cv['balanced_accuracy']:.3f}** "
         f"(accuracy {cv['accuracy']:.3f}) |",
-        "| recall " + " / ".join(CLASSES) + " | "
-        + " / ".join(f"{pc[c]['recall']:.2f}" for c in CLASSES) + " |",
-        "| precision " + " / ".join(CLASSES) + " | "
-        + " / ".join(f"{pc[c]['precision']:.2f}" for c in CLASSES) + " |",
+        "| recall "
+        + " / ".join(CLASSES)
+        + " | "
+        + " / ".join(f"{pc[c]['recall']:.2f}" for c in CLASSES)
+        + " |",
+        "| precision "
+        + " / ".join(CLASSES)
+        + " | "
+        + " / ".join(f"{pc[c]['precision']:.2f}" for c in CLASSES)
+        + " |",
         f"| label precision@5 | {cv['label_precision_at_5']:.3f} |",
         f"| ECE before / after temperature scaling (T {cal['temperature']:.3f}) | "
         f"{cal['ece_before']:.3f} / {cal['ece_after']:.3f} |",

@@ -1,0 +1,226 @@
+"""Learning a collection from its curators: the collection of every artwork, ``artclf label
+DIR``, curator labels reaching the retrain as their own family, and the gate's curator side
+(real stack; fixture images made in code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imagegen
+import numpy as np
+import pytest
+
+from artclf_core import CLASSES, curator_labels, db, labelling, promotion, retrain
+from artclf_core import s3 as s3lib
+from artclf_core.pipeline import Ingestor
+from artclf_core.source_cv import source_family
+
+
+@pytest.mark.parametrize(
+    ("key", "collection"),
+    [
+        ("incoming/museumx/a.jpg", "museumx"),
+        ("incoming/museumx/sub/a.jpg", "museumx"),
+        ("incoming/a.jpg", None),
+        ("incoming/rijks__a.jpg", "rijks"),
+        ("training/painting/museumy/a.jpg", "museumy"),
+        ("training/painting/painting0__01.png", "painting0"),
+        ("training/painting/a.png", None),
+        ("incoming/__a.jpg", None),
+    ],
+)
+def test_collection_of_a_drop_key(settings, key: str, collection: str | None) -> None:
+    with db.connect(settings.db_url) as conn:
+        assert conn.execute("SELECT artclf.collection_of(%s)", (key,)).fetchone()[0] == collection
+
+
+def _put(settings, key: str, seed: int) -> None:
+    client = s3lib.client(settings)
+    data = imagegen.encode(imagegen.make_artwork(seed), quality=90)
+    client.put_object(Bucket=settings.bucket, Key=key, Body=data)
+
+
+def _write(folder: Path, label: str, name: str, seed: int) -> Path:
+    (folder / label).mkdir(parents=True, exist_ok=True)
+    path = folder / label / name
+    path.write_bytes(imagegen.encode(imagegen.make_artwork(seed), quality=90))
+    return path
+
+
+def _state(settings) -> tuple:
+    with db.connect(settings.db_url) as conn:
+        arts = conn.execute(
+            "SELECT id, curated_label, curated_by, collection FROM artclf.artworks ORDER BY id"
+        ).fetchall()
+        reviews = conn.execute("SELECT count(*) FROM artclf.label_reviews").fetchone()[0]
+        log = conn.execute("SELECT count(*) FROM artclf.ingest_log").fetchone()[0]
+    keys = sorted(
+        r.key
+        for page in s3lib.iter_pages(s3lib.client(settings), settings.bucket, "")
+        for r in page
+    )
+    return arts, reviews, log, keys
+
+
+def test_label_refuses_a_folder_that_is_not_a_class_and_changes_nothing(
+    clean, model, tmp_path, capsys
+):
+    _put(clean, "incoming/museumx/known.jpg", 1)
+    with Ingestor(clean, model=model) as ing:
+        ing.ingest_prefix("incoming/")
+    folder = tmp_path / "museumx"
+    _write(folder, "painting", "new.jpg", 2)
+    _write(folder, "paintings", "typo.jpg", 3)  # not a class
+    before = _state(clean)
+    with pytest.raises(ValueError, match=r"paintings/ is not a class folder"):
+        labelling.label_folder(clean, folder, curator="alice")
+    assert _state(clean) == before
+
+
+def test_label_a_folder_of_catalogued_and_new_pictures(clean, model, tmp_path):
+    settings = clean
+    # Two pictures are in the catalogue already (one dropped under a collection).
+    _put(settings, "incoming/museumx/one.jpg", 11)
+    _put(settings, "incoming/two.jpg", 12)
+    with Ingestor(settings, model=model) as ing:
+        assert ing.ingest_prefix("incoming/").catalogued == 2
+    folder = tmp_path / "museumx"
+    _write(folder, "painting", "one.jpg", 11)  # catalogued
+    _write(folder, "sculpture", "two.jpg", 12)  # catalogued, no collection yet
+    _write(folder, "engraving", "three.jpg", 13)  # new
+    (folder / "engraving" / "notes.txt").write_text("not a picture")
+    summary = labelling.label_folder(settings, folder, curator="alice", model=model)
+    assert summary.confirmed + summary.corrected == 3, summary
+    assert summary.new == 1 and summary.skipped == ["engraving/notes.txt"]
+    with db.connect(settings.db_url) as conn:
+        rows = db.fetch_dicts(
+            conn,
+            "SELECT source_key, curated_label, curated_by, collection FROM artclf.artworks"
+            " ORDER BY source_key",
+        )
+    by_key = {r["source_key"]: r for r in rows}
+    assert by_key["incoming/museumx/one.jpg"]["curated_label"] == "painting"
+    assert by_key["incoming/two.jpg"]["curated_label"] == "sculpture"
+    assert by_key["incoming/museumx/engraving/three.jpg"]["curated_label"] == "engraving"
+    assert {r["curated_by"] for r in rows} == {"alice"}
+    # The default collection is the drop prefix; a picture dropped without one keeps none.
+    assert by_key["incoming/museumx/engraving/three.jpg"]["collection"] == "museumx"
+    assert by_key["incoming/two.jpg"]["collection"] is None
+    # Running it again changes nothing: no second review row, no second drop.
+    before = _state(settings)
+    again = labelling.label_folder(settings, folder, curator="alice", model=model)
+    assert again.unchanged == 3 and again.confirmed + again.corrected == 0
+    assert _state(settings) == before
+    # An explicit collection is set on every labelled artwork.
+    labelling.label_folder(settings, folder, curator="alice", collection="museumx", model=model)
+    with db.connect(settings.db_url) as conn:
+        assert {r[0] for r in conn.execute("SELECT collection FROM artclf.artworks")} == {"museumx"}
+
+
+def test_label_command_refuses_with_exit_2(stack, clean, tmp_path):
+    """The command: one line saying why, exit 2 (refused, as the README's table says)."""
+    from test_cli import run
+
+    _, env = stack
+    folder = tmp_path / "c"
+    _write(folder, "statues", "x.jpg", 5)
+    bad = run(env, "label", str(folder))
+    assert bad.returncode == 2, bad.stderr
+    assert "statues/ is not a class folder" in bad.stderr and "Nothing was labelled" in bad.stderr
+    missing = run(env, "label", str(tmp_path / "missing"))
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
+def test_curator_labels_reach_the_retrain_as_their_own_family(clean, model, tmp_path):
+    settings = clean
+    client = s3lib.client(settings)
+    for i in range(3):
+        client.put_object(
+            Bucket=settings.bucket,
+            Key=f"incoming/museumx/p{i}.jpg",
+            Body=imagegen.encode(imagegen.make_artwork(40 + i), quality=90),
+        )
+    client.put_object(
+        Bucket=settings.bucket,
+        Key="training/painting/shelf__p.png",
+        Body=imagegen.labelled_png("painting", 1),
+    )
+    with Ingestor(settings, model=model) as ing:
+        ing.ingest_prefix("incoming/")
+        ing.ingest_prefix("training/")
+    with db.connect(settings.db_url) as conn:
+        ids = [
+            r[0]
+            for r in conn.execute("SELECT id FROM artclf.artworks WHERE collection = 'museumx'")
+        ]
+        for aid in ids:
+            conn.execute("SELECT artclf.confirm_label(%s, 'painting', 'alice')", (aid,))
+        conn.commit()
+    out = retrain.export_training_set(settings, tmp_path / "ds")
+    names = sorted(p.name for p in (tmp_path / "ds" / "painting").iterdir())
+    assert names == ["museumx__p0.jpg", "museumx__p1.jpg", "museumx__p2.jpg", "shelf__p.png"]
+    assert out["per_source"] == {"museumx": 3, "shelf": 1}
+    labels = curator_labels.read(tmp_path / "ds")
+    assert sorted(labels) == [f"painting/museumx__p{i}.jpg" for i in range(3)]
+    assert {lab.collection for lab in labels.values()} == {"museumx"}
+    assert all(lab.curator == "alice" and lab.new for lab in labels.values())
+    assert source_family("museumx") == "museumx"  # held out as one family
+
+
+def test_collection_cv_never_scores_an_image_it_trained_on():
+    """Images that only memorisation could get right (each its own random point): in-sample
+    a flexible head gets them all, out of fold it is at chance, so no gain is claimed."""
+    rng = np.random.default_rng(0)
+    n_other, n_cur, d = 200, 40, 60
+    y_other = np.arange(n_other) % 5
+    centres = rng.normal(0, 3, (5, d))
+    x_other = centres[y_other] + rng.normal(0, 1, (n_other, d))
+    x_cur = rng.normal(0, 1, (n_cur, d))
+    y_cur = rng.integers(0, 5, n_cur)
+    x = np.vstack([x_other, x_cur])
+    y = np.concatenate([y_other, y_cur])
+    sources = ["shared"] * n_other + ["museumx"] * n_cur
+    curated = np.array([False] * n_other + [True] * n_cur)
+    keys = [f"k{i}" for i in range(len(y))]
+    report, oof = curator_labels.collection_cv(
+        x, y, sources, curated, keys, classes=CLASSES, lam=1e-6, boost=np.where(curated, 50, 1)
+    )
+    assert set(oof) == set(np.flatnonzero(curated))
+    assert report["museumx"]["folds"] == 5
+    assert report["museumx"]["balanced_accuracy"] < 0.5  # chance is 0.2
+
+
+def _report(ba: float, f1: float = 0.7) -> dict:
+    return {
+        "accuracy": ba,
+        "balanced_accuracy": ba,
+        "per_class": {c: {"f1": f1} for c in CLASSES},
+        "n": 50,
+    }
+
+
+def test_the_gate_refuses_a_candidate_that_only_wins_where_it_trained():
+    policy = promotion.GatePolicy()
+    held = promotion.decide(_report(0.60), _report(0.60), policy)  # no gain on unseen families
+    # The curator side, out of fold: no better than the active model.
+    same = promotion.collection_evidence(
+        [0, 1, 2, 3], [0, 1, 0, 0], [0, 1, 0, 0], ["museumx"] * 4, CLASSES
+    )
+    refused = promotion.with_collections(held, same, policy)
+    assert not refused.promote and "no side gains" in refused.summary()
+    # No new curator labels and no unseen family: nothing to judge on, refused.
+    assert not promotion.with_collections(None, None, policy).promote
+    # Out of fold better on the curators' collection, no worse elsewhere: promoted, and both
+    # sides are recorded.
+    better = promotion.collection_evidence(
+        [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 0, 0], ["museumx"] * 4, CLASSES
+    )
+    promoted = promotion.with_collections(held, better, policy)
+    assert promoted.promote, promoted.summary()
+    assert promoted.as_dict()["collections"]["per_collection"]["museumx"]["candidate"] == 1.0
+    assert "held-out families" in promoted.summary()
+    # Better on the collection but worse on the unseen families: refused.
+    worse = promotion.decide(_report(0.50), _report(0.60), policy)
+    assert not promotion.with_collections(worse, better, policy).promote
+    json.dumps(promoted.as_dict())
