@@ -46,7 +46,7 @@ class ArtworkFilter:
 _ARTWORK_COLUMNS = (
     "id, location, key, best_label, label, probability, probabilities, model_version,"
     " curated_label, curated_by, curated_at, filed_label, filed_by, width, height, format,"
-    " byte_size, sha256, source_key, created_at"
+    " byte_size, sha256, source_key, created_at, collection"
 )
 
 
@@ -130,8 +130,10 @@ def artwork_object(conn: Any, artwork_id: int) -> dict[str, Any] | None:
 
 
 def review_queue(conn: Any, *, limit: int = 60) -> dict[str, Any]:
-    """The least confident unconfirmed predictions of the active model, the threshold and
-    the queue's length (``total``, at most ``COUNT_CAP``; ``total_capped`` when longer)."""
+    """The least confident unconfirmed predictions of the active model (least sure first),
+    the threshold, the queue's length (``total``, at most ``COUNT_CAP``; ``total_capped``
+    when longer) and ``reviewed``: how many of the model's predictions under the threshold
+    a curator has labelled already."""
     limit = max(1, min(limit, MAX_PAGE))
     items = db.fetch_dicts(
         conn,
@@ -146,11 +148,19 @@ def review_queue(conn: Any, *, limit: int = 60) -> dict[str, Any]:
         " (SELECT count(*) FROM (SELECT 1 FROM artclf.review_queue() LIMIT %s) AS q)",
         (COUNT_CAP + 1,),
     ).fetchone()
+    # Progress: the active model's predictions under the threshold that a curator has
+    # labelled since (they left the queue), out of those plus the queue ("12 of 57 reviewed").
+    (reviewed,) = conn.execute(
+        "SELECT count(*) FROM artclf.embeddings AS e JOIN artclf.artworks AS a"
+        " ON a.id = e.artwork_id WHERE e.model_version = artclf.active_version()"
+        " AND a.curated_by IS NOT NULL AND e.probability < artclf.review_threshold()"
+    ).fetchone()
     conn.commit()
     return {
         "threshold": threshold,
         "total": min(total, COUNT_CAP),
         "total_capped": total > COUNT_CAP,
+        "reviewed": reviewed,
         "items": items,
     }
 
@@ -212,11 +222,27 @@ def models(conn: Any) -> list[dict[str, Any]]:
         conn,
         "SELECT version, arch, status, is_active, created_at, activated_at, decision, plots,"
         " artifact, metrics->'cross_validation'->>'balanced_accuracy' AS cv_balanced_accuracy,"
-        " metrics->>'review_threshold' AS review_threshold"
+        " metrics->>'review_threshold' AS review_threshold,"
+        " metrics #> '{cross_validation,calibration,review}' AS review,"
+        " metrics->'kshot'->'mean' AS kshot_mean, metrics->'collections' AS collections,"
+        " (metrics #> '{cross_validation,calibration,review,curve}') IS NOT NULL AS has_review,"
+        " (metrics->'kshot') IS NOT NULL AND metrics->'kshot' <> 'null' AS has_kshot"
         " FROM artclf.model_versions ORDER BY created_at DESC, version",
     )
     conn.commit()
     for row in rows:
+        # Plots drawn on request from the version's metrics (plots.DERIVED), beside the
+        # files a retraining published.
+        row["derived_plots"] = [
+            name
+            for name, has in (
+                ("review.png", row.pop("has_review")),
+                ("kshot.png", row.pop("has_kshot")),
+            )
+            if has
+        ]
+        if row["review"]:
+            row["review"].pop("curve", None)
         for key in ("cv_balanced_accuracy", "review_threshold"):
             if row[key] is not None:
                 row[key] = float(row[key])
@@ -236,6 +262,18 @@ def retrain_runs(conn: Any, *, limit: int = 20) -> list[dict[str, Any]]:
     for row in rows:
         row["run"] = _run_of(row["run_by"])
     return rows
+
+
+def model_metrics_for_plots(conn: Any, version: str) -> dict[str, Any] | None:
+    """The parts of a version's metrics that :func:`artclf_core.plots.derived` draws from."""
+    row = conn.execute(
+        "SELECT jsonb_build_object('kshot', metrics->'kshot', 'cross_validation',"
+        " jsonb_build_object('calibration', metrics #> '{cross_validation,calibration}'))"
+        " FROM artclf.model_versions WHERE version = %s",
+        (version,),
+    ).fetchone()
+    conn.commit()
+    return row[0] if row else None
 
 
 def model_plot(conn: Any, version: str, name: str) -> str | None:

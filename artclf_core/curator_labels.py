@@ -38,7 +38,7 @@ from artclf_core.metrics import classification_report
 FILE = "curator-labels.json"
 #: Weight of a curator-labelled image against an ordinary image of a source of its size,
 #: chosen with the k-shot curve (docs/model-card.md, "Learning a collection").
-BOOST = 8.0
+BOOST = 4.0
 #: Folds of the within-collection cross-validation (fewer when a collection is smaller).
 FOLDS = 5
 

@@ -68,6 +68,110 @@ def confusion_png(report: dict[str, Any], *, title: str) -> bytes:
     return _png(plt, fig)
 
 
+def review_png(review: dict[str, Any], *, title: str) -> bytes:
+    """Precision of the accepted predictions against their coverage as the threshold on the
+    calibrated top probability moves (out of fold, ``calibration.precision_coverage``), the
+    model's review threshold marked: what a curator trades between work and errors."""
+    plt = _figure()
+    curve = review["curve"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot([c["coverage"] for c in curve], [c["precision"] for c in curve], "-o", markersize=3)
+    ax.axhline(review["target_precision"], color="grey", linewidth=0.8, linestyle="--")
+    ax.plot(
+        [review["coverage"]],
+        [review["precision"]],
+        "s",
+        color="C3",
+        label=f"threshold {review['threshold']:.3f}: {review['coverage']:.0%} accepted, "
+        f"{1 - review['coverage']:.0%} to review",
+    )
+    ax.set_xlim(0, 1.02)
+    return _finish(
+        plt,
+        fig,
+        ax,
+        x="coverage (share of images accepted without review)",
+        y="precision of accepted labels",
+        title=f"{title}\nout of fold, source families held out",
+        legend="lower left",
+    )
+
+
+def kshot_png(curve: dict[str, Any], *, title: str) -> bytes:
+    """Balanced accuracy on the rest of a held-out family against the labelled images per
+    class of it added to training (:mod:`artclf_core.kshot`): each family thin, the mean bold."""
+    plt = _figure()
+    ks = [int(k) for k in curve["ks"]]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for row in curve["groups"].values():
+        vals = [_at(row["balanced_accuracy"], k) for k in ks]
+        ax.plot(ks, vals, color="grey", alpha=0.25, linewidth=0.8)
+    mean = [_at(curve["mean"], k) for k in ks]
+    ax.plot(ks, mean, "-o", color="C0", linewidth=2.2, label="mean over held-out families")
+    for k, m in zip(ks, mean, strict=True):
+        ax.annotate(f"{m:.2f}", (k, m), textcoords="offset points", xytext=(0, 6), fontsize=8)
+    ax.set_xticks(ks)
+    return _finish(
+        plt,
+        fig,
+        ax,
+        x="curator-labelled images per class from the family",
+        y="balanced accuracy on the rest of it",
+        title=f"{title}\n{curve['n_groups']} held-out families",
+        legend="lower right",
+    )
+
+
+def _finish(plt, fig, ax, *, x: str, y: str, title: str, legend: str) -> bytes:
+    """Labels, a 0-1 y axis, grid, legend and title; the figure as PNG bytes."""
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _png(plt, fig)
+
+
+def _at(by_k: dict[Any, float], k: int) -> float:
+    """``by_k[k]`` whether the keys are ints (fresh) or strings (after a JSON round trip)."""
+    return by_k[k] if k in by_k else by_k[str(k)]
+
+
+#: Plots drawn on request from a version's recorded metrics (no file in the lake needed):
+#: name -> (path into ``metrics``, renderer).
+DERIVED = {
+    "review.png": (("cross_validation", "calibration", "review"), review_png),
+    "kshot.png": (("kshot",), kshot_png),
+}
+
+
+def derived(metrics: dict[str, Any] | None, name: str, *, title: str) -> bytes | None:
+    """The derived plot ``name`` of a version's metrics, or None when they lack its data."""
+    if name not in derived_names(metrics):
+        return None
+    path, render = DERIVED[name]
+    return render(_dig(metrics, path), title=title)
+
+
+def _dig(metrics: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        metrics = metrics.get(key) if isinstance(metrics, dict) else None
+    return metrics
+
+
+def derived_names(metrics: dict[str, Any] | None) -> list[str]:
+    """Which :data:`DERIVED` plots a version's metrics can draw (the review plot needs the
+    precision/coverage curve, recorded by models trained since 2026-12-06)."""
+    out = []
+    for name, (path, _) in DERIVED.items():
+        data = _dig(metrics, path)
+        if data and (name != "review.png" or data.get("curve")):
+            out.append(name)
+    return out
+
+
 def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

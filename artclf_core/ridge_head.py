@@ -105,10 +105,11 @@ def fit(
     x = (x - mean) / std
     w = source_weights(y, np.asarray(sources), source_power)
     if boost is not None:
-        w = w * np.asarray(boost, dtype=np.float64)
-        for c in np.unique(y):  # classes stay equal, as in source_weights
+        boosted = w * np.asarray(boost, dtype=np.float64)
+        for c in np.unique(y):  # each class keeps its total weight: classes stay equal
             m = y == c
-            w[m] *= m.sum() / w[m].sum()
+            boosted[m] *= w[m].sum() / boosted[m].sum()
+        w = boosted
     w = np.tile(w, views)
     target = np.eye(n_classes)[np.tile(y, views)] - 1.0 / n_classes
     # No intercept: the logits are 0 at the plain mean of the training images. Centring on

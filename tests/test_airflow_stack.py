@@ -342,10 +342,18 @@ def check_artworks_page(url: str, admin: str) -> None:
         for view, selector, text in (
             ("lake", "#counts", "not_an_image"),
             ("models", "#models", "(active)"),
+            ("models", "#plot-review figcaption", "to review"),
+            ("models", "#plot-kshot figcaption", "k=10"),
             ("review", "h1", "Review"),
+            ("review", "#review-count", "reviewed"),
         ):
             page.goto(f"{url}/artclf/#/{view}")
+            page.wait_for_selector(selector)
             assert text in page.locator(selector).inner_text(), view
+        # The active model's precision/coverage and k-shot plots are drawn (from its metrics).
+        page.goto(f"{url}/artclf/#/models")
+        for fig in ("#plot-review img", "#plot-kshot img"):
+            page.wait_for_function(f"document.querySelector('{fig}')?.naturalWidth > 0")
         # The nav entry opens the same page inside the Airflow UI.
         page.goto(url + "/plugin/artworks")
         page.wait_for_selector("iframe")

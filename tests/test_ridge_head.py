@@ -92,3 +92,21 @@ def test_default_architecture_trains_in_closed_form_with_its_calibration(
     np.testing.assert_allclose(lite_p, keras_p, atol=1e-4)
     np.testing.assert_allclose(lite_e, keras_e, rtol=1e-3, atol=1e-3)
     assert lite_e.shape == (6, 128) and np.allclose(lite_p.sum(1), 1.0, atol=1e-5)
+
+
+def test_boost_moves_weight_within_a_class_and_keeps_classes_equal():
+    """A boost of ones changes nothing; a boost shifts weight to the boosted images of a
+    class without changing what each class weighs in total."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 8))
+    y = np.repeat([0, 1, 2], [10, 20, 30])
+    sources = np.array([f"s{i % 4}" for i in range(60)])
+    plain = ridge_head.fit(x, y, sources, n_classes=3, with_basis=False)
+    ones = ridge_head.fit(x, y, sources, n_classes=3, with_basis=False, boost=np.ones(60))
+    np.testing.assert_allclose(plain.coef, ones.coef, atol=1e-12)
+    w = ridge_head.source_weights(y, sources, ridge_head.DEFAULT_SOURCE_POWER)
+    boost = np.where(np.arange(60) % 7 == 0, 4.0, 1.0)
+    boosted = ridge_head.fit(x, y, sources, n_classes=3, with_basis=False, boost=boost)
+    assert not np.allclose(plain.coef, boosted.coef)
+    for c in range(3):  # classes equal before and after (source_weights' promise)
+        assert np.isclose(w[y == c].sum(), len(y) / 3)

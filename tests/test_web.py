@@ -210,7 +210,9 @@ def test_classify_an_upload_without_cataloguing_it(catalogue):
 def test_review_needs_the_edit_role_and_records_the_curator(catalogue):
     client, settings, _ = catalogue
     queue = client.get("/api/review", headers=VIEWER).json()
-    assert {"threshold", "total", "items"} <= set(queue)
+    assert {"threshold", "total", "reviewed", "items"} <= set(queue)
+    probs = [r["probability"] for r in queue["items"]]
+    assert probs == sorted(probs)  # least sure first
     target = client.get("/api/artworks", params={"limit": 1}, headers=VIEWER).json()["items"][0]
     other = next(c for c in CLASSES if c != target["label"])
     denied = client.post(f"/api/review/{target['id']}", json={"label": other}, headers=VIEWER)
@@ -228,6 +230,11 @@ def test_review_needs_the_edit_role_and_records_the_curator(catalogue):
             (target["id"],),
         ).fetchone()
     assert row == (other, "carla", target["label"])
+    # Progress counts the curator's label if the model was unsure of that artwork.
+    after = client.get("/api/review", headers=VIEWER).json()
+    unsure = target["probability"] < queue["threshold"]
+    assert after["reviewed"] == queue["reviewed"] + unsure
+    assert after["total"] == queue["total"] - unsure
     assert client.get("/api/whoami", headers=EDITOR).json() == {"user": "carla", "can_edit": True}
 
 
@@ -246,6 +253,12 @@ def test_lake_models_schema_and_page(catalogue, tmp_path):
     assert [m["is_active"] for m in models].count(True) == 1
     (active,) = [m for m in models if m["is_active"]]
     assert set(active["plots"]) == {"atlas.html"}
+    # Drawn from the shipped model's own metrics: precision against coverage, k-shot curve.
+    assert set(active["derived_plots"]) == {"review.png", "kshot.png"}
+    for name in active["derived_plots"]:
+        png = client.get(f"/api/models/{active['version']}/plots/{name}", headers=VIEWER)
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), name
+    assert active["review"]["threshold"] == pytest.approx(active["review_threshold"])
     atlas = client.get(f"/api/models/{active['version']}/plots/atlas.html", headers=VIEWER)
     assert atlas.status_code == 200 and atlas.headers["content-type"].startswith("text/html")
     unknown = client.get(f"/api/models/{active['version']}/plots/..%2Fsecrets", headers=VIEWER)

@@ -44,7 +44,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from artclf_core import CLASSES, browse, db, thumbnails
+from artclf_core import CLASSES, browse, db, plots, thumbnails
 from artclf_core import s3 as s3lib
 from artclf_core.config import Settings
 from artclf_core.images import DEFAULT_LIMITS, Limits
@@ -280,6 +280,11 @@ def create_app(
     def plot(version: str, name: str, _user: Reader) -> Response:
         with backend.connect() as conn:
             url = browse.model_plot(conn, version, name)
+            metrics = browse.model_metrics_for_plots(conn, version) if url is None else None
+        if url is None and (png := plots.derived(metrics, name, title=version)) is not None:
+            return Response(
+                png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"}
+            )
         if url is None or not url.startswith("s3://"):
             raise HTTPException(404, f"model {version} recorded no plot {name!r}")
         bucket, _, key = url[5:].partition("/")

@@ -173,16 +173,29 @@ async function showSearch() {
 
 async function showReview() {
   const data = await api("review?limit=60");
+  let reviewed = data.reviewed;
+  const all = data.reviewed + data.total;
+  const bar = el("progress", { id: "review-progress", max: all || 1, value: reviewed });
+  const count = el("span", { id: "review-count" });
+  const show = () => {
+    bar.value = reviewed;
+    count.textContent = `${reviewed.toLocaleString()} of ${all.toLocaleString()}${data.total_capped ? "+" : ""} reviewed`;
+  };
+  show();
   const list = el("div", { class: "review" });
   for (const r of data.items) {
     const row = el("div", { class: "review-item", "data-artwork": r.artwork_id });
     row.append(card({ ...r }), el("div", {}, probabilities(r.probabilities, r.label),
-      labelButtons(r.artwork_id, r.label, (res) => row.replaceChildren(
-        el("p", { class: "done" }, `#${r.artwork_id}: ${res.curated_label} (by ${res.curated_by})`)))));
+      labelButtons(r.artwork_id, r.label, (res) => {
+        reviewed += 1;
+        show();
+        row.replaceChildren(el("p", { class: "done" }, `#${r.artwork_id}: ${res.curated_label} (by ${res.curated_by})`));
+      })));
     list.append(row);
   }
   view.replaceChildren(el("h1", {}, "Review"),
-    el("p", {}, `${data.total.toLocaleString()}${data.total_capped ? "+" : ""} prediction(s) below ${pct(data.threshold)} confidence await a curator`),
+    el("p", { class: "progress" }, bar, " ", count),
+    el("p", {}, `${data.total.toLocaleString()}${data.total_capped ? "+" : ""} prediction(s) below ${pct(data.threshold)} confidence await a curator, least sure first`),
     data.items.length ? list : el("p", {}, "Nothing to review."));
 }
 
@@ -206,9 +219,25 @@ async function showLake() {
 
 async function showModels() {
   const [rows, runs] = await Promise.all([api("models"), api("retrain-runs")]);
-  const plots = (m) => Object.keys(m.plots || {}).map((n) =>
-    el("a", { href: new URL(`api/models/${encodeURIComponent(m.version)}/plots/${encodeURIComponent(n)}`, BASE).href, target: "_blank" }, n));
+  const plotUrl = (m, n) => new URL(`api/models/${encodeURIComponent(m.version)}/plots/${encodeURIComponent(n)}`, BASE).href;
+  const plots = (m) => [...Object.keys(m.plots || {}), ...(m.derived_plots || [])].map((n) =>
+    el("a", { href: plotUrl(m, n), target: "_blank" }, n));
+  const act = rows.find((m) => m.is_active);
+  const figures = [];
+  if (act?.derived_plots?.includes("review.png")) {
+    const r = act.review;
+    figures.push(el("figure", { id: "plot-review" },
+      el("img", { src: plotUrl(act, "review.png"), alt: "precision against coverage", width: 600, height: 400 }),
+      el("figcaption", {}, `Review threshold ${r.threshold.toFixed(3)}: the lowest at which accepted labels reach ${pct(r.target_precision)} precision out of fold; it sends ${pct(1 - r.coverage)} of a new collection to review.`)));
+  }
+  if (act?.derived_plots?.includes("kshot.png")) {
+    const k = act.kshot_mean;
+    figures.push(el("figure", { id: "plot-kshot" },
+      el("img", { src: plotUrl(act, "kshot.png"), alt: "k-shot curve", width: 600, height: 400 }),
+      el("figcaption", {}, `Labelling k pictures per class of a new collection: balanced accuracy on the rest of it ${Object.entries(k).map(([n, v]) => `k=${n}: ${v.toFixed(2)}`).join(", ")}.`)));
+  }
   view.replaceChildren(el("h1", {}, "Models"),
+    figures.length ? el("section", { class: "figures" }, el("h2", {}, `Active model ${act.version}`), figures) : "",
     el("table", { class: "data", id: "models" },
       el("tr", {}, ["version", "status", "arch", "CV balanced accuracy", "review threshold", "gate decision", "plots"].map((h) => el("th", {}, h))),
       rows.map((m) => el("tr", { class: m.is_active ? "best" : null },
