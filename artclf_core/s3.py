@@ -104,6 +104,11 @@ class DataPath:
     overwritten in between. Listings, batched deletes, copies (repairs, whose bytes are not
     in memory) and everything outside the hot path stay on the boto3 client of
     :func:`client`. One store per bucket, built on first use; thread-safe.
+
+    Keys obstore cannot carry (:func:`obstore_safe`: a control character, DEL, a ``%``, an
+    empty or dot segment) go through boto3 instead: S3 accepts them, object_store's path
+    parser refuses them ("illegal character sequence") or would percent-decode ``%41`` into
+    another key, and an object whose key no retry can fix must still be catalogued.
     """
 
     def __init__(self, settings: Settings, *, timeout_s: int = 60) -> None:
@@ -127,6 +132,8 @@ class DataPath:
             retry_config={"max_retries": 4, "retry_timeout": timedelta(seconds=timeout_s)},
         )
         self._stores: dict[str, object] = {}
+        self._settings = settings
+        self._boto = None  # for the keys obstore cannot carry, built on first need
 
     def _store(self, bucket: str):
         store = self._stores.get(bucket)
@@ -134,10 +141,17 @@ class DataPath:
             store = self._stores.setdefault(bucket, self._make(bucket))
         return store
 
+    def _fallback(self):
+        if self._boto is None:
+            self._boto = client(self._settings)
+        return self._boto
+
     def get(self, bucket: str, key: str, max_bytes: int | None = None) -> tuple[bytes, str | None]:
         """The object's bytes and its Content-Type; refuse more than ``max_bytes``."""
         import obstore
 
+        if not obstore_safe(key):
+            return self._get_boto(bucket, key, max_bytes)
         try:
             result = obstore.get(self._store(bucket), key)
             size = int(result.meta["size"])
@@ -163,6 +177,15 @@ class DataPath:
         """Write ``data`` at ``key`` with user ``metadata`` (``x-amz-meta-*``)."""
         import obstore
 
+        if not obstore_safe(key):
+            extra = {"ContentType": content_type} if content_type else {}
+            try:
+                self._fallback().put_object(
+                    Bucket=bucket, Key=key, Body=data, Metadata=dict(metadata), **extra
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise S3Failure(_first_line(exc)) from exc
+            return
         attributes = dict(metadata)
         if content_type:
             attributes["Content-Type"] = content_type
@@ -170,6 +193,28 @@ class DataPath:
             obstore.put(self._store(bucket), key, data, attributes=attributes)
         except Exception as exc:  # noqa: BLE001
             raise S3Failure(_first_line(exc)) from exc
+
+    def _get_boto(self, bucket: str, key: str, max_bytes: int | None) -> tuple[bytes, str | None]:
+        try:
+            resp = self._fallback().get_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise ObjectMissing(f"no object at {key!r}") from exc
+            raise S3Failure(_first_line(exc)) from exc
+        size = int(resp.get("ContentLength") or 0)
+        if max_bytes is not None and size > max_bytes:
+            resp["Body"].close()
+            raise ObjectTooLarge(size)
+        return resp["Body"].read(), resp.get("ContentType")
+
+
+def obstore_safe(key: str) -> bool:
+    """Whether obstore can GET and PUT ``key`` as it is: no ASCII control character or DEL,
+    no ``%`` (object_store would percent-decode it), no empty, ``.`` or ``..`` segment."""
+    if "%" in key or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return False
+    return all(part not in ("", ".", "..") for part in key.split("/"))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -188,17 +233,35 @@ def delete(s3, bucket: str, key: str) -> None:
 
 
 def delete_many(s3, bucket: str, keys: list[str]) -> set[str]:
-    """Delete keys with DeleteObjects, 1,000 per request; return the keys that failed."""
+    """Delete keys with DeleteObjects, 1,000 per request; return the keys that failed.
+
+    A key with a control character cannot travel in DeleteObjects' XML body (XML 1.0 has no
+    way to write most of them, and parsers turn ``\r`` into ``\n``): one such key made the
+    whole request fail as MalformedXML. Those keys are deleted one by one with DeleteObject,
+    whose key travels percent-encoded in the URL.
+    """
     failed: set[str] = set()
-    for start in range(0, len(keys), 1000):
-        chunk = keys[start : start + 1000]
+    plain = [k for k in keys if xml_safe(k)]
+    for start in range(0, len(plain), 1000):
+        chunk = plain[start : start + 1000]
         resp = s3.delete_objects(
             Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
         )
         failed.update(
             err["Key"] for err in resp.get("Errors", []) if err.get("Code") != "NoSuchKey"
         )
+    for key in keys:
+        if not xml_safe(key):
+            try:
+                s3.delete_object(Bucket=bucket, Key=key)
+            except Exception:  # noqa: BLE001 - reported as failed, retried by the next run
+                failed.add(key)
     return failed
+
+
+def xml_safe(key: str) -> bool:
+    """Whether ``key`` can be written in an S3 XML request body as it is."""
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
 
 
 def basename(key: str) -> str:

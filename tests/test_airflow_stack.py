@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -310,6 +311,12 @@ def check_catalogue_api(url: str, admin: str, viewer: str, run_ids: set[str]) ->
     ), views
 
 
+def no_null_text(page, view: str) -> None:
+    """A view never shows JavaScript's ``null`` or ``undefined`` as text."""
+    shown = page.locator("#view").inner_text()
+    assert not re.search(r"\b(null|undefined|NaN)\b", shown), (view, shown[:500])
+
+
 def check_artworks_page(url: str, admin: str) -> None:
     """The page in a real browser, inside the Airflow UI's session: grid, an artwork and its
     neighbours, search by image, the review queue, the lake and the models."""
@@ -329,6 +336,7 @@ def check_artworks_page(url: str, admin: str) -> None:
             f"document.querySelectorAll('#neighbours .card').length == {N_UP - 1}"
         )
         assert "Curated: " in page.locator("#curation").inner_text()  # changed above
+        no_null_text(page, "artwork")
 
         page.goto(url + "/artclf/#/search")
         picture = imagegen.encode(imagegen.make_artwork(650))
@@ -338,6 +346,9 @@ def check_artworks_page(url: str, admin: str) -> None:
         page.wait_for_selector("#answer", timeout=120_000)  # TensorFlow loads on first use
         assert "%" in page.locator("#answer").inner_text()
         assert page.locator("#result .card").count() >= 1
+        # The uploaded picture is shown beside its answer.
+        page.wait_for_function("document.querySelector('#query-picture')?.naturalWidth > 0")
+        no_null_text(page, "search")
 
         for view, selector, text in (
             ("lake", "#counts", "not_an_image"),
@@ -350,6 +361,7 @@ def check_artworks_page(url: str, admin: str) -> None:
             page.goto(f"{url}/artclf/#/{view}")
             page.wait_for_selector(selector)
             assert text in page.locator(selector).inner_text(), view
+            no_null_text(page, view)
         # The active model's precision/coverage and k-shot plots are drawn (from its metrics).
         page.goto(f"{url}/artclf/#/models")
         for fig in ("#plot-review img", "#plot-kshot img"):

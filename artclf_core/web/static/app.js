@@ -24,6 +24,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Node.replaceChildren writes null as the text "null": every view goes through this instead.
+function show(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false && c !== ""));
+}
+
 async function api(path, options = {}) {
   const resp = await fetch(new URL("api/" + path, BASE), { credentials: "same-origin", ...options });
   if (resp.status === 401) throw new Error("not logged in to Airflow: log in and reload");
@@ -40,7 +45,7 @@ const pct = (p) => (p === null || p === undefined ? "–" : `${(100 * p).toFixed
 const when = (t) => (t ? new Date(t).toLocaleString() : "");
 
 function fail(err) {
-  view.replaceChildren(el("p", { class: "error", role: "alert", text: String(err.message || err) }));
+  show(view, el("p", { class: "error", role: "alert", text: String(err.message || err) }));
 }
 
 function card(a) {
@@ -90,7 +95,7 @@ async function showArtworks(params) {
   el("button", { type: "submit" }, "Filter"));
   const grid = el("div", { class: "grid", id: "grid" });
   const more = el("button", { type: "button", hidden: true }, "More");
-  view.replaceChildren(el("h1", {}, "Artworks"), form, grid, more);
+  show(view, el("h1", {}, "Artworks"), form, grid, more);
   let before = null;
   async function page() {
     const q = new URLSearchParams(params);
@@ -109,16 +114,16 @@ async function showArtwork(id) {
   const a = await api(`artworks/${id}`);
   const neighbours = el("div", { class: "grid", id: "neighbours" });
   const toggle = el("input", { type: "checkbox", id: "any-label" });
-  const fill = () => neighbours.replaceChildren(
+  const fill = () => show(neighbours,
     ...(toggle.checked ? a.neighbours_any_label : a.neighbours_same_label).map(card));
   toggle.addEventListener("change", fill);
   fill();
   const curation = el("div", { id: "curation" });
-  const showCuration = (row) => curation.replaceChildren(
+  const showCuration = (row) => show(curation,
     row.curated_label ? el("p", {}, `Curated: ${row.curated_label} by ${row.curated_by}`) : el("p", {}, "Not confirmed by a curator."),
     labelButtons(id, row.label, (r) => showCuration(r)));
   showCuration(a);
-  view.replaceChildren(
+  show(view,
     el("h1", {}, `Artwork #${a.id}: ${a.best_label}`),
     el("div", { class: "detail" },
       el("img", { class: "picture", src: new URL(`api/artworks/${id}/image`, BASE).href, alt: `artwork ${id}` }),
@@ -127,6 +132,7 @@ async function showArtwork(id) {
         el("dl", {},
           el("dt", {}, "in the lake"), el("dd", {}, el("code", {}, a.location)),
           el("dt", {}, "dropped as"), el("dd", {}, el("code", {}, a.source_key)),
+          el("dt", {}, "collection"), el("dd", {}, a.collection ?? "–"),
           el("dt", {}, "dropped"), el("dd", {}, when(a.created_at)),
           el("dt", {}, "size"), el("dd", {}, `${a.width}×${a.height} ${a.format}, ${a.byte_size} bytes`),
           el("dt", {}, "model"), el("dd", {}, `${a.model_version} (filed by ${a.filed_by} as ${a.filed_label})`)),
@@ -143,20 +149,21 @@ async function showSearch() {
   const zone = el("div", { class: "dropzone", id: "dropzone" },
     el("p", {}, "Drop a picture here, or "), el("label", { class: "button" }, "choose a file", input));
   async function ask(file) {
-    result.replaceChildren(el("p", {}, `Classifying ${file.name}…`));
+    const picture = el("img", { class: "picture", id: "query-picture", src: URL.createObjectURL(file), alt: file.name });
+    show(result, el("p", {}, `Classifying ${file.name}…`));
     const body = new FormData();
     body.append("image", file);
     try {
       const r = await api("classify?k=5", { method: "POST", body });
-      result.replaceChildren(
+      show(result,
         el("h2", { id: "answer" }, `${r.label} · ${pct(r.probability)}`),
-        probabilities(r.probabilities, r.label),
+        el("div", { class: "detail" }, picture, el("div", {}, probabilities(r.probabilities, r.label))),
         r.catalogued_as ? el("p", {}, "Already in the catalogue: ", el("a", { href: `#/artwork/${r.catalogued_as}` }, `#${r.catalogued_as}`)) : null,
         r.note ? el("p", { class: "hint" }, r.note) : null,
         el("h2", {}, `${r.neighbours.length} most similar (${r.label})`),
         el("div", { class: "grid", id: "neighbours" }, r.neighbours.map(card)));
     } catch (err) {
-      result.replaceChildren(el("p", { class: "error", role: "alert" }, err.message));
+      show(result, el("p", { class: "error", role: "alert" }, err.message));
     }
   }
   input.addEventListener("change", () => input.files[0] && ask(input.files[0]));
@@ -166,7 +173,7 @@ async function showSearch() {
     ev.preventDefault(); zone.classList.remove("over");
     if (ev.dataTransfer.files[0]) ask(ev.dataTransfer.files[0]);
   });
-  view.replaceChildren(el("h1", {}, "Search by image"),
+  show(view, el("h1", {}, "Search by image"),
     el("p", { class: "hint" }, "Nothing is catalogued: the picture is classified and compared, then forgotten."),
     zone, result);
 }
@@ -177,23 +184,23 @@ async function showReview() {
   const all = data.reviewed + data.total;
   const bar = el("progress", { id: "review-progress", max: all || 1, value: reviewed });
   const count = el("span", { id: "review-count" });
-  const show = () => {
+  const progress = () => {
     bar.value = reviewed;
     count.textContent = `${reviewed.toLocaleString()} of ${all.toLocaleString()}${data.total_capped ? "+" : ""} reviewed`;
   };
-  show();
+  progress();
   const list = el("div", { class: "review" });
   for (const r of data.items) {
     const row = el("div", { class: "review-item", "data-artwork": r.artwork_id });
     row.append(card({ ...r }), el("div", {}, probabilities(r.probabilities, r.label),
       labelButtons(r.artwork_id, r.label, (res) => {
         reviewed += 1;
-        show();
-        row.replaceChildren(el("p", { class: "done" }, `#${r.artwork_id}: ${res.curated_label} (by ${res.curated_by})`));
+        progress();
+        show(row, el("p", { class: "done" }, `#${r.artwork_id}: ${res.curated_label} (by ${res.curated_by})`));
       })));
     list.append(row);
   }
-  view.replaceChildren(el("h1", {}, "Review"),
+  show(view, el("h1", {}, "Review"),
     el("p", { class: "progress" }, bar, " ", count),
     el("p", {}, `${data.total.toLocaleString()}${data.total_capped ? "+" : ""} prediction(s) below ${pct(data.threshold)} confidence await a curator, least sure first`),
     data.items.length ? list : el("p", {}, "Nothing to review."));
@@ -210,7 +217,7 @@ async function showLake() {
     el("tr", {}, ["id", "object", "reason", "message", "attempts", "run"].map((h) => el("th", {}, h))),
     rows.map((r) => el("tr", {}, el("td", {}, r.log_id), el("td", {}, el("code", {}, r.final_key || r.key)),
       el("td", {}, r.reason), el("td", {}, r.message), el("td", { class: "num" }, r.attempts), el("td", {}, runLink(r.run)))));
-  view.replaceChildren(el("h1", {}, "Lake"),
+  show(view, el("h1", {}, "Lake"),
     el("table", { class: "data", id: "counts" }, el("tr", {}, el("th", {}, "state"), el("th", {}, "reason"), el("th", {}, "objects")),
       d.counts.map((c) => el("tr", {}, el("td", {}, c.state), el("td", {}, c.reason || ""), el("td", { class: "num" }, c.n)))),
     el("h2", {}, `Quarantined (latest ${d.quarantined.length})`), table(d.quarantined),
@@ -236,7 +243,7 @@ async function showModels() {
       el("img", { src: plotUrl(act, "kshot.png"), alt: "k-shot curve", width: 600, height: 400 }),
       el("figcaption", {}, `Labelling k pictures per class of a new collection: balanced accuracy on the rest of it ${Object.entries(k).map(([n, v]) => `k=${n}: ${v.toFixed(2)}`).join(", ")}.`)));
   }
-  view.replaceChildren(el("h1", {}, "Models"),
+  show(view, el("h1", {}, "Models"),
     figures.length ? el("section", { class: "figures" }, el("h2", {}, `Active model ${act.version}`), figures) : "",
     el("table", { class: "data", id: "models" },
       el("tr", {}, ["version", "status", "arch", "CV balanced accuracy", "review threshold", "gate decision", "plots"].map((h) => el("th", {}, h))),
@@ -264,7 +271,7 @@ async function route() {
   const [path, query] = (location.hash.slice(1) || "/artworks").split("?");
   const parts = path.split("/").filter(Boolean);
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === parts[0]);
-  view.replaceChildren(el("p", { class: "hint" }, "Loading…"));
+  show(view, el("p", { class: "hint" }, "Loading…"));
   try {
     if (parts[0] === "artwork" && parts[1]) await showArtwork(Number(parts[1]));
     else if (parts[0] === "search") await showSearch();
