@@ -56,7 +56,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     elif args.action == "env":
         if not stack.env_file.exists():
             print("no embedded stack is running here: artclf stack up", file=sys.stderr)
-            return 1
+            return EXIT_UNAVAILABLE
         from artclf_core.config import read_env_file
 
         sys.stdout.write(format_env(read_env_file(stack.env_file)))
@@ -200,7 +200,7 @@ def iter_files(paths: list[str]) -> list[tuple[Path, str]]:
         elif path.is_file():
             out.append((path, path.name))
         else:
-            raise SystemExit(f"artclf drop: {raw}: no such file or folder")
+            raise ValueError(f"{raw}: no such file or folder")
     return out
 
 
@@ -265,7 +265,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(summary.line())
         for reason, n in sorted(summary.reasons.items()):
             print(f"  {reason}: {n}")
-    return 1 if summary.failed and args.strict else 0
+    return EXIT_PARTIAL if summary.failed and args.strict else 0
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -285,7 +285,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
             ).fetchone()
         ):
             print(f"artclf similar: no artwork with id {args.id}", file=sys.stderr)
-            return 1
+            return EXIT_REFUSED
         query = conn.execute(
             "SELECT best_label, location FROM artclf.catalogue WHERE id = %s", (args.id,)
         ).fetchone()
@@ -365,7 +365,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 scope = "any label" if args.any_label else f"label {a.label}"
                 print(f"  {len(a.neighbours)} most similar, {scope}:")
                 print_neighbours([tuple(n.values()) for n in a.neighbours], indent="  ")
-    return 1 if any(a.reason for a in ordered) else 0
+    return EXIT_PARTIAL if any(a.reason for a in ordered) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -582,9 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Exit codes (README "Exit codes"): 0 done, 1 done with failed objects under --strict,
-#: 2 refused (bad input, a check that failed, a lock that stayed taken), 3 a service was
-#: unreachable, 128+N stopped by signal N (130: Ctrl-C).
+#: Exit codes (README "Exit codes"): 0 done, 1 done but some objects failed or were
+#: rejected (``ingest --strict``, ``classify``), 2 refused (bad input, a check that failed,
+#: a lock that stayed taken), 3 a service was unreachable, 128+N stopped by signal N
+#: (130: Ctrl-C). Module-level so every command uses the same numbers.
+EXIT_PARTIAL = 1
+EXIT_REFUSED = 2
 EXIT_UNAVAILABLE = 3
 
 #: What becomes of the objects when a command stops half-way, for every command: claims
@@ -659,8 +662,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_UNAVAILABLE
         refused = isinstance(exc, RuntimeError | ValueError | LookupError)
         if refused or type(exc).__module__.startswith("psycopg"):  # e.g. a refusal in SQL
-            print(f"artclf {args.command}: {str(exc).strip()}", file=sys.stderr)
-            return 2
+            # One line: a PostgreSQL refusal's primary message, not its CONTEXT lines.
+            why = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
+            print(f"artclf {args.command}: {why.strip().splitlines()[0]}", file=sys.stderr)
+            return EXIT_REFUSED
         raise
 
 

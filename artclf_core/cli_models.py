@@ -41,7 +41,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"registered model {version}")
         return 0
     if action in ("activate", "embed", "show", "drop") and not args.version:
-        raise SystemExit(f"artclf models {action}: give a VERSION")
+        raise ValueError(f"give a VERSION: artclf models {action} VERSION")
     if action == "list":
         with db.connect(settings.db_url) as conn:
             rows = db.fetch_dicts(
@@ -72,7 +72,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 (args.version,),
             )
             if not rows:
-                raise SystemExit(f"artclf models show: no model version {args.version}")
+                raise LookupError(f"no model version {args.version}")
             record = rows[0]
             record["activations"] = db.fetch_dicts(
                 conn,
@@ -102,7 +102,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         dropped = reembed.drop(settings, args.version)
         print(f"{'dropped' if dropped else 'no'} embeddings of {args.version}; status retired")
         return 0
-    raise SystemExit(f"unknown action {action}")
+    raise ValueError(f"unknown action {action}")
 
 
 def _warm(settings: Any, version: str | None) -> int:
@@ -169,6 +169,10 @@ def cmd_label(args: argparse.Namespace) -> int:
             f"{args.target!r} is not an artwork id; `artclf label ID LABEL` labels one "
             "artwork, `artclf label DIR` a folder of <class>/ sub-folders"
         ) from None
+    from artclf_core import CLASSES
+
+    if args.label not in CLASSES:
+        raise ValueError(f"unknown label {args.label}; expected one of {', '.join(CLASSES)}")
     with db.connect(_settings().db_url) as conn:
         conn.execute("SELECT artclf.confirm_label(%s, %s, %s)", (artwork_id, args.label, curator))
         if args.collection:

@@ -76,6 +76,16 @@ def status_of(url: str, *, token: str | None = None, body: dict | None = None) -
         return exc.code
 
 
+def challenge_of(url: str, *, token: str | None = None) -> str | None:
+    """The ``WWW-Authenticate`` header of a refused request."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30):
+            return None
+    except urllib.error.HTTPError as exc:
+        return exc.headers.get("WWW-Authenticate")
+
+
 def token_for(url: str, user: str, password: str) -> str:
     body = {"username": user, "password": password}
     return request(url + "/auth/token", body=body)["access_token"]
@@ -288,7 +298,13 @@ def check_catalogue_api(url: str, admin: str, viewer: str, run_ids: set[str]) ->
     ):
         expected = 303 if path == "/" else 401  # the page sends a browser to the login
         assert status_of(base + path) == expected, path
-        assert status_of(base + path, token="not-a-token") in (401, 403), path
+        assert status_of(base + path, token="not-a-token") == expected, path
+    # RFC 6750: who the caller is, unknown: 401 with the challenge; 403 only for a known
+    # user without the right (the viewer's label change below).
+    assert challenge_of(base + "/api/artworks") == "Bearer"
+    assert challenge_of(base + "/api/artworks", token="not-a-token") == (
+        'Bearer error="invalid_token"'
+    )
     assert status_of(base + "/api/review/1", body={"label": "painting"}) == 401
     assert status_of(base + "/api/classify", body={}) == 401
 

@@ -50,7 +50,27 @@ def test_drop_ingest_similar_report(stack, clean, tmp_path):
     assert first_id not in [r["artwork_id"] for r in rows]
 
     missing = run(env, "similar", "999999")
-    assert missing.returncode == 1 and "no artwork with id 999999" in missing.stderr
+    assert missing.returncode == 2 and "no artwork with id 999999" in missing.stderr
+
+
+def test_refusals_exit_2_with_one_line(stack, tmp_path):
+    """The README's table: 2 = refused (bad input), with one line saying why, for every
+    command (0, 1 and 3 are checked by the tests around; 130/143 by tests/faults)."""
+    _, env = stack
+    cases = {
+        ("similar", "999999"): "no artwork with id 999999",
+        ("drop", str(tmp_path / "nothing")): "no such file or folder",
+        ("models", "show", "no-such-version"): "no model version no-such-version",
+        ("models", "activate"): "give a VERSION",
+        ("label", str(tmp_path / "nothing")): "no such folder",
+        ("label", "abc", "painting"): "is not an artwork id",
+        ("label", "1", "paintings"): "unknown label",
+    }
+    for args, says in cases.items():
+        out = run(env, *args)
+        assert out.returncode == 2, (args, out.returncode, out.stderr[-2000:])
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], (args, out.stderr[-2000:])
 
 
 def test_classify_answers_without_cataloguing(stack, clean, tmp_path):

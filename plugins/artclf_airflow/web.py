@@ -24,9 +24,17 @@ first request, as the DAGs read them. TensorFlow loads only on the first ``class
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from airflow.api_fastapi.app import get_auth_manager
-from airflow.api_fastapi.core_api.security import GetUserDep
-from fastapi import HTTPException, status
+from airflow.api_fastapi.core_api.security import (
+    COOKIE_NAME_JWT_TOKEN,
+    bearer_scheme,
+    get_user,
+    oauth2_scheme,
+)
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials
 
 from artclf_core.web.app import Access, Caller, create_app
 
@@ -35,13 +43,40 @@ def _may(user, method: str) -> bool:
     return bool(get_auth_manager().is_authorized_asset(method=method, user=user))
 
 
-def reader(user: GetUserDep) -> Caller:
+async def _user(
+    request: Request,
+    oauth_token: Annotated[str | None, Depends(oauth2_scheme)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+):
+    """Airflow's own ``get_user``, with every authentication failure answered as RFC 6750
+    says: 401 and ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when a token was
+    presented). Airflow answers a malformed token with 403, which tells a client "you may
+    not" where the truth is "we do not know who you are"; 403 is kept for a known user
+    without the right (:func:`reader`, :func:`editor`)."""
+    try:
+        return await get_user(request, oauth_token, bearer)
+    except HTTPException as exc:
+        if exc.status_code not in (status.HTTP_401_UNAUTHORIZED, status.HTTP_403_FORBIDDEN):
+            raise
+        presented = bool(bearer and bearer.credentials) or bool(
+            request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+        )
+        challenge = 'Bearer error="invalid_token"' if presented else "Bearer"
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, exc.detail, headers={"WWW-Authenticate": challenge}
+        ) from exc
+
+
+UserDep = Annotated[object, Depends(_user)]
+
+
+def reader(user: UserDep) -> Caller:
     if not _may(user, "GET"):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "your role may not read the catalogue")
     return Caller(name=user.get_name(), can_edit=_may(user, "PUT"))
 
 
-def editor(user: GetUserDep) -> Caller:
+def editor(user: UserDep) -> Caller:
     if not _may(user, "PUT"):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
