@@ -368,32 +368,62 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if any(a.reason for a in ordered) else 0
 
 
+#: What ``artclf report`` lists after the counts when no --state is given.
+ATTENTION_STATES = ("failed", "quarantined", "processing")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    """Where every dropped object ended: counts by state and reason, then the objects of
+    ``--state`` (default: those that need attention: failed, quarantined, stuck), each with
+    its ingest-log id and its artwork id (what ``artclf similar`` takes)."""
     from artclf_core import db
 
     settings = _settings()
+    states = (args.state,) if args.state else ATTENTION_STATES
     with db.connect(settings.db_url) as conn:
-        rows = conn.execute(
+        counts = conn.execute(
             "SELECT state, coalesce(reason, ''), count(*) FROM artclf.ingest_log"
             " GROUP BY 1, 2 ORDER BY 1, 2"
         ).fetchall()
-        if args.state:
-            detail = conn.execute(
-                "SELECT id, key, coalesce(final_key, ''), coalesce(reason, ''),"
-                " coalesce(message, ''), attempts FROM artclf.ingest_log WHERE state = %s"
-                " ORDER BY id DESC LIMIT %s",
-                (args.state, args.limit),
-            ).fetchall()
-    for state, reason, n in rows:
-        print(f"{state:<12} {reason:<24} {n}")
-    if args.state:
-        print()
-        for lid, key, final, reason, message, attempts in detail:
-            print(
-                f"{lid:>7} {key} -> {final or '(in place)'} [{reason}] {message}"
-                f" (attempts {attempts})"
-            )
+        detail = db.fetch_dicts(
+            conn,
+            "SELECT id, state, key, final_key, reason, message, attempts, artwork_id,"
+            " duplicate_of, duplicate_kind, distance FROM artclf.ingest_log"
+            " WHERE state = ANY(%s) ORDER BY id DESC LIMIT %s",
+            (list(states), args.limit),
+        )
+    if not counts:
+        print("nothing dropped yet: artclf drop PATH (or any S3 client) under incoming/")
+        return 0
+    print(f"{'state':<12} {'reason':<24} {'objects':>8}")
+    for state, reason, n in counts:
+        print(f"{state:<12} {reason or '-':<24} {n:>8}")
+    print()
+    what = f"state {args.state}" if args.state else "needing attention (" + ", ".join(states) + ")"
+    if not detail:
+        print(f"no object {what}")
+        return 0
+    print(f"objects {what}, newest first (at most {args.limit}):")
+    print(f"{'log':>7} {'artwork':>7}  {'state':<11}  object -> where it is now  [why]")
+    for r in detail:
+        artwork = r["artwork_id"] or r["duplicate_of"]
+        print(
+            f"{r['id']:>7} {artwork or '-':>7}  {r['state']:<11}  {r['key']} -> "
+            f"{r['final_key'] or '(in place)'}  {_why(r)}"
+        )
     return 0
+
+
+def _why(r: dict) -> str:
+    """The reason column of a report line: what a duplicate copies, why an object failed."""
+    if r["state"] == "duplicate":
+        how = r["duplicate_kind"] or "exact"
+        dist = f", pHash distance {r['distance']}" if r["distance"] is not None else ""
+        return f"[{how} copy of artwork {r['duplicate_of']}{dist}]"
+    if r["reason"]:
+        tries = f" (attempts {r['attempts']})" if r["state"] == "failed" else ""
+        return f"[{r['reason']}] {r['message'] or ''}{tries}".rstrip()
+    return ""
 
 
 # ---------------------------------------------------------------------------- model
@@ -519,10 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per picture")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("report", help="counts of objects by final state and reason")
+    p = sub.add_parser(
+        "report",
+        help="where every dropped object ended: counts by state and reason, then the objects "
+        "that need attention (or those of --state), with their log and artwork ids",
+    )
     p.add_argument(
         "--state",
         choices=["pending", "processing", "catalogued", "duplicate", "quarantined", "failed"],
+        help="list the objects in this state instead of those needing attention",
     )
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_report)

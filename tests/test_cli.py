@@ -42,6 +42,26 @@ def test_drop_ingest_similar_report(stack, clean, tmp_path):
     assert report.returncode == 0
     assert "not_an_image" in report.stdout and "my-collection/notes.jpg" in report.stdout
 
+    # Plain `report`: counts by state and reason, then what needs attention, with a header
+    # naming both ids (the README's promise).
+    plain = run(env, "report").stdout.splitlines()
+    assert plain[0].split() == ["state", "reason", "objects"]
+    assert ["catalogued", "-", "8"] in [line.split() for line in plain]
+    assert ["quarantined", "not_an_image", "1"] in [line.split() for line in plain]
+    header = next(line for line in plain if line.split()[:2] == ["log", "artwork"])
+    assert "[why]" in header
+    assert any("my-collection/notes.jpg" in line and "[not_an_image]" in line for line in plain)
+
+    # A duplicate's line says what it copies.
+    (folder / "again").mkdir()
+    (folder / "again" / "work0-copy.jpg").write_bytes((folder / "work0.jpg").read_bytes())
+    assert run(env, "drop", str(folder / "again")).returncode == 0
+    assert run(env, "ingest").returncode == 0
+    dup = run(env, "report", "--state", "duplicate").stdout
+    line = next(x for x in dup.splitlines() if "work0-copy.jpg" in x)
+    log_id, artwork_id = line.split()[:2]
+    assert f"[exact copy of artwork {artwork_id}" in line and log_id.isdigit(), line
+
     first_id = _first_artwork_id(env)
     similar = run(env, "similar", str(first_id), "-k", "3", "--any-label", "--json")
     assert similar.returncode == 0, similar.stderr
