@@ -44,6 +44,13 @@ class Answer:
     message: str | None = None
     #: Why ``neighbours`` is empty although the picture was classified (no catalogue yet...).
     note: str | None = None
+    #: The model's review threshold: under it a curator should check the label.
+    review_threshold: float | None = None
+
+    @property
+    def low_confidence(self) -> bool:
+        p = self.probability
+        return p is not None and self.review_threshold is not None and p < self.review_threshold
 
     @property
     def probability(self) -> float | None:
@@ -52,6 +59,8 @@ class Answer:
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if v is not None}
         out["probability"] = self.probability
+        if self.label:
+            out["low_confidence"] = self.low_confidence
         return out
 
 
@@ -90,7 +99,13 @@ def analyse(
     if accepted:
         probs, vectors = model.predict(np.stack([inputs[i] for i in accepted]))
         classes = list(model.classes)
+        threshold = (
+            (model.metrics or {}).get("review_threshold")
+            if isinstance(model.metrics, dict)
+            else None
+        )
         for i, p, e in zip(accepted, probs, vectors, strict=True):
+            answers[i].review_threshold = float(threshold) if threshold is not None else None
             answers[i].label = classes[int(np.argmax(p))]
             answers[i].probabilities = {
                 c: round(float(x), 4) for c, x in zip(classes, p, strict=True)

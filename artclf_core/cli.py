@@ -357,6 +357,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 f"{a.name}: {a.label} {a.probability:.3f}  ({others})"
                 f"  [{a.width}x{a.height} {a.format}, model {a.model_version}]"
             )
+            if a.low_confidence:
+                print(f"  low confidence, below {a.review_threshold:.3f}: a curator should check")
             if a.catalogued_as is not None:
                 print(f"  already catalogued as artwork {a.catalogued_as}")
             if a.note:
@@ -676,6 +678,10 @@ def _first_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # a real command line, not a caller's in-process use
+        from artclf_core.native_logs import filter_stderr
+
+        filter_stderr()
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train" or getattr(args, "verbose", False):
         # Training progress (epochs, features, evaluation) is logged at INFO by artclf.*.

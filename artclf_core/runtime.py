@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from artclf_core.native_logs import native_noise_dropped
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
@@ -106,7 +108,8 @@ class LiteRunner:
     def __init__(self, flatbuffer: bytes, image_size: int, n_classes: int, dim: int) -> None:
         from ai_edge_litert.interpreter import Interpreter  # LiteRT, not tf.lite (deprecated)
 
-        self._interp = Interpreter(model_content=flatbuffer, num_threads=inference_threads())
+        with native_noise_dropped():
+            self._interp = Interpreter(model_content=flatbuffer, num_threads=inference_threads())
         self._input = self._interp.get_input_details()[0]["index"]
         outputs = self._interp.get_output_details()
         # convert_variables_to_constants names the outputs Identity, Identity_1, ... in the
@@ -126,7 +129,8 @@ class LiteRunner:
             if n != self._batch:
                 # As cheap as one call (~20 ms at 16 images): XNNPACK re-plans its buffers.
                 self._interp.resize_tensor_input(self._input, [n, self._size, self._size, 3])
-                self._interp.allocate_tensors()
+                with native_noise_dropped():
+                    self._interp.allocate_tensors()
                 self._batch = n
             self._interp.set_tensor(self._input, np.ascontiguousarray(batch))
             self._interp.invoke()

@@ -113,6 +113,12 @@ def test_classify_answers_without_cataloguing(stack, clean, tmp_path):
     assert "  3 most similar, any label:" in human.stdout
     assert "rank   artwork  distance  label" in human.stdout
     assert "already catalogued as artwork" in human.stdout  # w2.jpg is in the lake
+    # No library noise on a user command's output (LiteRT's XNNPACK line, TF's banners).
+    assert "XNNPACK" not in human.stdout + human.stderr, human.stderr
+    assert "oneDNN" not in human.stderr and "absl" not in human.stderr, human.stderr
+    # A prediction under the model's own review threshold says so (made-up pictures are
+    # far from the five classes: all under it).
+    assert "low confidence, below 0." in human.stdout and "a curator should check" in human.stdout
 
     as_json = run(env, "classify", str(new), str(bad), str(tmp_path / "missing.jpg"), "--json")
     assert as_json.returncode == 1  # some pictures were rejected
@@ -120,6 +126,7 @@ def test_classify_answers_without_cataloguing(stack, clean, tmp_path):
     assert [a["name"] for a in answers] == [str(new), str(bad), str(tmp_path / "missing.jpg")]
     ok, rejected, missing = answers
     assert ok["label"] in ok["probabilities"] and 1 <= len(ok["neighbours"]) <= 5
+    assert ok["low_confidence"] is (ok["probability"] < ok["review_threshold"])
     assert all(n["label"] == ok["label"] for n in ok["neighbours"])
     assert rejected["reason"] == "unsupported_format" and "PDF" in rejected["message"]
     assert missing["reason"] == "unreadable"
@@ -167,3 +174,23 @@ def test_an_unreachable_service_is_named_in_one_sentence_not_a_traceback(stack, 
         assert out.returncode == 3, (service, out.stderr[-3000:])
         assert f"artclf ingest: {service} is unreachable" in out.stderr, out.stderr[-3000:]
         assert "Nothing is lost" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_native_noise_is_dropped_and_everything_else_kept():
+    """The stderr filter of every command drops only the known native INFO lines."""
+    code = (
+        "import os, sys\n"
+        "from artclf_core.native_logs import filter_stderr\n"
+        "filter_stderr()\n"
+        "os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "os.write(2, b'I0000 00:00:1796594955.879717   11529 port.cc:153] oneDNN custom ops\\n')\n"
+        "os.write(2, b'E0000 00:00:1.0   1 x.cc:1] a real native error\\n')\n"
+        "print('python says', file=sys.stderr)\n"
+        "print('the answer')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "the answer\n"
+    assert out.stderr.splitlines() == [
+        "E0000 00:00:1.0   1 x.cc:1] a real native error",
+        "python says",
+    ]
