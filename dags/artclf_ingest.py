@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from artclf_airflow.assets import incoming_asset
 from artclf_airflow.connections import settings_from_connections
 from artclf_airflow.defaults import DEFAULT_ARGS
-from artclf_airflow.preload import quiet_libraries
+from artclf_airflow.preload import quiet_libraries, yield_cpu
 
 log = logging.getLogger("artclf.dag")
 
@@ -147,6 +147,7 @@ def _take_over_earlier_tries(conn, ids: list[int], task_claims: str) -> None:
 def ingest_batch(batch: list[int]) -> dict:
     """Process one batch of queued ids with one model load; retry what failed transiently."""
     quiet_libraries()
+    yield_cpu()  # below the triggerer and the scheduler
     from artclf_core import db
     from artclf_core.pipeline import Ingestor
 

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from artclf_airflow.assets import models_asset
 from artclf_airflow.connections import settings_from_connections
 from artclf_airflow.defaults import DEFAULT_ARGS
-from artclf_airflow.preload import quiet_libraries
+from artclf_airflow.preload import quiet_libraries, yield_cpu
 
 log = logging.getLogger("artclf.dag")
 
@@ -91,6 +91,7 @@ def embed_batch(version: str, ids: list[int]) -> int:
     from artclf_core import reembed
 
     quiet_libraries()
+    yield_cpu()  # below the triggerer and the scheduler
     settings = settings_from_connections()
     return reembed.embed_ids(settings, reembed.load_version(settings, version), ids)
 

@@ -16,7 +16,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from artclf_airflow.assets import models_asset
 from artclf_airflow.connections import settings_from_connections
 from artclf_airflow.defaults import DEFAULT_ARGS
-from artclf_airflow.preload import quiet_libraries
+from artclf_airflow.preload import quiet_libraries, yield_cpu
 
 log = logging.getLogger("artclf.dag")
 
@@ -73,6 +73,7 @@ def train_and_gate() -> dict:
     from artclf_core import promotion, retrain
 
     quiet_libraries()
+    yield_cpu()  # below the triggerer and the scheduler
     context = get_current_context()
     params = context["params"]
     policy = promotion.GatePolicy.from_env(

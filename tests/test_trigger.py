@@ -424,3 +424,132 @@ def test_a_bulk_drop_is_announced_once_when_it_stops_arriving(lake, monkeypatch)
             await run.stop()
 
     asyncio.run(scenario())
+
+
+#: Run in a fresh interpreter, as the triggerer runs the trigger: cold imports included.
+_LOOP_PROBE = r"""
+import asyncio, logging, sys, time
+sys.path.insert(0, sys.argv[1])
+import boto3
+from artclf_airflow.triggers import IncomingObjectsTrigger
+
+slow = []
+
+class Catch(logging.Handler):
+    def emit(self, record):
+        msg = record.getMessage()
+        if "took" in msg or "blocked" in msg:
+            slow.append(msg)
+
+logging.getLogger("asyncio").addHandler(Catch())
+logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+stop = False
+
+async def watchdog():
+    # The triggerer's own check (TriggerRunner.block_watchdog): a 0.1 s sleep that overruns
+    # by its threshold (0.2 s) means the loop could not run, whoever held it.
+    while not stop:
+        before = time.monotonic()
+        await asyncio.sleep(0.1)
+        if time.monotonic() - before > 0.1 + 0.2:
+            slow.append(f"watchdog: blocked {time.monotonic() - before:.2f} s")
+
+async def main(bucket, s3):
+    global stop
+    loop = asyncio.get_running_loop()
+    loop.slow_callback_duration = 0.1
+    dog = asyncio.ensure_future(watchdog())
+    trig = IncomingObjectsTrigger(name=sys.argv[2], sweep_interval=0.3,
+                                  training_sweep_interval=1.0, reannounce_after=3600)
+    events = trig.run()
+    first = asyncio.ensure_future(events.__anext__())
+    await asyncio.wait_for(first, 60)
+    for i in range(20):
+        key = f"incoming/late{i}.jpg"
+        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=b"x")
+    await asyncio.wait_for(events.__anext__(), 30)
+    await asyncio.sleep(3.0)  # several sweeps of both areas
+    await events.aclose()
+    stop = True
+    await dog
+
+bucket, endpoint, key, secret = sys.argv[3:7]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
+                  aws_secret_access_key=secret, region_name="us-east-1")  # the probe's own
+asyncio.run(main(bucket, s3), debug=True)
+print("SLOW:" + repr(slow))
+"""
+
+
+def _probe(settings, airflow_conns) -> str:
+    import subprocess
+
+    env = {**os.environ, **connection_env(airflow_conns)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOOP_PROBE,
+            str(ROOT / "plugins"),
+            unique(),
+            settings.bucket,
+            settings.s3_endpoint,
+            settings.aws_access_key_id,
+            settings.aws_secret_access_key,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("SLOW:")]
+    return line
+
+
+def _fill(settings, client) -> None:
+    for i in range(400):
+        client.put_object(
+            Bucket=settings.bucket, Key=f"training/painting/t__{i:03d}.jpg", Body=b"t"
+        )
+    for i in range(50):
+        client.put_object(Bucket=settings.bucket, Key=f"incoming/early{i}.jpg", Body=b"e")
+
+
+def test_the_trigger_never_blocks_the_event_loop(lake, airflow_conns):
+    """Under asyncio's debug mode with a 0.1 s slow-callback threshold, the trigger's loop
+    (cold imports, sweeps of a training area of 400 objects and of a landing zone, LISTEN,
+    announcements) never runs a step of 0.1 s or more: the triggerer's warning "async
+    thread was blocked" names exactly that."""
+    settings, client, _ = lake
+    _fill(settings, client)
+    assert _probe(settings, airflow_conns) == "SLOW:[]"
+
+
+def test_batch_work_at_task_niceness_leaves_the_trigger_responsive(lake, airflow_conns):
+    """What made the triggerer warn in a real run: ingest tasks keeping every core busy.
+    The batch tasks lower their priority (``preload.yield_cpu``, nice 10); with one busy
+    process per core plus one at that niceness, the trigger's loop still never waits."""
+    import subprocess
+
+    settings, client, _ = lake
+    _fill(settings, client)
+    from artclf_airflow.preload import DEFAULT_TASK_NICE
+
+    hog = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from artclf_airflow.preload import yield_cpu; assert yield_cpu() >= 10;"
+        "import time; end = time.time() + 60\nwhile time.time() < end: pass"
+    )
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", hog, str(ROOT / "plugins")])
+        for _ in range((os.cpu_count() or 2) + 1)
+    ]
+    try:
+        assert DEFAULT_TASK_NICE == 10
+        assert _probe(settings, airflow_conns) == "SLOW:[]"
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
