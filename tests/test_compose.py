@@ -47,6 +47,7 @@ AIRFLOW_SERVICES = (
 NOT_FOR_COMPOSE = {
     "ARTCLF_HOME": "state directory of the embedded stack (`artclf up`), not used here",
     "AWS_REGION": "fallback alias of AWS_DEFAULT_REGION, which is set",
+    "ARTCLF_NATIVE_LOGS": "a user's switch for the CLI's own stderr filter, not for services",
 }
 SECRET_WORDS = ("PASSWORD", "SECRET", "FERNET", "JWT", "ACCESS_KEY", "ROOT_USER")
 
