@@ -40,6 +40,7 @@ class Picture:
     path: Path
     label: str
     sha256: str
+    md5: str  # the ETag S3 gives a single-part PUT of it: matches an earlier drop
 
 
 @dataclass
@@ -91,8 +92,12 @@ def scan(folder: str | Path) -> tuple[list[Picture], list[str]]:
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append(str(f.relative_to(root)))
                 continue
-            digest = hashlib.sha256(f.read_bytes()).hexdigest()
-            pictures.append(Picture(f, sub.name, digest))
+            data = f.read_bytes()
+            pictures.append(
+                Picture(
+                    f, sub.name, hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
+                )
+            )
     if not pictures:
         raise ValueError(f"{root}: no pictures under {', '.join(CLASSES)} sub-folders")
     return pictures, skipped
@@ -110,7 +115,7 @@ def _outcomes(conn: Any, bucket: str, keys: list[str]) -> dict[str, dict[str, An
     """The latest ingest-log row of each dropped key: state, reason and what it copies."""
     rows = db.fetch_dicts(
         conn,
-        "SELECT DISTINCT ON (key) key, state, reason, message, duplicate_of"
+        "SELECT DISTINCT ON (key) key, etag, state, reason, message, duplicate_of"
         " FROM artclf.ingest_log WHERE bucket = %s AND key = ANY(%s) ORDER BY key, id DESC",
         (bucket, keys),
     )
@@ -130,20 +135,26 @@ def label_folder(
     pictures, skipped = scan(folder)
     coll = collection or Path(folder).resolve().name
     summary = LabelSummary(collection=coll, skipped=skipped)
+    prefix = f"{INCOMING_PREFIX}{coll}/"
+    # Where each picture not yet catalogued is (or was) dropped: a deterministic key, so a
+    # re-run finds the outcome of its earlier drop (a copy is never dropped twice).
+    drop_key = {p.sha256: s3lib.fit_key(f"{prefix}{p.label}/", "", p.path.name) for p in pictures}
     with db.connect(settings.db_url) as conn:
         known = _by_sha(conn, [p.sha256 for p in pictures])
+        earlier = _outcomes(conn, settings.bucket, [drop_key[p.sha256] for p in pictures])
         conn.commit()
-    new = [p for p in pictures if p.sha256 not in known]
     dropped: dict[str, str] = {}  # sha -> key
-    if new:
+    for p in pictures:
+        row = earlier.get(drop_key[p.sha256])
+        copy_of_earlier = row is not None and row["state"] == "duplicate" and row["etag"] == p.md5
+        if p.sha256 in known or copy_of_earlier or p.sha256 in dropped:
+            continue
+        dropped[p.sha256] = drop_key[p.sha256]
+    if dropped:
         client = s3lib.client(settings)
-        prefix = f"{INCOMING_PREFIX}{coll}/"
-        for p in new:
-            if p.sha256 in dropped:
-                continue  # the same picture twice in the folder: one drop
-            key = s3lib.fit_key(f"{prefix}{p.label}/", "", p.path.name)
-            client.put_object(Bucket=settings.bucket, Key=key, Body=p.path.read_bytes())
-            dropped[p.sha256] = key
+        by_sha = {p.sha256: p for p in pictures}
+        for sha, key in dropped.items():
+            client.put_object(Bucket=settings.bucket, Key=key, Body=by_sha[sha].path.read_bytes())
         from artclf_core.pipeline import Ingestor
 
         with Ingestor(settings, model=model) as ing:
@@ -151,29 +162,13 @@ def label_folder(
         log.info("ingested the %d new picture(s): %s", len(dropped), ingested.line())
     with db.connect(settings.db_url) as conn:
         known = _by_sha(conn, [p.sha256 for p in pictures])
-        outcome = _outcomes(conn, settings.bucket, list(dropped.values()))
-        current = dict(
-            conn.execute(
-                "SELECT a.id, coalesce(a.curated_label, e.label) FROM artclf.artworks a"
-                " LEFT JOIN artclf.embeddings e ON e.artwork_id = a.id"
-                "  AND e.model_version = artclf.active_version()"
-                " WHERE a.id = ANY(%s)",
-                (list(known.values()),),
-            ).fetchall()
-        )
-        curated = dict(
-            conn.execute(
-                "SELECT id, curated_label FROM artclf.artworks WHERE id = ANY(%s)"
-                " AND curated_by IS NOT NULL",
-                (list(known.values()),),
-            ).fetchall()
-        )
+        outcome = _outcomes(conn, settings.bucket, [drop_key[p.sha256] for p in pictures])
         wanted: dict[int, tuple[str, Picture]] = {}
         for p in pictures:
             aid = known.get(p.sha256)
             via_copy = False
             if aid is None:
-                row = outcome.get(dropped.get(p.sha256, ""))
+                row = outcome.get(drop_key[p.sha256])
                 if row is not None and row["state"] == "duplicate" and row["duplicate_of"]:
                     aid, via_copy = int(row["duplicate_of"]), True
                 else:
@@ -192,6 +187,23 @@ def label_folder(
             wanted[aid] = (p.label, p)
             summary.via_duplicate += via_copy
             summary.new += p.sha256 in dropped and not via_copy
+        ids = sorted(wanted)
+        current = dict(
+            conn.execute(
+                "SELECT a.id, coalesce(a.curated_label, e.label) FROM artclf.artworks a"
+                " LEFT JOIN artclf.embeddings e ON e.artwork_id = a.id"
+                "  AND e.model_version = artclf.active_version()"
+                " WHERE a.id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+        )
+        curated = dict(
+            conn.execute(
+                "SELECT id, curated_label FROM artclf.artworks WHERE id = ANY(%s)"
+                " AND curated_by IS NOT NULL",
+                (ids,),
+            ).fetchall()
+        )
         for aid, (label, _) in sorted(wanted.items()):
             if curated.get(aid) == label:
                 summary.unchanged += 1

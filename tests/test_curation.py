@@ -90,9 +90,14 @@ def test_label_a_folder_of_catalogued_and_new_pictures(clean, model, tmp_path):
     _write(folder, "sculpture", "two.jpg", 12)  # catalogued, no collection yet
     _write(folder, "engraving", "three.jpg", 13)  # new
     (folder / "engraving" / "notes.txt").write_text("not a picture")
+    # A near copy (re-encoded) of one.jpg: it labels the artwork it copies.
+    near = imagegen.encode(imagegen.make_artwork(11), quality=60)
+    (folder / "painting" / "one-rescanned.jpg").write_bytes(near)
     summary = labelling.label_folder(settings, folder, curator="alice", model=model)
     assert summary.confirmed + summary.corrected == 3, summary
     assert summary.new == 1 and summary.skipped == ["engraving/notes.txt"]
+    assert summary.via_duplicate == 1  # the rescan labels one.jpg's artwork
+    assert not summary.not_labelled, summary.not_labelled
     with db.connect(settings.db_url) as conn:
         rows = db.fetch_dicts(
             conn,
