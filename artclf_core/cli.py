@@ -683,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
 
         filter_stderr()
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # Libraries' INFO chatter is not an answer to the user's command (issue 30). A filter on
+    # the handler, not logger levels: Great Expectations sets its own level when imported.
+    noisy = ("great_expectations", "tensorflow", "absl", "h5py", "botocore", "urllib3")
+    for handler in logging.root.handlers:
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(noisy))
     if args.command == "train" or getattr(args, "verbose", False):
         # Training progress (epochs, features, evaluation) is logged at INFO by artclf.*.
         logging.getLogger("artclf").setLevel(min(logging.INFO, logging.root.level))
