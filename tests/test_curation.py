@@ -229,3 +229,54 @@ def test_the_gate_refuses_a_candidate_that_only_wins_where_it_trained():
     worse = promotion.decide(_report(0.50), _report(0.60), policy)
     assert not promotion.with_collections(worse, better, policy).promote
     json.dumps(promoted.as_dict())
+
+
+@pytest.mark.slow
+def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
+    clean, model, tmp_path
+):
+    """Labelled drops plus a museum's curator labels: the nightly retrain trains on the
+    collection as its own source and the gate weighs the labels the active model never saw
+    (out of fold for the candidate) beside the held-out families, and records both."""
+    settings = clean
+    client = s3lib.client(settings)
+    for label in CLASSES:
+        for i in range(8):
+            client.put_object(
+                Bucket=settings.bucket,
+                Key=f"training/{label}/{label}{i % 2}__{i:02d}.png",
+                Body=imagegen.labelled_png(label, i),
+            )
+    for i in range(10):
+        client.put_object(
+            Bucket=settings.bucket,
+            Key=f"incoming/museumx/m{i:02d}.jpg",
+            Body=imagegen.encode(imagegen.make_artwork(500 + i), quality=90),
+        )
+    with Ingestor(settings, model=model) as ing:
+        ing.ingest_prefix("training/")
+        ing.ingest_prefix("incoming/")
+    with db.connect(settings.db_url) as conn:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM artclf.artworks WHERE collection = 'museumx' ORDER BY id"
+            )
+        ]
+        for n, aid in enumerate(ids):  # the curator: two classes, alternating
+            label = ("painting", "sculpture")[n % 2]
+            conn.execute("SELECT artclf.confirm_label(%s, %s, 'alice')", (aid, label))
+        conn.commit()
+    out = retrain.retrain(settings, work_dir=tmp_path / "r")
+    assert out["dataset"]["per_source"]["museumx"] == 10
+    decision = out["decision"]
+    evidence = decision["collections"]
+    assert evidence is not None and evidence["n"] == 10, decision
+    assert set(evidence["per_collection"]) == {"museumx"}
+    assert any("curator collections" in r for r in decision["reasons"])
+    with db.connect(settings.db_url) as conn:
+        (metrics,) = conn.execute(
+            "SELECT metrics->'collections' FROM artclf.model_versions WHERE version = %s",
+            (out["version"],),
+        ).fetchone()
+    assert metrics["museumx"]["n"] == 10 and metrics["museumx"]["folds"] == 5
