@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from artclf_core import CLASSES, db
+from artclf_core import CLASSES, db, plots
 
 MAX_PAGE = 200
 #: The review queue's length is counted up to this many (then reported as "10,000+").
@@ -216,33 +216,33 @@ def lake(conn: Any, *, limit: int = 100) -> dict[str, Any]:
     return {"counts": counts, **problems}
 
 
+#: The parts of a version's metrics that its derived plots are drawn from
+#: (:data:`artclf_core.plots.DERIVED`): the calibration with the precision/coverage curve,
+#: and the k-shot curve.
+_PLOT_METRICS = (
+    "jsonb_build_object('kshot', metrics->'kshot', 'cross_validation',"
+    " jsonb_build_object('calibration', metrics #> '{cross_validation,calibration}'))"
+)
+
+
 def models(conn: Any) -> list[dict[str, Any]]:
-    """Every registered model version, newest first, with the gate's decision and plots."""
+    """Every registered model version, newest first, with the gate's decision and plots
+    (those it published, and ``derived_plots`` drawn on request from its metrics)."""
     rows = db.fetch_dicts(
         conn,
         "SELECT version, arch, status, is_active, created_at, activated_at, decision, plots,"
         " artifact, metrics->'cross_validation'->>'balanced_accuracy' AS cv_balanced_accuracy,"
         " metrics->>'review_threshold' AS review_threshold,"
-        " metrics #> '{cross_validation,calibration,review}' AS review,"
-        " metrics->'kshot'->'mean' AS kshot_mean, metrics->'collections' AS collections,"
-        " (metrics #> '{cross_validation,calibration,review,curve}') IS NOT NULL AS has_review,"
-        " (metrics->'kshot') IS NOT NULL AND metrics->'kshot' <> 'null' AS has_kshot"
+        f" metrics->'collections' AS collections, {_PLOT_METRICS} AS plot_metrics"
         " FROM artclf.model_versions ORDER BY created_at DESC, version",
     )
     conn.commit()
     for row in rows:
-        # Plots drawn on request from the version's metrics (plots.DERIVED), beside the
-        # files a retraining published.
-        row["derived_plots"] = [
-            name
-            for name, has in (
-                ("review.png", row.pop("has_review")),
-                ("kshot.png", row.pop("has_kshot")),
-            )
-            if has
-        ]
-        if row["review"]:
-            row["review"].pop("curve", None)
+        metrics = row.pop("plot_metrics")
+        row["derived_plots"] = plots.derived_names(metrics)
+        review = dict(metrics["cross_validation"]["calibration"] or {}).get("review")
+        row["review"] = {k: v for k, v in review.items() if k != "curve"} if review else None
+        row["kshot_mean"] = (metrics["kshot"] or {}).get("mean")
         for key in ("cv_balanced_accuracy", "review_threshold"):
             if row[key] is not None:
                 row[key] = float(row[key])
@@ -267,9 +267,7 @@ def retrain_runs(conn: Any, *, limit: int = 20) -> list[dict[str, Any]]:
 def model_metrics_for_plots(conn: Any, version: str) -> dict[str, Any] | None:
     """The parts of a version's metrics that :func:`artclf_core.plots.derived` draws from."""
     row = conn.execute(
-        "SELECT jsonb_build_object('kshot', metrics->'kshot', 'cross_validation',"
-        " jsonb_build_object('calibration', metrics #> '{cross_validation,calibration}'))"
-        " FROM artclf.model_versions WHERE version = %s",
+        f"SELECT {_PLOT_METRICS} FROM artclf.model_versions WHERE version = %s",
         (version,),
     ).fetchone()
     conn.commit()

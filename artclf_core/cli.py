@@ -284,8 +284,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
                 "SELECT 1 FROM artclf.artworks WHERE id = %s", (args.id,)
             ).fetchone()
         ):
-            print(f"artclf similar: no artwork with id {args.id}", file=sys.stderr)
-            return EXIT_REFUSED
+            raise LookupError(f"no artwork with id {args.id}")  # main(): exit 2, one line
         query = conn.execute(
             "SELECT best_label, location FROM artclf.catalogue WHERE id = %s", (args.id,)
         ).fetchone()

@@ -107,12 +107,15 @@ def cross_validate(
     return scores, hits / total
 
 
-def sample_groups(samples) -> list[str]:
-    """The CV group of each sample: its source family, families sharing a copy merged."""
+def grouping(samples) -> tuple[list[str], list[str]]:
+    """``(copy keys, CV groups)`` of the samples: each one's group of exact/near copies
+    (:func:`artclf_core.training.duplicate_groups`, one decode and hash of every image) and
+    its source family, families sharing a copy merged."""
     from artclf_core.training import duplicate_groups
 
     copies = duplicate_groups(samples)
-    return source_cv.cv_groups([s.source for s in samples], [copies[s] for s in samples])
+    keys = [copies[s] for s in samples]
+    return keys, source_cv.cv_groups([s.source for s in samples], keys)
 
 
 def calibrated_cv(
@@ -129,10 +132,10 @@ def calibrated_cv(
     probabilities)``; None with fewer than two held-out groups (nothing to hold out).
     What ``artclf evaluate --cv sources`` reports and what training stores in a model.
     ``k``: grouped k-fold instead of leave-one-group-out; ``groups``: precomputed
-    :func:`sample_groups`; ``boost``: per-image weight multipliers (curator labels)."""
+    :func:`grouping`; ``boost``: per-image weight multipliers (curator labels)."""
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
-    groups = groups if groups is not None else sample_groups(samples)
+    groups = groups if groups is not None else grouping(samples)[1]
     if len(set(groups)) < max(2, k or 2):
         return None
     scores, p5 = cross_validate(feats, labels, sources, groups, lam, power, k, boost)
@@ -189,7 +192,7 @@ def evaluate_by_sources(
     y = np.array([CLASSES.index(s.label) for s in samples])
     log.info("%d images, %d sources", len(samples), len(set(sources)))
     feats = cached_features(samples, size, views, variant, features_cache)
-    groups = sample_groups(samples)
+    copy_keys, groups = grouping(samples)
     report, probs = calibrated_cv(feats, samples, lam, source_power, k, groups)
     report["recipe"] = {
         "backbone": variant,
@@ -197,6 +200,7 @@ def evaluate_by_sources(
         "views": views,
         "lam": lam,
         "source_power": source_power,
+        "folds": k,
     }
 
     model = ArtModel.load(model_path)
@@ -214,15 +218,13 @@ def evaluate_by_sources(
     curve = None
     if kshot:
         from artclf_core import kshot as kshot_lib
-        from artclf_core.training import duplicate_groups
 
-        copies = duplicate_groups(samples)
         curve = kshot_lib.kshot_curve(
             feats[0],
             y,
             list(sources),
             groups,
-            [copies[s] for s in samples],
+            copy_keys,
             n_classes=len(CLASSES),
             lam=lam,
             source_power=source_power,
@@ -240,6 +242,13 @@ def evaluate_by_sources(
     }
 
 
+def plan_name(k: int | None, groups: int) -> str:
+    """How an evaluation held sources out, in words."""
+    if k is None:
+        return f"leave-one-source-family-out ({groups} groups)"
+    return f"grouped {k}-fold by source family"
+
+
 def format_by_sources(result: dict[str, Any]) -> str:
     """Human-readable text of :func:`evaluate_by_sources`."""
     from artclf_core.metrics import format_report
@@ -248,7 +257,7 @@ def format_by_sources(result: dict[str, Any]) -> str:
     cal = rep["calibration"]
     r = rep["recipe"]
     lines = [
-        f"== leave-one-source-family-out ({result['groups']} groups): frozen "
+        f"== {plan_name(r.get('folds'), result['groups'])}: frozen "
         f"{r.get('backbone', 'lite0')} "
         f"{r['size']}px + texture statistics, ridge lam {r['lam']}, {r['views']} view(s), "
         f"source power {r['source_power']}; out-of-fold ==",

@@ -204,16 +204,22 @@ def label_folder(
                 (ids,),
             ).fetchall()
         )
-        for aid, (label, _) in sorted(wanted.items()):
-            if curated.get(aid) == label:
-                summary.unchanged += 1
-                continue
+        todo = [(aid, label) for aid, (label, _) in sorted(wanted.items())]
+        changes = [(aid, label) for aid, label in todo if curated.get(aid) != label]
+        summary.unchanged = len(todo) - len(changes)
+        for aid, label in changes:
             was = current.get(aid)
-            conn.execute("SELECT artclf.confirm_label(%s, %s, %s)", (aid, label, curator))
             if was is None or was == label:
                 summary.confirmed += 1
             else:
                 summary.corrected += 1
+        if changes:  # one statement for the whole folder, in id order
+            conn.execute(
+                "SELECT artclf.confirm_label(c.id, c.label, %s)"
+                " FROM unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS c(id, label, n)"
+                " ORDER BY c.n",
+                (curator, [a for a, _ in changes], [lab for _, lab in changes]),
+            )
         if collection:
             conn.execute("SELECT artclf.set_collection(%s, %s)", (sorted(wanted), collection))
         conn.commit()

@@ -403,7 +403,6 @@ def _collection_evidence(
     """The gate's curator side: the labels the active model never saw (labelled after it was
     trained), the candidate's within-collection out-of-fold predictions on them against the
     active model's; None when there are none (or the recipe kept no out-of-fold predictions)."""
-    from artclf_core import curator_labels
     from artclf_core.training import load_images
 
     oof = result.get("collection_oof") or {}
@@ -412,8 +411,8 @@ def _collection_evidence(
         s
         for s in samples
         if str(s.path) in oof
-        and labels.get(curator_labels.relative(s), None) is not None
-        and labels[curator_labels.relative(s)].new
+        and (label := labels.get(curator_labels.relative(s))) is not None
+        and label.new
     ]
     if not chosen:
         return None

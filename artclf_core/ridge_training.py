@@ -35,7 +35,6 @@ from artclf_core.training import (
     ValMode,
     _full_report,
     describe_split,
-    duplicate_groups,
     load_images,
     scan_labelled_folder,
     split_by_source,
@@ -117,12 +116,9 @@ def train(
     f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
     feature_seconds = time.perf_counter() - started
 
-    from artclf_core import source_cv
-    from artclf_core.cv_evaluate import calibrated_cv
+    from artclf_core.cv_evaluate import calibrated_cv, grouping
 
-    copies = duplicate_groups(tr)
-    copy_keys = [copies[s] for s in tr]
-    groups = source_cv.cv_groups([s.source for s in tr], copy_keys)
+    copy_keys, groups = grouping(tr)
     boost = curator_labels.boosts(tr, curated)
     found = calibrated_cv(f_tr[None], tr, lam, source_power, groups=groups, boost=boost)
     cv = found[0] if found else None

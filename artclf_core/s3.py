@@ -70,12 +70,19 @@ def iter_pages(s3, bucket: str, prefix: str, page_size: int = 1000) -> Iterator[
 
 def get_bytes(s3, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
     """Download an object; refuse to read more than ``max_bytes`` (oversized files)."""
+    return get_with_type(s3, bucket, key, max_bytes)[0]
+
+
+def get_with_type(
+    s3, bucket: str, key: str, max_bytes: int | None = None
+) -> tuple[bytes, str | None]:
+    """:func:`get_bytes` and the object's Content-Type."""
     resp = s3.get_object(Bucket=bucket, Key=key)
     body = resp["Body"]
     if max_bytes is not None and int(resp.get("ContentLength", 0)) > max_bytes:
         body.close()
         raise ObjectTooLarge(int(resp["ContentLength"]))
-    return body.read()
+    return body.read(), resp.get("ContentType")
 
 
 class ObjectTooLarge(Exception):
@@ -196,17 +203,14 @@ class DataPath:
 
     def _get_boto(self, bucket: str, key: str, max_bytes: int | None) -> tuple[bytes, str | None]:
         try:
-            resp = self._fallback().get_object(Bucket=bucket, Key=key)
+            return get_with_type(self._fallback(), bucket, key, max_bytes)
+        except ObjectTooLarge:
+            raise
         except Exception as exc:  # noqa: BLE001
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
                 raise ObjectMissing(f"no object at {key!r}") from exc
             raise S3Failure(_first_line(exc)) from exc
-        size = int(resp.get("ContentLength") or 0)
-        if max_bytes is not None and size > max_bytes:
-            resp["Body"].close()
-            raise ObjectTooLarge(size)
-        return resp["Body"].read(), resp.get("ContentType")
 
 
 def obstore_safe(key: str) -> bool:

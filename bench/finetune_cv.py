@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from artclf_core import CLASSES, ridge_head, source_cv  # noqa: E402
-from artclf_core.cv_evaluate import cached_features, sample_groups  # noqa: E402
+from artclf_core.cv_evaluate import cached_features, grouping  # noqa: E402
 from artclf_core.metrics import classification_report  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "artworks"
@@ -74,7 +74,7 @@ def main() -> int:
     from artclf_core.training import evaluate_samples, scan_labelled_folder, train
 
     samples = scan_labelled_folder(args.data)
-    groups = sample_groups(samples)
+    _, groups = grouping(samples)
     plan = source_cv.group_kfold(groups, args.k)
     y = np.array([CLASSES.index(s.label) for s in samples])
     sources = np.array([s.source for s in samples])

@@ -141,11 +141,7 @@ def test_curator_labels_reach_the_retrain_as_their_own_family(clean, model, tmp_
     settings = clean
     client = s3lib.client(settings)
     for i in range(3):
-        client.put_object(
-            Bucket=settings.bucket,
-            Key=f"incoming/museumx/p{i}.jpg",
-            Body=imagegen.encode(imagegen.make_artwork(40 + i), quality=90),
-        )
+        _put(settings, f"incoming/museumx/p{i}.jpg", 40 + i)
     client.put_object(
         Bucket=settings.bucket,
         Key="training/painting/shelf__p.png",
@@ -248,11 +244,7 @@ def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
                 Body=imagegen.labelled_png(label, i),
             )
     for i in range(10):
-        client.put_object(
-            Bucket=settings.bucket,
-            Key=f"incoming/museumx/m{i:02d}.jpg",
-            Body=imagegen.encode(imagegen.make_artwork(500 + i), quality=90),
-        )
+        _put(settings, f"incoming/museumx/m{i:02d}.jpg", 500 + i)
     with Ingestor(settings, model=model) as ing:
         ing.ingest_prefix("training/")
         ing.ingest_prefix("incoming/")
