@@ -2,12 +2,12 @@
 
 Why a helper of its own: the benchmarks must measure the catalogue exactly as the migrations
 define it (same tables, indexes and SQL functions), on a real PostgreSQL + pgvector started
-by the project's own :class:`artclf_core.stack.Stack`, but they load up to a million rows,
-which the pipeline's row-by-row-formatted ``db.insert_artworks`` was never meant to do fast.
+by the project's own :class:`artclf_core.embedded.stack.Stack`, but they load up to a million rows,
+which the pipeline's row-by-row-formatted ``artworks.insert_artworks`` was never meant to do fast.
 So this module
 
-* starts a Stack in a temporary ``ARTCLF_HOME`` with durability off (``fsync=off``: the data
-  is thrown away, and WAL flushes would only measure the disk), and stops and deletes it;
+* starts the product's throw-away stack (``embedded.stack.throwaway``) with durability off
+  (``fsync=off``: the data is thrown away, and WAL flushes would only measure the disk);
 * generates synthetic catalogues (clustered embeddings, imbalanced labels, random pHashes);
 * loads them with binary ``COPY`` in chunks of 50,000 rows straight into
   ``artclf.artworks``, with the HNSW and GIN indexes dropped during the load and re-created
@@ -21,9 +21,7 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,8 +37,9 @@ import psycopg  # noqa: E402
 from psycopg.adapt import Dumper  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
-from artclf_core import CLASSES, EMBEDDING_DIM, db  # noqa: E402
-from artclf_core.stack import Stack  # noqa: E402
+from artclf_core import CLASSES, EMBEDDING_DIM  # noqa: E402
+from artclf_core.catalogue import registry  # noqa: E402
+from artclf_core.embedded.stack import Stack, throwaway  # noqa: E402
 
 #: Label shares of the synthetic catalogue, in ``CLASSES`` order: as imbalanced as the real
 #: artworks (iconography is the rare class), so that ``same_label`` filters remove 69-96 % of
@@ -90,20 +89,15 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def throwaway_stack(shared_buffers: str | None = None) -> Iterator[tuple[Stack, str]]:
-    """A Stack in a temporary home; yields ``(stack, db_url)``, then stops and deletes it."""
-    home = Path(tempfile.mkdtemp(prefix="artclf-bench-"))
+    """The product's throw-away stack (:func:`artclf_core.embedded.stack.throwaway`) with
+    durability off; yields ``(stack, db_url)``."""
     tuning = dict(PG_TUNING)
     if shared_buffers:
         tuning["shared_buffers"] = shared_buffers
-    stack = Stack(home, bucket="artclf-bench", pg_tuning=tuning)
-    try:
-        t0 = time.perf_counter()
-        env = stack.up()
-        log(f"stack up in {time.perf_counter() - t0:.1f}s at {home}")
+    t0 = time.perf_counter()
+    with throwaway("artclf-bench", pg_tuning=tuning) as (stack, env):
+        log(f"stack up in {time.perf_counter() - t0:.1f}s at {stack.home}")
         yield stack, env["ARTCLF_DB_URL"]
-    finally:
-        stack.down()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def restart(stack: Stack, **settings: str) -> str:
@@ -390,7 +384,7 @@ def load_catalogue(
         f"CREATE TABLE IF NOT EXISTS artclf.{EMBEDDINGS_TABLE} PARTITION OF artclf.embeddings"
         f" FOR VALUES IN ('{MODEL_VERSION}')"
     )
-    db.register_model(
+    registry.register_model(
         conn, version=MODEL_VERSION, arch="synthetic", classes=CLASSES, artifact=None, activate=True
     )
     for name in conn.execute(
@@ -503,7 +497,7 @@ _saved_defs: dict[str, str] = {}
 
 
 def _band_keys(h: int) -> list[int]:
-    from artclf_core.dedup import band_keys
+    from artclf_core.images.fingerprints import band_keys
 
     return band_keys(h)
 

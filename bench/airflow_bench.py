@@ -60,7 +60,8 @@ import psycopg  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
 from artclf_core.config import read_env_file  # noqa: E402
-from artclf_core.embedded.airflow import EXTRA_DAGS_ENV, EmbeddedAirflow  # noqa: E402
+from artclf_core.embedded.airflow import EmbeddedAirflow  # noqa: E402
+from artclf_core.embedded.airflow_config import EXTRA_DAGS_ENV  # noqa: E402
 
 EVENT_DAG = "artclf_ingest"
 BASE_DAG = "s3_sensor_baseline"

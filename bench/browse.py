@@ -33,7 +33,7 @@ from artclf_core import CLASSES  # noqa: E402
 
 def fill(db_url: str, n: int) -> None:
     """Load the synthetic catalogue and the ingest_log rows the lake page reads."""
-    from artclf_core import db
+    from artclf_core.catalogue import db
 
     with db.connect(db_url, autocommit=True) as conn:
         cat = _stack.synthetic_catalogue(n, seed=1)

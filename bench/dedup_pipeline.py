@@ -10,7 +10,7 @@
    a copy recorded against another artwork a false positive, a copy catalogued as new a miss.
 
 Prints precision and recall of the whole thing (pHash threshold + catalogue lookup:
-embedding HNSW candidates + exact pHash bands, see artclf_core/db.py find_near), by kind.
+embedding HNSW candidates + exact pHash bands, see artclf_core/catalogue/db.py find_near), by kind.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,11 +32,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from dedup_quality import KINDS, make_copy  # noqa: E402
 
-from artclf_core import db  # noqa: E402
-from artclf_core import s3 as s3lib  # noqa: E402
+from artclf_core.catalogue import db  # noqa: E402
 from artclf_core.config import Settings  # noqa: E402
-from artclf_core.pipeline import Ingestor  # noqa: E402
-from artclf_core.stack import Stack  # noqa: E402
+from artclf_core.embedded.stack import throwaway  # noqa: E402
+from artclf_core.ingest.ingestor import Ingestor  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 
 def main() -> None:
@@ -51,60 +50,55 @@ def main() -> None:
     files = sorted(p for p in args.data.glob("*/*") if p.suffix.lower() in suffixes)
     files = files[: args.limit] if args.limit else files
     rng = np.random.default_rng(args.seed)
-    with tempfile.TemporaryDirectory(prefix="artclf-dedup-") as tmp:
-        stack = Stack(Path(tmp), bucket="dedup", pg_tuning={"fsync": "off"})
-        env = stack.up()
-        try:
-            settings = Settings.from_env(env, home=Path(tmp) / "none")
-            client = s3lib.client(settings)
-            originals = {}
-            for i, p in enumerate(files):
-                key = f"incoming/orig/{i:05d}{p.suffix.lower()}"
-                client.put_object(Bucket=settings.bucket, Key=key, Body=p.read_bytes())
-                originals[key] = i
-            with Ingestor(settings) as ingestor:
-                t0 = time.perf_counter()
-                first = ingestor.ingest_prefix()
-                print(f"pass 1: {first.line()}")
-                with db.connect(settings.db_url) as conn:
-                    log1 = conn.execute(
-                        "SELECT l.key, l.state, l.duplicate_kind, l.duplicate_of,"
-                        " coalesce(a.source_key, '') FROM artclf.ingest_log l"
-                        " LEFT JOIN artclf.artworks a ON a.id = l.duplicate_of"
-                    ).fetchall()
-                    artwork_of = dict(
-                        conn.execute("SELECT source_key, id FROM artclf.artworks").fetchall()
-                    )
-                folded = [(k, kind, src) for k, state, kind, _, src in log1 if state == "duplicate"]
-                # Every original maps to the artwork that stands for it (itself, or what it
-                # was folded into).
-                stands_for = {k: artwork_of.get(k) for k in originals}
-                for k, _, src in folded:
-                    stands_for[k] = artwork_of[src]
-
-                copies: dict[str, tuple[str, str]] = {}
-                for key, i in originals.items():
-                    with Image.open(files[i]) as im:
-                        src_fmt = im.format
-                        img = ImageOps.exif_transpose(im).convert("RGB")
-                    for kind in KINDS:
-                        data, _cut = make_copy(kind, img, src_fmt, rng)
-                        ckey = f"incoming/copy/{i:05d}-{kind}.img"
-                        client.put_object(Bucket=settings.bucket, Key=ckey, Body=data)
-                        copies[ckey] = (key, kind)
-                second = ingestor.ingest_prefix()
-                print(f"pass 2: {second.line()}")
-                elapsed = time.perf_counter() - t0
+    with throwaway("dedup", pg_tuning={"fsync": "off"}) as (stack, env):
+        settings = Settings.from_env(env, home=stack.home / "none")
+        client = s3lib.client(settings)
+        originals = {}
+        for i, p in enumerate(files):
+            key = f"incoming/orig/{i:05d}{p.suffix.lower()}"
+            client.put_object(Bucket=settings.bucket, Key=key, Body=p.read_bytes())
+            originals[key] = i
+        with Ingestor(settings) as ingestor:
+            t0 = time.perf_counter()
+            first = ingestor.ingest_prefix()
+            print(f"pass 1: {first.line()}")
             with db.connect(settings.db_url) as conn:
-                log2 = {
-                    k: (state, dup)
-                    for k, state, dup in conn.execute(
-                        "SELECT key, state, duplicate_of FROM artclf.ingest_log"
-                        " WHERE key LIKE 'incoming/copy/%'"
-                    ).fetchall()
-                }
-        finally:
-            stack.down()
+                log1 = conn.execute(
+                    "SELECT l.key, l.state, l.duplicate_kind, l.duplicate_of,"
+                    " coalesce(a.source_key, '') FROM artclf.ingest_log l"
+                    " LEFT JOIN artclf.artworks a ON a.id = l.duplicate_of"
+                ).fetchall()
+                artwork_of = dict(
+                    conn.execute("SELECT source_key, id FROM artclf.artworks").fetchall()
+                )
+            folded = [(k, kind, src) for k, state, kind, _, src in log1 if state == "duplicate"]
+            # Every original maps to the artwork that stands for it (itself, or what it
+            # was folded into).
+            stands_for = {k: artwork_of.get(k) for k in originals}
+            for k, _, src in folded:
+                stands_for[k] = artwork_of[src]
+
+            copies: dict[str, tuple[str, str]] = {}
+            for key, i in originals.items():
+                with Image.open(files[i]) as im:
+                    src_fmt = im.format
+                    img = ImageOps.exif_transpose(im).convert("RGB")
+                for kind in KINDS:
+                    data, _cut = make_copy(kind, img, src_fmt, rng)
+                    ckey = f"incoming/copy/{i:05d}-{kind}.img"
+                    client.put_object(Bucket=settings.bucket, Key=ckey, Body=data)
+                    copies[ckey] = (key, kind)
+            second = ingestor.ingest_prefix()
+            print(f"pass 2: {second.line()}")
+            elapsed = time.perf_counter() - t0
+        with db.connect(settings.db_url) as conn:
+            log2 = {
+                k: (state, dup)
+                for k, state, dup in conn.execute(
+                    "SELECT key, state, duplicate_of FROM artclf.ingest_log"
+                    " WHERE key LIKE 'incoming/copy/%'"
+                ).fetchall()
+            }
 
     tp, fp, miss = Counter(), Counter(), Counter()
     for ckey, (okey, kind) in copies.items():

@@ -33,15 +33,15 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from artclf_core.dedup import (  # noqa: E402
+from artclf_core.images.decode import decode_image  # noqa: E402
+from artclf_core.images.fingerprints import (  # noqa: E402
     N_BANDS,
     NEAR_DUP_MAX_DISTANCE,
     hamming_matrix,
     phash,
     sha256_hex,
 )
-from artclf_core.images import decode_image  # noqa: E402
-from artclf_core.preprocess import normalize_mode  # noqa: E402
+from artclf_core.images.model_input import normalize_mode  # noqa: E402
 
 #: Pairs of *different files* that are the same artwork, found by listing the negative pairs at
 #: small pHash distance and looking at them (``--sheet``). They are excluded from the negatives:
@@ -186,7 +186,8 @@ def _band_widths(m: int) -> list[int]:
 
 
 def _radii(m: int, d: int) -> list[int]:
-    """Generalised pigeonhole radii, as artclf_core.dedup.probe_radii but for m bands."""
+    """Generalised pigeonhole radii, as artclf_core.images.fingerprints.probe_radii but for m
+    bands."""
     base, extra = divmod(d + 1, m)
     return [base + (i >= m - extra) - 1 for i in range(m)]
 

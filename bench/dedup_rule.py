@@ -6,7 +6,7 @@ Positives: 5 transformed copies of each real image (re-encode JPEG q60-95, resiz
 crop up to 5%, PNG/JPEG conversion, combinations: bench/dedup_quality.py's make_copy), each
 against its original. Negatives: all pairs of distinct images (byte-identical pairs excluded).
 Prints recall and the number of false pairs for each rule and threshold; the product uses
-pHash <= NEAR_DUP_MAX_DISTANCE and dHash <= NEAR_DUP_MAX_DHASH (artclf_core/dedup.py).
+pHash <= NEAR_DUP_MAX_DISTANCE and dHash <= NEAR_DUP_MAX_DHASH (artclf_core/fingerprints.py).
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from dedup_quality import KINDS, make_copy  # noqa: E402
 
-from artclf_core import dedup  # noqa: E402
-from artclf_core.images import decode_image  # noqa: E402
+from artclf_core.images import fingerprints  # noqa: E402
+from artclf_core.images.decode import decode_image  # noqa: E402
 
 
 def hashes(data: bytes) -> tuple[int, int]:
     img = decode_image(data).image
-    return dedup.to_unsigned64(dedup.phash(img)), dedup.to_unsigned64(dedup.dhash(img))
+    return fingerprints.to_unsigned64(fingerprints.phash(img)), fingerprints.to_unsigned64(
+        fingerprints.dhash(img)
+    )
 
 
 def main() -> None:
@@ -76,7 +78,7 @@ def main() -> None:
         for b in (12, 14, 16):
             mark = (
                 "  <- used"
-                if (a, b) == (dedup.NEAR_DUP_MAX_DISTANCE, dedup.NEAR_DUP_MAX_DHASH)
+                if (a, b) == (fingerprints.NEAR_DUP_MAX_DISTANCE, fingerprints.NEAR_DUP_MAX_DHASH)
                 else ""
             )
             row(

@@ -4,7 +4,7 @@
         [--head-epochs 4] [--epochs 6] [--stages 2] [--label-smoothing 0.1]
         [--features-cache F.npz] [--out results.jsonl]
 
-Folds: :func:`artclf_core.source_cv.group_kfold` (k = 5) over the source families of
+Folds: :func:`artclf_core.lifecycle.source_cv.group_kfold` (k = 5) over the source families of
 ``--data`` with near-copy families merged, the plan every variant of the model card is
 compared on. For each fold asked for:
 
@@ -12,7 +12,7 @@ compared on. For each fold asked for:
   fitted on the fold's training families (features from ``--features-cache`` when given);
 * **fine-tuned**: ``artclf train --arch efficientnet_lite0`` on the fold's training families
   only (a folder of links), source-balanced sample weights, label smoothing, the tf.data
-  augmentations of :func:`artclf_core.training.augment_image`, early stopping and weight
+  augmentations of :func:`artclf_core.lifecycle.training.augment_image`, early stopping and weight
   choice on its own held-out-family validation split of those training families (never the
   fold's test families); then scored on the test families;
 * **fine-tuned + ridge**: the same fine-tuned backbone's pooled features under the shipped
@@ -40,9 +40,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from artclf_core import CLASSES, ridge_head, source_cv  # noqa: E402
-from artclf_core.cv_evaluate import cached_features, grouping  # noqa: E402
-from artclf_core.metrics import classification_report  # noqa: E402
+from artclf_core import CLASSES  # noqa: E402
+from artclf_core.lifecycle import ridge_head, source_cv  # noqa: E402
+from artclf_core.lifecycle.cv_evaluate import cached_features, grouping  # noqa: E402
+from artclf_core.lifecycle.metrics import classification_report  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "artworks"
 log = logging.getLogger("bench.finetune_cv")
@@ -70,8 +71,10 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from artclf_core.model import ArtModel
-    from artclf_core.training import evaluate_samples, scan_labelled_folder, train
+    from artclf_core.lifecycle.dataset import scan_labelled_folder
+    from artclf_core.lifecycle.evaluation import evaluate_samples
+    from artclf_core.lifecycle.training import train
+    from artclf_core.model.artmodel import ArtModel
 
     samples = scan_labelled_folder(args.data)
     _, groups = grouping(samples)
@@ -103,7 +106,7 @@ def main() -> int:
             )
             model = ArtModel.load(result["model_path"], runtime="keras")
             tuned = evaluate_samples([samples[i] for i in te], model)
-            from artclf_core.ridge_training import backbone_features
+            from artclf_core.lifecycle.ridge_training import backbone_features
 
             tuned_feats = backbone_features(
                 samples, model.model.get_layer("backbone"), model.image_size

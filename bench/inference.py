@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from artclf_core.model import ArtModel, default_model_path  # noqa: E402
-from artclf_core.training import load_images, scan_labelled_folder  # noqa: E402
+from artclf_core.lifecycle.dataset import load_images, scan_labelled_folder  # noqa: E402
+from artclf_core.model.artmodel import ArtModel, default_model_path  # noqa: E402
 
 
 def rate(model: ArtModel, batch: np.ndarray, repeats: int = 3) -> tuple[float, tuple]:

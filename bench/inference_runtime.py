@@ -34,8 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from artclf_core import runtime  # noqa: E402
-from artclf_core.model import ArtModel, default_model_path  # noqa: E402
+from artclf_core.model import runtime  # noqa: E402
+from artclf_core.model.artmodel import ArtModel, default_model_path  # noqa: E402
 
 
 def interpreter_classes() -> dict[str, type]:
@@ -97,7 +97,7 @@ def onnx_file(flatbuffer: bytes) -> Path | None:
 
 def images(data: Path | None, n: int, size: int) -> np.ndarray:
     if data is not None and data.is_dir():
-        from artclf_core.training import load_images, scan_labelled_folder
+        from artclf_core.lifecycle.dataset import load_images, scan_labelled_folder
 
         samples = scan_labelled_folder(data)
         if samples:

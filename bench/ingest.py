@@ -34,7 +34,6 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,10 +45,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import psutil  # noqa: E402
 
-from artclf_core import s3 as s3lib  # noqa: E402
 from artclf_core.config import Settings  # noqa: E402
 from artclf_core.embedded.procs import read_pid  # noqa: E402
-from artclf_core.stack import Stack  # noqa: E402
+from artclf_core.embedded.stack import Stack, throwaway  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 DEFAULT_MANIFEST = REPO / "bench" / "manifests" / "ingest-1000.tsv"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -131,7 +130,14 @@ class Result:
         return 1000 * total / self.images
 
 
-def upload(settings: Settings, files: list[Path], prefix: str) -> list[str]:
+def images(data: Path, limit: int | None) -> list[Path]:
+    """``DIR/<class>/*`` images in name order, the first ``limit`` (the other benches' input)."""
+    files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in SUFFIXES)
+    return files[:limit] if limit else files
+
+
+def upload(settings: Settings, files: list[Path], prefix: str = "incoming/") -> list[str]:
+    """PUT ``files`` as ``<prefix><class folder>/<name>``, 8 at a time; returns the keys."""
     client = s3lib.client(settings)
     keys = [f"{prefix}{p.parent.name}/{p.name}" for p in files]
 
@@ -156,25 +162,20 @@ def run_product(model, files: list[Path]) -> Result:
     """One measured ``ingest_prefix`` on a fresh stack, the model already loaded."""
     import numpy as np
 
-    from artclf_core.pipeline import Ingestor
-    from artclf_core.preprocess import open_rgb, to_model_input
+    from artclf_core.images.model_input import open_rgb, to_model_input
+    from artclf_core.ingest.ingestor import Ingestor
 
-    with tempfile.TemporaryDirectory(prefix="artclf-bench-") as tmp:
-        stack = Stack(Path(tmp), bucket="bench")
-        env = stack.up()
-        try:
-            settings = Settings.from_env(env, home=Path(tmp) / "none")
-            upload(settings, files, "incoming/run/")
-            warm_up(settings)
-            with Ingestor(settings, model=model) as ingestor:
-                ingestor.ingest_prefix("incoming/warm/")
-                servers, mine = server_cpu(stack), self_cpu()
-                started = time.perf_counter()
-                summary = ingestor.ingest_prefix("incoming/run/")
-                wall = time.perf_counter() - started
-                mine, servers_after = self_cpu() - mine, server_cpu(stack)
-        finally:
-            stack.down()
+    with throwaway("bench") as (stack, env):
+        settings = Settings.from_env(env, home=stack.home / "none")
+        upload(settings, files, "incoming/run/")
+        warm_up(settings)
+        with Ingestor(settings, model=model) as ingestor:
+            ingestor.ingest_prefix("incoming/warm/")
+            servers, mine = server_cpu(stack), self_cpu()
+            started = time.perf_counter()
+            summary = ingestor.ingest_prefix("incoming/run/")
+            wall = time.perf_counter() - started
+            mine, servers_after = self_cpu() - mine, server_cpu(stack)
     if summary.processed != len(files):
         raise SystemExit(f"ingest processed {summary.processed} of {len(files)}: {summary.line()}")
     cpu = {"ingest": mine, **{k: servers_after[k] - v for k, v in servers.items()}}
@@ -195,45 +196,40 @@ def run_baseline(model, files: list[Path]) -> Result:
 
     classify = keras.Model(model.model.input, model.model.output["probabilities"])
     embed = keras.Model(model.model.input, model.model.output["embedding"])
-    with tempfile.TemporaryDirectory(prefix="artclf-bench-") as tmp:
-        stack = Stack(Path(tmp), bucket="bench")
-        env = stack.up()
-        try:
-            settings = Settings.from_env(env, home=Path(tmp) / "none")
-            keys = upload(settings, files, "incoming/run/")
-            client = s3lib.client(settings)
-            with psycopg.connect(settings.db_url) as conn:
+    with throwaway("bench") as (stack, env):
+        settings = Settings.from_env(env, home=stack.home / "none")
+        keys = upload(settings, files, "incoming/run/")
+        client = s3lib.client(settings)
+        with psycopg.connect(settings.db_url) as conn:
+            conn.execute(
+                "CREATE TABLE public.baseline_artworks (id serial PRIMARY KEY,"
+                " location text, label text, probability real, embedding vector(128))"
+            )
+            conn.commit()
+            x = np.zeros((1, model.image_size, model.image_size, 3), np.float32)
+            classify.predict(x, verbose=0), embed.predict(x, verbose=0)  # warm-up
+            servers, mine = server_cpu(stack), self_cpu()
+            started = time.perf_counter()
+            for key in keys:
+                data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+                size = model.image_size
+                img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+                x = np.asarray(img, dtype=np.float32)[None]
+                probs = classify.predict(x, verbose=0)[0]
+                emb = embed.predict(x, verbose=0)[0]
                 conn.execute(
-                    "CREATE TABLE public.baseline_artworks (id serial PRIMARY KEY,"
-                    " location text, label text, probability real, embedding vector(128))"
+                    "INSERT INTO public.baseline_artworks (location, label, probability,"
+                    " embedding) VALUES (%s, %s, %s, %s::vector)",
+                    (
+                        key,
+                        model.classes[int(probs.argmax())],
+                        float(probs.max()),
+                        "[" + ",".join(map(str, emb.tolist())) + "]",
+                    ),
                 )
                 conn.commit()
-                x = np.zeros((1, model.image_size, model.image_size, 3), np.float32)
-                classify.predict(x, verbose=0), embed.predict(x, verbose=0)  # warm-up
-                servers, mine = server_cpu(stack), self_cpu()
-                started = time.perf_counter()
-                for key in keys:
-                    data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-                    size = model.image_size
-                    img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
-                    x = np.asarray(img, dtype=np.float32)[None]
-                    probs = classify.predict(x, verbose=0)[0]
-                    emb = embed.predict(x, verbose=0)[0]
-                    conn.execute(
-                        "INSERT INTO public.baseline_artworks (location, label, probability,"
-                        " embedding) VALUES (%s, %s, %s, %s::vector)",
-                        (
-                            key,
-                            model.classes[int(probs.argmax())],
-                            float(probs.max()),
-                            "[" + ",".join(map(str, emb.tolist())) + "]",
-                        ),
-                    )
-                    conn.commit()
-                wall = time.perf_counter() - started
-                mine, servers_after = self_cpu() - mine, server_cpu(stack)
-        finally:
-            stack.down()
+            wall = time.perf_counter() - started
+            mine, servers_after = self_cpu() - mine, server_cpu(stack)
     cpu = {"ingest": mine, **{k: servers_after[k] - v for k, v in servers.items()}}
     return Result(len(keys), wall, cpu)
 
@@ -252,7 +248,7 @@ def main() -> int:
         write_manifest(args.data, args.write_manifest, args.images)
         return 0
     files = read_manifest(args.manifest, args.data)
-    from artclf_core.model import ArtModel
+    from artclf_core.model.artmodel import ArtModel
 
     models = {}
     for threads in [int(t) for t in args.threads.split(",")]:

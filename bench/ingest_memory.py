@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,48 +25,43 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import imagegen  # noqa: E402
 
-from artclf_core import s3 as s3lib  # noqa: E402
 from artclf_core.config import Settings  # noqa: E402
-from artclf_core.stack import Stack  # noqa: E402
+from artclf_core.embedded.stack import throwaway  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 
 def measure(n: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="artclf-mem-") as home:
-        stack = Stack(Path(home), bucket="mem")
-        env = stack.up()
-        try:
-            settings = Settings.from_env(env)
-            client = s3lib.client(settings, max_pool=16)
+    with throwaway("mem") as (stack, env):
+        settings = Settings.from_env(env)
+        client = s3lib.client(settings, max_pool=16)
 
-            def put(i: int) -> None:
-                body = imagegen.encode(imagegen.make_artwork(100_000 + i))
-                client.put_object(Bucket=settings.bucket, Key=f"incoming/m{i:06d}.jpg", Body=body)
+        def put(i: int) -> None:
+            body = imagegen.encode(imagegen.make_artwork(100_000 + i))
+            client.put_object(Bucket=settings.bucket, Key=f"incoming/m{i:06d}.jpg", Body=body)
 
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(put, range(n)))
-            cli = [sys.executable, "-m", "artclf_core.cli", "ingest", "--json"]
-            started = time.perf_counter()
-            pid = os.fork()
-            if pid == 0:  # the child execs the CLI; its rusage is then ours alone to read
-                os.execve(sys.executable, cli, {**os.environ, **env})
-            _, status, usage = os.wait4(pid, 0)
-            wall = time.perf_counter() - started
-            assert os.waitstatus_to_exitcode(status) == 0, status
-            out = subprocess.run(
-                [sys.executable, "-m", "artclf_core.cli", "report"],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-            )
-            return {
-                "objects": n,
-                "peak_rss_mb": usage.ru_maxrss / 1024,
-                "wall_s": wall,
-                "cpu_s": usage.ru_utime + usage.ru_stime,
-                "report": out.stdout.strip()[-300:],
-            }
-        finally:
-            stack.down()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, range(n)))
+        cli = [sys.executable, "-m", "artclf_core.cli", "ingest", "--json"]
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # the child execs the CLI; its rusage is then ours alone to read
+            os.execve(sys.executable, cli, {**os.environ, **env})
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - started
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        out = subprocess.run(
+            [sys.executable, "-m", "artclf_core.cli", "report"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
+        return {
+            "objects": n,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "wall_s": wall,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "report": out.stdout.strip()[-300:],
+        }
 
 
 def main() -> None:

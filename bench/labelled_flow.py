@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
-from artclf_core import CLASSES, db  # noqa: E402
+from artclf_core import CLASSES  # noqa: E402
+from artclf_core.catalogue import db  # noqa: E402
 from artclf_core.config import read_env_file  # noqa: E402
 from artclf_core.embedded.airflow import EmbeddedAirflow  # noqa: E402
 

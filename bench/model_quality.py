@@ -31,15 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from artclf_core.metrics import format_report  # noqa: E402
-from artclf_core.model import ArtModel, default_model_path  # noqa: E402
-from artclf_core.training import (  # noqa: E402
+from artclf_core.lifecycle.dataset import (  # noqa: E402
     VAL_FRACTION,
     describe_split,
-    evaluate_samples,
     scan_labelled_folder,
     split_by_source,
 )
+from artclf_core.lifecycle.evaluation import evaluate_samples  # noqa: E402
+from artclf_core.lifecycle.metrics import format_report  # noqa: E402
+from artclf_core.model.artmodel import ArtModel, default_model_path  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "artworks"
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.cv == "sources":
-        from artclf_core.cv_evaluate import evaluate_by_sources, format_by_sources
+        from artclf_core.lifecycle.cv_evaluate import evaluate_by_sources, format_by_sources
 
         first = args.model[0] if args.model else None
         result = evaluate_by_sources(args.data, first)

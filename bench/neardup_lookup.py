@@ -1,4 +1,4 @@
-"""Latency and completeness of the catalogue's near-duplicate lookup (``db.find_near``).
+"""Latency and completeness of the catalogue's near-duplicate lookup (``artworks.find_near``).
 
     python bench/neardup_lookup.py [--sizes 100000,1000000] [--singles 200] [--batches 10]
                                    [--baseline-queries 20] [--copy-noise 0.02]
@@ -10,7 +10,7 @@ real ones), ``phash_bands = dedup.band_keys(h)`` and random dHashes, under the m
 indexes (GIN on the bands and HNSW on the embeddings: ``find_near`` takes candidates from
 both). Then
 
-* p50/p95 client-side latency of ``db.find_near`` for one query at a time (half near copies:
+* p50/p95 client-side latency of ``artworks.find_near`` for one query at a time (half near copies:
   a catalogued artwork's pHash with an even number of bits up to NEAR_DUP_MAX_DISTANCE
   flipped, its dHash with up to NEAR_DUP_MAX_DHASH, and its embedding plus a little noise,
   ``--copy-noise`` per dimension, as a re-encoded copy keeps its CNN embedding; half new
@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _stack  # noqa: E402
 import psycopg  # noqa: E402
 
-from artclf_core import db  # noqa: E402
-from artclf_core.dedup import (  # noqa: E402
+from artclf_core.catalogue import artworks, db  # noqa: E402
+from artclf_core.images.fingerprints import (
     BAND_BITS,
     N_BANDS,
     NEAR_DUP_MAX_DHASH,
@@ -219,7 +219,7 @@ def original_is_nearest(cat: _stack.Catalogue, embs: np.ndarray, sources: list[i
 
 def catalogue_lookup(conn: psycopg.Connection, qs: Queries) -> dict[int, tuple[int, int]]:
     """The pipeline's lookup, exactly as it calls it."""
-    return db.find_near(conn, qs.hashes, qs.dhashes, list(qs.embeddings))
+    return artworks.find_near(conn, qs.hashes, qs.dhashes, list(qs.embeddings))
 
 
 def catalogue_candidates(conn: psycopg.Connection, h: int) -> int:
@@ -227,7 +227,7 @@ def catalogue_candidates(conn: psycopg.Connection, h: int) -> int:
     same_band = conn.execute(
         "SELECT count(*) FROM artclf.artworks WHERE phash_bands && %s::int[]", (band_keys(h),)
     ).fetchone()[0]
-    return db.NEAR_EMBEDDING_CANDIDATES + same_band
+    return artworks.NEAR_EMBEDDING_CANDIDATES + same_band
 
 
 # A candidate design, measured with --alternative in the throw-away database only: every hash
@@ -369,7 +369,7 @@ def measure(
     args: argparse.Namespace,
     stack=None,
     lookup: Lookup = catalogue_lookup,
-    name: str = "db.find_near",
+    name: str = "artworks.find_near",
     candidates: Callable[[psycopg.Connection, int], int] = catalogue_candidates,
 ) -> NearDupResult:
     """All the figures for the catalogue loaded at ``url`` (ids 1..N).
@@ -482,8 +482,8 @@ def layout() -> str:
     """The dedup and lookup parameters the figures were measured with."""
     return (
         f"near duplicate: pHash <= {D} and dHash <= {DD} bits; find_near:"
-        f" {db.NEAR_EMBEDDING_CANDIDATES} embedding candidates at hnsw.ef_search="
-        f"{db.NEAR_EF_SEARCH} + rows sharing one of {len(band_keys(0))} pHash band keys"
+        f" {artworks.NEAR_EMBEDDING_CANDIDATES} embedding candidates at hnsw.ef_search="
+        f"{artworks.NEAR_EF_SEARCH} + rows sharing one of {len(band_keys(0))} pHash band keys"
         f" exactly; --alternative probes radii {probe_radii()}"
         f" ({sum(len(v) for v in probes_by_band(0))} values)"
     )
@@ -528,16 +528,16 @@ def run_all(
 ) -> list[NearDupResult]:
     """The catalogue lookup, then (with --alternative) the candidate design, on one load."""
     results = []
-    default_ef = db.NEAR_EF_SEARCH
+    default_ef = artworks.NEAR_EF_SEARCH
     try:
         for ef in getattr(args, "near_ef_search", None) or [default_ef]:
             # find_near reads the module constant at call time: a sweep needs no code change.
-            db.NEAR_EF_SEARCH = ef
-            name = "db.find_near" + ("" if ef == default_ef else f" (ef_search={ef})")
+            artworks.NEAR_EF_SEARCH = ef
+            name = "artworks.find_near" + ("" if ef == default_ef else f" (ef_search={ef})")
             results.append(measure(url, cat, args, stack, name=name))
             report(results[-1])
     finally:
-        db.NEAR_EF_SEARCH = default_ef
+        artworks.NEAR_EF_SEARCH = default_ef
     if getattr(args, "alternative", False):
         with db.connect(url, autocommit=True) as conn:
             built = create_alternative(conn)
@@ -585,7 +585,7 @@ def add_options(ap: argparse.ArgumentParser) -> None:
         "--near-ef-search",
         default="",
         help="comma-separated hnsw.ef_search values to measure find_near with"
-        " (default: db.NEAR_EF_SEARCH)",
+        " (default: artworks.NEAR_EF_SEARCH)",
     )
 
 

@@ -27,15 +27,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from artclf_core.model import ArtModel, default_model_path  # noqa: E402
-from artclf_core.runtime import LiteRunner, convert_to_tflite  # noqa: E402
-from artclf_core.training import (  # noqa: E402
+from artclf_core.lifecycle.dataset import (  # noqa: E402
     VAL_FRACTION,
-    evaluate_samples,
     load_images,
     scan_labelled_folder,
     split_by_source,
 )
+from artclf_core.lifecycle.evaluation import evaluate_samples  # noqa: E402
+from artclf_core.model.artmodel import ArtModel, default_model_path  # noqa: E402
+from artclf_core.model.runtime import LiteRunner, convert_to_tflite  # noqa: E402
 
 
 def int8_flatbuffer(model: ArtModel, calibration: np.ndarray) -> bytes:

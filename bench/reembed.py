@@ -10,7 +10,8 @@
    (distinct hashes), with embeddings of the active model, the way a large lake looks to the
    re-embedding code (one GET + decode + forward pass per row).
 4. Registers a second version of the same architecture (other weights) and runs
-   :func:`artclf_core.reembed.reembed`: every row embedded beside the old version, then the
+   :func:`artclf_core.lifecycle.reembed.reembed`: every row embedded beside the old version, then
+   the
    switch (HNSW build over the new partition + the one-transaction activation).
 
 Prints images/s of both, the ratio, and the switch's cost. Numbers go in docs/benchmarks.md.
@@ -34,8 +35,10 @@ sys.path.insert(0, str(REPO / "bench"))
 import _stack  # noqa: E402
 from ingest import images, upload  # noqa: E402
 
-from artclf_core import CLASSES, db, reembed  # noqa: E402
+from artclf_core import CLASSES  # noqa: E402
+from artclf_core.catalogue import db, registry  # noqa: E402
 from artclf_core.config import Settings, read_env_file  # noqa: E402
+from artclf_core.lifecycle import reembed  # noqa: E402
 
 
 def grow(settings: Settings, rows: int, version: str) -> int:
@@ -83,8 +86,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="catalogue size re-embedded")
     args = parser.parse_args()
 
-    from artclf_core.model import ArtModel, build_model, save_model
-    from artclf_core.pipeline import Ingestor
+    from artclf_core.ingest.ingestor import Ingestor
+    from artclf_core.model.artmodel import ArtModel, build_model, save_model
 
     files = images(args.data, args.limit)
     if not files:
@@ -113,7 +116,7 @@ def main() -> None:
             arch=model.arch,
         )
         with db.connect(settings.db_url) as conn:
-            db.register_model(
+            registry.register_model(
                 conn,
                 version=f"{model.version}-bench2",
                 arch=model.arch,

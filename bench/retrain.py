@@ -6,7 +6,7 @@ figures on the same source-disjoint validation images, and the time it takes.
 1. Starts a throw-away embedded stack; the shipped default model is the active version.
 2. Drops the shared images under ``training/<label>/`` (the lake's labelled images) and
    ingests them (they are catalogued in place, with their folder's label).
-3. Runs :func:`artclf_core.retrain.retrain` exactly as the ``artclf_retrain`` DAG does:
+3. Runs :func:`artclf_core.lifecycle.retrain.retrain` exactly as the ``artclf_retrain`` DAG does:
    dataset export, source-disjoint split (copies grouped), training, the active model scored
    on the same validation images, the gate, publishing to ``models/<version>/``.
 
@@ -37,9 +37,10 @@ sys.path.insert(0, str(REPO / "bench"))
 import _stack  # noqa: E402
 from ingest import images  # noqa: E402
 
-from artclf_core import CLASSES, promotion, retrain  # noqa: E402
-from artclf_core import s3 as s3lib  # noqa: E402
+from artclf_core import CLASSES  # noqa: E402
 from artclf_core.config import Settings, read_env_file  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
+from artclf_core.lifecycle import promotion, retrain  # noqa: E402
 
 
 def _row(name: str, report: dict | None) -> str:
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
 
-    from artclf_core.pipeline import Ingestor
+    from artclf_core.ingest.ingestor import Ingestor
 
     files = images(args.data, None)
     with _stack.throwaway_stack() as (stack, _url), tempfile.TemporaryDirectory() as tmp:

@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from ingest import images, server_cpu, upload  # noqa: E402
 
-from artclf_core import s3 as s3lib  # noqa: E402
 from artclf_core.config import Settings  # noqa: E402
-from artclf_core.stack import Stack  # noqa: E402
+from artclf_core.embedded.stack import Stack  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 WARM_UP = 20
 META = {"artclf-state": "catalogued", "artclf-log-id": "123", "artclf-source-key": "incoming/x"}

@@ -39,7 +39,8 @@ import _stack  # noqa: E402
 import neardup_lookup  # noqa: E402
 import psycopg  # noqa: E402
 
-from artclf_core import CLASSES, db  # noqa: E402
+from artclf_core import CLASSES
+from artclf_core.catalogue import artworks, db
 
 K = 5
 NEAREST_SIGNATURE = "artclf._nearest(vector, integer, text, bigint)"
@@ -350,7 +351,7 @@ def bench_size(stack, url: str, n: int, args: argparse.Namespace) -> tuple[list[
 def insert_cost(
     url: str, cat: _stack.Catalogue, seed: int, batches: int = 10, batch: int = 100
 ) -> Result:
-    """What the index costs the pipeline: ``db.insert_artworks`` of new rows, per batch.
+    """What the index costs the pipeline: ``artworks.insert_artworks`` of new rows, per batch.
 
     Every catalogued artwork is inserted into the HNSW index as it arrives, at the
     index's ef_construction; this is measured on the full catalogue (rolled back after).
@@ -361,7 +362,7 @@ def insert_cost(
         label = CLASSES[int(new.labels[j])]
         key = f"catalog/{label}/new-{j:06d}.jpg"
         rows.append(
-            db.ArtworkRow(
+            artworks.ArtworkRow(
                 bucket="artclf-bench",
                 key=key,
                 label=label,
@@ -385,7 +386,7 @@ def insert_cost(
     with db.connect(url) as conn:
         for lo in range(0, len(rows), batch):
             t0 = time.perf_counter()
-            inserted, _ = db.insert_artworks(conn, rows[lo : lo + batch])
+            inserted, _ = artworks.insert_artworks(conn, rows[lo : lo + batch])
             lat.append(time.perf_counter() - t0)
             assert len(inserted) == batch
         conn.rollback()
@@ -396,7 +397,7 @@ def insert_cost(
     return Result(
         len(cat),
         f"insert {batch} rows",
-        "db.insert_artworks",
+        "artworks.insert_artworks",
         p50,
         p95,
         float("nan"),

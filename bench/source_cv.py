@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from artclf_core.cv_evaluate import evaluate_by_sources, format_by_sources  # noqa: E402
+from artclf_core.lifecycle.cv_evaluate import evaluate_by_sources, format_by_sources  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "artworks"
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from artclf_core.images import ImageRejected, _image_end, decode_image
+from artclf_core.images.decode import ImageRejected, _image_end, decode_image
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 

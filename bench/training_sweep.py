@@ -30,11 +30,11 @@ sys.path[:0] = [str(REPO)]
 
 import psutil  # noqa: E402
 
-from artclf_core import db  # noqa: E402
-from artclf_core import s3 as s3lib  # noqa: E402
+from artclf_core.catalogue import db  # noqa: E402
 from artclf_core.config import Settings  # noqa: E402
-from artclf_core.events import sweep_counting  # noqa: E402
-from artclf_core.stack import Stack  # noqa: E402
+from artclf_core.embedded.stack import Stack  # noqa: E402
+from artclf_core.ingest.events import sweep_counting  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 
 def _cpu(procs: list[psutil.Process]) -> float:

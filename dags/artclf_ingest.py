@@ -76,10 +76,10 @@ See docs/operating.md.
 def plan() -> list[list[int]]:
     """Sweep the landing zone, then split the ingest-log rows that need work into batches."""
     quiet_libraries()
-    from artclf_core import db
-    from artclf_core import s3 as s3lib
+    from artclf_core.catalogue import db, ingest_log
     from artclf_core.config import INCOMING_PREFIX
-    from artclf_core.pipeline import check_prefix, sweep
+    from artclf_core.ingest.queue import check_prefix, sweep
+    from artclf_core.lake import s3 as s3lib
 
     context = get_current_context()
     params = context["params"]
@@ -95,7 +95,7 @@ def plan() -> list[list[int]]:
         for prefix in prefixes:
             waiting = sweep(client, conn, settings.bucket, prefix)
             log.info("swept s3://%s/%s: %d object(s) waiting", settings.bucket, prefix, waiting)
-        ids = db.open_ids(
+        ids = ingest_log.open_ids(
             conn,
             max_attempts=settings.max_attempts,
             retry_failed=bool(params["retry_failed"]),
@@ -128,9 +128,9 @@ def _take_over_earlier_tries(conn, ids: list[int], task_claims: str) -> None:
     so those claims are orphans: release them. Only rows signed by this very task instance
     (dag, run, map index) are touched.
     """
-    from artclf_core import db
+    from artclf_core.catalogue import ingest_log
 
-    n = db.release_claims(conn, ids, task_claims)
+    n = ingest_log.release_claims(conn, ids, task_claims)
     if n:
         log.warning("took over %d object(s) an earlier try claimed and did not finish", n)
 
@@ -148,8 +148,8 @@ def ingest_batch(batch: list[int]) -> dict:
     """Process one batch of queued ids with one model load; retry what failed transiently."""
     quiet_libraries()
     yield_cpu()  # below the triggerer and the scheduler
-    from artclf_core import db
-    from artclf_core.pipeline import Ingestor
+    from artclf_core.catalogue import ingest_log
+    from artclf_core.ingest.ingestor import Ingestor
 
     context = get_current_context()
     context["batch_label"] = f"ids {batch[0]}-{batch[-1]} ({len(batch)})" if batch else "empty"
@@ -167,7 +167,7 @@ def ingest_batch(batch: list[int]) -> dict:
             log.info("  %s: %d", reason, n)
         # What of this batch still needs work (failed with attempts left, a move to finish):
         # fail so that Airflow retries after a backoff; the retry touches only those objects.
-        left = db.open_ids(
+        left = ingest_log.open_ids(
             ingestor.conn,
             max_attempts=settings.max_attempts,
             retry_failed=retry_failed,
@@ -185,8 +185,8 @@ def ingest_batch(batch: list[int]) -> dict:
 @task(trigger_rule="all_done")
 def report(batches: list[list[int]] | None, summaries) -> dict:
     """Add up the batches, log the outcome and fail the run if objects ended failed."""
-    from artclf_core import db
-    from artclf_core.pipeline import Summary
+    from artclf_core.catalogue import db, ingest_log
+    from artclf_core.ingest.batch import Summary
 
     if batches is None:  # all_done runs this even when plan failed: the run must stay red
         raise AirflowFailException("plan did not finish: nothing was ingested (see its log)")
@@ -204,7 +204,7 @@ def report(batches: list[list[int]] | None, summaries) -> dict:
     # did not take the rows back. The claim lease (15 min) frees them.
     mine = _run_claims(get_current_context()["ti"])
     with db.connect(settings.db_url) as conn:
-        queue = db.queue_report(conn, ids, mine)
+        queue = ingest_log.queue_report(conn, ids, mine)
     states, failed, stuck = queue.states, queue.failed, queue.stuck
     log.info("work done by %d of %d batch(es): %s", len(done), len(batches), total.line())
     for stage, secs in sorted(total.stages.items()):

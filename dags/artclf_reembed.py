@@ -51,7 +51,7 @@ list versions with `artclf models list`; drop an old version's embeddings with
 @task
 def choose_version() -> str:
     """The version to move to: param, else the asset event's, else the newest promoted."""
-    from artclf_core import reembed
+    from artclf_core.lifecycle import reembed
 
     context = get_current_context()
     version = context["params"].get("version")
@@ -71,7 +71,7 @@ def choose_version() -> str:
 @task
 def plan(version: str) -> list[list[int]]:
     """Batches of the artworks that have no embedding of ``version`` yet."""
-    from artclf_core import reembed
+    from artclf_core.lifecycle import reembed
 
     batches = reembed.plan(settings_from_connections(), version, reembed.BATCH_SIZE)
     log.info("%d artwork(s) to embed in %d batch(es)", sum(map(len, batches)), len(batches))
@@ -88,7 +88,7 @@ def plan(version: str) -> list[list[int]]:
 )
 def embed_batch(version: str, ids: list[int]) -> int:
     """Embed one batch with ``version`` (only the rows still missing)."""
-    from artclf_core import reembed
+    from artclf_core.lifecycle import reembed
 
     quiet_libraries()
     yield_cpu()  # below the triggerer and the scheduler
@@ -100,7 +100,7 @@ def embed_batch(version: str, ids: list[int]) -> int:
 @task(retries=2, retry_delay=timedelta(seconds=30), trigger_rule="none_failed_min_one_success")
 def switch(version: str, written: list[int]) -> dict:
     """Build the index, embed late arrivals and activate ``version`` in one transaction."""
-    from artclf_core import reembed
+    from artclf_core.lifecycle import reembed
 
     result = reembed.switch(settings_from_connections(), version, reason="artclf_reembed")
     log.info(
@@ -119,7 +119,7 @@ def atlas(version: str) -> dict:
     import tempfile
     from pathlib import Path
 
-    from artclf_core import reembed
+    from artclf_core.lifecycle import reembed
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = reembed.write_version_atlas(

@@ -1,7 +1,8 @@
 """``artclf_retrain``: nightly retraining on the lake's labelled images, behind a gate.
 
 Thin: building the dataset, training, the gate and publishing are
-:func:`artclf_core.retrain.retrain` (also ``artclf retrain``); this file schedules it, shows
+:func:`artclf_core.lifecycle.retrain.retrain` (also ``artclf retrain``); this file schedules it,
+shows
 the decision, and announces a promotion on the ``artclf_models`` asset, which schedules
 ``artclf_reembed``.
 """
@@ -70,7 +71,7 @@ def train_and_gate() -> dict:
     """Build the dataset from the lake, train, compare with the active model, publish."""
     import tempfile
 
-    from artclf_core import promotion, retrain
+    from artclf_core.lifecycle import promotion, retrain
 
     quiet_libraries()
     yield_cpu()  # below the triggerer and the scheduler

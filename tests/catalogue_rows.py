@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from artclf_core import CLASSES
-from artclf_core.db import ArtworkRow
+from artclf_core.catalogue.artworks import ArtworkRow
 
 
 def artwork_row(

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    from artclf_core.stack import Stack
+    from artclf_core.embedded.stack import Stack
 
     home = tmp_path_factory.mktemp("artclf-home")
     s = Stack(
@@ -45,8 +45,8 @@ def clean(settings):
 
 def reset(settings):
     """Empty the catalogue and the bucket; module-scoped fixtures call it directly."""
-    from artclf_core import db
-    from artclf_core import s3 as s3lib
+    from artclf_core.catalogue import db
+    from artclf_core.lake import s3 as s3lib
 
     with db.connect(settings.db_url) as conn:
         conn.execute("TRUNCATE artclf.ingest_log, artclf.artworks, artclf.model_versions CASCADE")
@@ -60,6 +60,6 @@ def reset(settings):
 
 @pytest.fixture(scope="session")
 def model():
-    from artclf_core.model import ArtModel
+    from artclf_core.model.artmodel import ArtModel
 
     return ArtModel.load(os.environ.get("ARTCLF_MODEL") or None)

@@ -23,7 +23,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from artclf_core.images import Limits
+from artclf_core.images.decode import Limits
 
 #: Size of the fixture pictures (width, height).
 SIZE: tuple[int, int] = (320, 240)

@@ -11,8 +11,8 @@ import time
 import imagegen
 import pytest
 
-from artclf_core import db
-from artclf_core import s3 as s3lib
+from artclf_core.catalogue import db
+from artclf_core.lake import s3 as s3lib
 
 TERMINAL = {"catalogued", "duplicate", "quarantined"}
 

@@ -22,11 +22,12 @@ import browser
 import imagegen
 import pytest
 
-from artclf_core import db
-from artclf_core import s3 as s3lib
+from artclf_core.catalogue import db
 from artclf_core.config import Settings, read_env_file
-from artclf_core.embedded.airflow import DAG_ID, EmbeddedAirflow
+from artclf_core.embedded.airflow import EmbeddedAirflow
+from artclf_core.embedded.airflow_config import DAG_ID
 from artclf_core.embedded.procs import pid_alive, read_pid
+from artclf_core.lake import s3 as s3lib
 
 pytestmark = pytest.mark.slow
 

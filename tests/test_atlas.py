@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from artclf_core import CLASSES, EMBEDDING_DIM
-from artclf_core.atlas import atlas_path_for, project, render_html, sample_indices, write_atlas
+from artclf_core.catalogue.atlas import (
+    atlas_path_for,
+    project,
+    render_html,
+    sample_indices,
+    write_atlas,
+)
 
 
 def _clusters(n: int, seed: int = 0, weights=(0.3, 0.2, 0.01, 0.39, 0.1)):

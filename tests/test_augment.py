@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from artclf_core import augment
+from artclf_core.lifecycle import augment
 
 
 def _picture() -> Image.Image:
@@ -42,7 +42,7 @@ def test_every_transform_returns_an_rgb_picture() -> None:
 
 
 def test_texture_backbone_shape() -> None:
-    from artclf_core import texture
+    from artclf_core.model import texture
 
     net = texture.build_texture_backbone(64, weights=None)
     out = net.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)

@@ -25,8 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
-from artclf_core import events
 from artclf_core.config import INCOMING_PREFIX, INPUT_PREFIXES, Settings
+from artclf_core.ingest import events
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -465,7 +465,7 @@ def test_postgres_init_then_migrations_then_a_minio_event(compose, tmp_path):
 
     import psycopg
 
-    from artclf_core import db
+    from artclf_core.catalogue import db
     from artclf_core.embedded.postgres import EmbeddedPostgres, bin_dir
 
     services = compose["services"]

@@ -11,10 +11,13 @@ import imagegen
 import numpy as np
 import pytest
 
-from artclf_core import CLASSES, curator_labels, db, labelling, promotion, retrain
-from artclf_core import s3 as s3lib
-from artclf_core.pipeline import Ingestor
-from artclf_core.source_cv import source_family
+from artclf_core import CLASSES
+from artclf_core.catalogue import db
+from artclf_core.ingest import labelling
+from artclf_core.ingest.ingestor import Ingestor
+from artclf_core.lake import s3 as s3lib
+from artclf_core.lifecycle import curator_labels, promotion, retrain
+from artclf_core.lifecycle.source_cv import source_family
 
 
 @pytest.mark.parametrize(

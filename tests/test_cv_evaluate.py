@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from test_model import _draw
 
-from artclf_core import CLASSES, cli
-from artclf_core.cv_evaluate import evaluate_by_sources, format_by_sources
+from artclf_core import CLASSES
+from artclf_core.cli import main
+from artclf_core.lifecycle.cv_evaluate import evaluate_by_sources, format_by_sources
 
 SOURCES = ("alpha_one", "alpha_two", "beta", "gamma")
 
@@ -42,6 +43,6 @@ def test_every_family_held_out_once_and_model_on_unseen_families(folder: Path) -
 
 
 def test_cli_evaluate_cv_sources_json(folder: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["evaluate", "--data", str(folder), "--cv", "sources", "--json"]) == 0
+    assert main.main(["evaluate", "--data", str(folder), "--cv", "sources", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["groups"] == 3 and out["recipe"]["recipe"]["size"] == 160

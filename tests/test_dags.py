@@ -11,7 +11,7 @@ Each process gets its own copy of a metadata database migrated once per session 
 in the embedded default; a copy is a file copy, a migration ten seconds). Connections are
 Airflow's own ``AIRFLOW_CONN_ARTCLF_DB``/``_S3`` environment variables (set with monkeypatch,
 inherited by the harness) pointing at the conftest ``stack``. Faults are injected by
-replacing ``artclf_core.pipeline.Ingestor`` with a subclass before the run: the DAG imports
+replacing ``artclf_core.ingest.ingestor.Ingestor`` with a subclass before the run: the DAG imports
 it when a task starts, so it gets the subclass. Nothing else is replaced.
 """
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import imagegen
 import pytest
 
-from artclf_core import db
-from artclf_core import s3 as s3lib
+from artclf_core.catalogue import db, registry
+from artclf_core.lake import s3 as s3lib
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -92,7 +92,7 @@ sys.path.insert(0, sys.argv[1])
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[2], safe_mode=False)
 assert not bag.import_errors, bag.import_errors
-heavy = ("tensorflow", "keras", "artclf_core.pipeline", "great_expectations")
+heavy = ("tensorflow", "keras", "artclf_core.ingest.ingestor", "great_expectations")
 print(sorted(m for m in heavy if m in sys.modules))
 """
 
@@ -193,7 +193,7 @@ def _airflow_env(home: Path) -> dict[str, str]:
 @pytest.fixture
 def lake(clean, stack, monkeypatch):
     """An empty catalogue and bucket, and the Airflow connections to them in the env."""
-    from artclf_core.embedded.airflow import airflow_connections
+    from artclf_core.embedded.airflow_config import airflow_connections
 
     _, env = stack
     for key, value in airflow_connections(env).items():
@@ -455,7 +455,7 @@ def first_announcement(settings, timeout: float = 60.0):
     import asyncio
     from contextlib import aclosing
 
-    from artclf_core.events import IncomingWatcher
+    from artclf_core.ingest.events import IncomingWatcher
 
     watcher = IncomingWatcher(
         settings, name="test_dags", sweep_interval=0.5, training_sweep_interval=1.0
@@ -503,7 +503,7 @@ def test_labelled_drops_are_catalogued_then_retrained_promoted_and_switched(lake
                 "SELECT curated_label, count(*) FROM artclf.artworks GROUP BY 1"
             ).fetchall()
         )
-        old = db.active_version(conn)
+        old = registry.active_version(conn)
     assert labels == dict.fromkeys(CLASSES, 6)
 
     conf = json.dumps({"epochs": 2, "min_gain": -1.0, "max_f1_drop": 1.0})
@@ -530,7 +530,7 @@ def test_labelled_drops_are_catalogued_then_retrained_promoted_and_switched(lake
     assert moved["state"] == "success", _tail(Path(moved["log"]))
     assert moved["xcom"]["switch"][0]["previous"] == old
     with db.connect(settings.db_url) as conn:
-        assert db.active_version(conn) == summary["version"]
+        assert registry.active_version(conn) == summary["version"]
         missing = conn.execute(
             "SELECT count(*) FROM artclf.missing_embeddings(%s)", (summary["version"],)
         ).fetchone()[0]
@@ -563,9 +563,9 @@ def _harness(argv: list[str]) -> int:
     parser.add_argument("--dag", default=DAG_ID)
     args = parser.parse_args(argv)
 
-    from artclf_core import pipeline
+    from artclf_core.ingest import ingestor
 
-    class FaultyIngestor(pipeline.Ingestor):
+    class FaultyIngestor(ingestor.Ingestor):
         """The real Ingestor, plus the faults this run asks for."""
 
         started = False
@@ -601,7 +601,7 @@ def _harness(argv: list[str]) -> int:
             self._first_crash("after-commit", moved)
             return super()._delete_sources(moved)
 
-    pipeline.Ingestor = FaultyIngestor
+    ingestor.Ingestor = FaultyIngestor
 
     sys.path.insert(0, str(PLUGINS))
     from airflow.dag_processing.dagbag import DagBag

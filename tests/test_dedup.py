@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from imagegen import encode, make_artwork, near_copies, odd_but_good
 
-from artclf_core.dedup import (
+from artclf_core.images.decode import decode_image
+from artclf_core.images.fingerprints import (
     N_BANDS,
     NEAR_DUP_MAX_DHASH,
     NEAR_DUP_MAX_DISTANCE,
@@ -24,7 +25,6 @@ from artclf_core.dedup import (
     to_signed64,
     to_unsigned64,
 )
-from artclf_core.images import decode_image
 
 INT32 = range(-(2**31), 2**31)
 

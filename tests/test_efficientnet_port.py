@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from artclf_core.backbones import efficientnet_lite as enl
-from artclf_core.backbones.efficientnet_lite import (
+from artclf_core.model.backbones import efficientnet_lite as enl
+from artclf_core.model.backbones.efficientnet_lite import (
     FEATURE_DIM,
     WEIGHTS_PATH,
     build_efficientnet_lite,

@@ -1,7 +1,7 @@
 """Object events without Airflow, on the real PostgreSQL and SeaweedFS of the test stack.
 
 MinIO notification rows queue objects inside the database exactly as the Python parser and
-``db.register_objects`` would; the per-name watermark announces each pending row once, even
+``ingest_log.register_objects`` would; the per-name watermark announces each pending row once, even
 to concurrent announcers; reminders repair a lost announcement; a sweep NOTIFYs listeners.
 """
 
@@ -18,9 +18,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from artclf_core import db, events
-from artclf_core import s3 as s3lib
-from artclf_core.db import ObjectRef
+from artclf_core.catalogue import db, ingest_log
+from artclf_core.ingest import events
+from artclf_core.lake import s3 as s3lib
+from artclf_core.lake.s3 import ObjectRef
 
 FIXTURE = Path(__file__).parent / "fixtures" / "minio_event.json"
 FIXTURE_KEY = "incoming/museum drop/nature morte (1890).jpg"
@@ -68,7 +69,9 @@ def log_rows(conn: psycopg.Connection) -> list[dict]:
 
 
 def register(conn: psycopg.Connection, bucket: str, keys: list[str]) -> list[int]:
-    rows = db.register_objects(conn, [ObjectRef(bucket, k, f"etag-{k}", None, 10) for k in keys])
+    rows = ingest_log.register_objects(
+        conn, [ObjectRef(bucket, k, f"etag-{k}", None, 10) for k in keys]
+    )
     conn.commit()
     return sorted(r.id for r in rows)
 
@@ -175,7 +178,7 @@ def test_minio_event_row_queues_the_object_and_notifies(conn, listener, settings
     insert_minio_events(conn, event)
     assert [r["id"] for r in log_rows(conn)] == [row["id"]]
     assert drain(listener) == []
-    same = db.register_objects(conn, [expected])
+    same = ingest_log.register_objects(conn, [expected])
     conn.commit()
     assert [r.id for r in same] == [row["id"]]
 
@@ -228,7 +231,7 @@ def test_stale_listing_of_a_moved_object_registers_nothing(conn, settings):
     """A listing that began before a worker finalised an object's move must not queue that
     object again; a listing that began after it means the key was uploaded again."""
     ref = ObjectRef(settings.bucket, "incoming/s.jpg", "etag-s", None, 10)
-    (row,) = db.register_objects(conn, [ref])
+    (row,) = ingest_log.register_objects(conn, [ref])
     conn.commit()
     listed_before_the_move = db.clock(conn)
     conn.execute(
@@ -236,11 +239,11 @@ def test_stale_listing_of_a_moved_object_registers_nothing(conn, settings):
         " final_key = 'quarantine/s.jpg' WHERE id = %s",
         (row.id,),
     )
-    db.mark_finalized(conn, [row.id])
+    ingest_log.mark_finalized(conn, [row.id])
     conn.commit()
-    assert db.register_objects(conn, [ref], listed_at=listed_before_the_move) == []
+    assert ingest_log.register_objects(conn, [ref], listed_at=listed_before_the_move) == []
     assert [r["generation"] for r in log_rows(conn)] == [0]
-    (new,) = db.register_objects(conn, [ref], listed_at=db.clock(conn))
+    (new,) = ingest_log.register_objects(conn, [ref], listed_at=db.clock(conn))
     assert (new.generation, new.state) == (1, "pending")
     conn.commit()
 
@@ -258,7 +261,7 @@ def test_announce_hands_out_each_pending_row_once_per_name(conn, settings):
     # By default a watcher announces the landing zone and the training area.
     both = events.announce(conn, "t-both", bucket=bucket)
     assert (both.count, both.last_id, both.prefixes) == (4, labelled, ("incoming/", "training/"))
-    db.claim(conn, [labelled], worker="w", max_attempts=3)
+    ingest_log.claim(conn, [labelled], worker="w", max_attempts=3)
     conn.commit()
 
     ann = events.announce(conn, "t1", bucket=bucket)
@@ -273,7 +276,7 @@ def test_announce_hands_out_each_pending_row_once_per_name(conn, settings):
 
     # Rows someone already claimed need no announcement.
     claimed = register(conn, bucket, ["incoming/f.jpg"])
-    db.claim(conn, claimed, worker="w", max_attempts=3)
+    ingest_log.claim(conn, claimed, worker="w", max_attempts=3)
     assert events.announce(conn, "t1", bucket=bucket) is None
 
     mark = events.load_watermark(conn, "t1")
@@ -345,7 +348,7 @@ def test_remind_repairs_an_announcement_lost_after_its_commit(conn, settings):
     )
     assert events.remind(conn, "t", after_seconds=60, bucket=bucket) is None  # once per quiet
     # Processed rows are never re-announced.
-    db.claim(conn, ids, worker="w", max_attempts=3)
+    ingest_log.claim(conn, ids, worker="w", max_attempts=3)
     conn.execute("UPDATE artclf.trigger_state SET reminded_at = now() - interval '1 hour'")
     conn.commit()
     assert events.remind(conn, "t", after_seconds=60, bucket=bucket) is None

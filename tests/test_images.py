@@ -18,7 +18,7 @@ from imagegen import (
 )
 from PIL import Image, ImageFile
 
-from artclf_core.images import (
+from artclf_core.images.decode import (
     DEFAULT_LIMITS,
     DRAFT_SIZE,
     REASONS,

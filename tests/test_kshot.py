@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from artclf_core import kshot, source_cv
+from artclf_core.lifecycle import kshot, source_cv
 
 
 def _made_up_collections(seed: int = 0):

@@ -10,10 +10,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from artclf_core import CLASSES, db, promotion, reembed, retrain
-from artclf_core import s3 as s3lib
-from artclf_core.metrics import classification_report
-from artclf_core.pipeline import Ingestor
+from artclf_core import CLASSES
+from artclf_core.catalogue import db, registry
+from artclf_core.ingest.ingestor import Ingestor
+from artclf_core.lake import s3 as s3lib
+from artclf_core.lifecycle import promotion, reembed, retrain
+from artclf_core.lifecycle.metrics import classification_report
 
 N_ART = 30
 V2 = "cnn-test-v2"
@@ -45,7 +47,7 @@ def exact_top5(settings, version: str, artwork_id: int) -> list[int]:
 
 def active(settings) -> str | None:
     with db.connect(settings.db_url) as conn:
-        return db.active_version(conn)
+        return registry.active_version(conn)
 
 
 def put_images(settings, prefix: str, n: int, offset: int = 0) -> None:
@@ -68,7 +70,7 @@ def catalogued(clean, model):
 @pytest.fixture
 def second_model(tmp_path):
     """Another model version, deterministic: the same architecture with other weights."""
-    from artclf_core.model import build_model, save_model
+    from artclf_core.model.artmodel import build_model, save_model
 
     return save_model(
         build_model(seed=7), tmp_path / "v2.keras", version=V2, classes=CLASSES, arch="cnn"
@@ -77,7 +79,7 @@ def second_model(tmp_path):
 
 def register(settings, path, version: str = V2, status: str = "promoted") -> None:
     with db.connect(settings.db_url) as conn:
-        db.register_model(
+        registry.register_model(
             conn, version=version, arch="cnn", classes=CLASSES, artifact=str(path), status=status
         )
         conn.commit()
@@ -91,7 +93,8 @@ def test_an_upgrade_that_replaces_the_default_file_keeps_the_active_model(
     new default moves in through the normal activation (re-embedding) path."""
     import shutil
 
-    from artclf_core import registry
+    from artclf_core.catalogue import registry
+    from artclf_core.model import files
 
     settings = catalogued
     installed = tmp_path / "site" / "default.keras"
@@ -107,7 +110,7 @@ def test_an_upgrade_that_replaces_the_default_file_keeps_the_active_model(
         conn.commit()
     shutil.copyfile(second_model, installed)  # the upgrade
     kept = registry.model_path(settings, old)
-    assert registry.read_metadata(kept)["version"] == old
+    assert files.read_metadata(kept)["version"] == old
     assert registry.model_path(settings) == kept  # still the active one
     assert registry.register(settings.db_url, installed) == V2
     reembed.reembed(settings, V2)

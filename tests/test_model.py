@@ -26,12 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from artclf_core import CLASSES, EMBEDDING_DIM, IMAGE_SIZE  # noqa: E402
-from artclf_core.metrics import (  # noqa: E402
-    classification_report,
-    format_report,
-    label_precision_at_k,
-)
-from artclf_core.model import (  # noqa: E402
+from artclf_core.lifecycle.dataset import Sample, scan_labelled_folder, split_by_source
+from artclf_core.lifecycle.evaluation import evaluate
+from artclf_core.lifecycle.metrics import classification_report, format_report, label_precision_at_k
+from artclf_core.lifecycle.training import augment_image, train
+from artclf_core.model.artmodel import (
     ARCHS,
     METADATA_MEMBER,
     ArtModel,
@@ -40,14 +39,6 @@ from artclf_core.model import (  # noqa: E402
     make_version,
     read_metadata,
     save_model,
-)
-from artclf_core.training import (  # noqa: E402
-    Sample,
-    augment_image,
-    evaluate,
-    scan_labelled_folder,
-    split_by_source,
-    train,
 )
 
 REPORT_KEYS = {"accuracy", "balanced_accuracy", "per_class", "confusion", "n", "classes"}
@@ -114,7 +105,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tiny_folder: Path) -> np.ndarray:
-    from artclf_core.training import load_images
+    from artclf_core.lifecycle.dataset import load_images
 
     return load_images(scan_labelled_folder(tiny_folder)[:10])
 
@@ -165,7 +156,7 @@ def test_tflite_and_keras_runtimes_agree(
     """The default TFLite runtime is a faster executor of the same float32 model, not a
     different model: both runtimes give the same classes and (to rounding) the same outputs,
     and the converted model is cached by the .keras file's digest."""
-    from artclf_core import runtime
+    from artclf_core.model import runtime
 
     monkeypatch.setenv("ARTCLF_HOME", str(tmp_path / "home"))
     model = build_model(seed=4)
@@ -364,7 +355,7 @@ def test_backbone_trains_saves_and_loads_with_its_size(
 
     model = ArtModel.load(path)
     assert model.arch == BACKBONE and model.image_size == TINY and model.classes == CLASSES
-    from artclf_core.training import load_images
+    from artclf_core.lifecycle.dataset import load_images
 
     x = load_images(scan_labelled_folder(tiny_folder)[:6], size=TINY)
     assert x.shape == (6, TINY, TINY, 3) and x.dtype == np.uint8
@@ -454,15 +445,15 @@ def test_evaluate_reports_by_source_and_precision(
 
 def test_model_cache_follows_artclf_cache_dir(tmp_path, monkeypatch):
     """Containers point ARTCLF_CACHE_DIR at a volume; without it the cache is in the home."""
-    from artclf_core import registry
+    from artclf_core.model import files
 
     monkeypatch.setenv("ARTCLF_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ARTCLF_CACHE_DIR", raising=False)
-    assert registry.cache_dir() == tmp_path / "home" / "model-cache"
+    assert files.cache_dir() == tmp_path / "home" / "model-cache"
     monkeypatch.setenv("ARTCLF_CACHE_DIR", str(tmp_path / "volume"))
-    assert registry.cache_dir() == tmp_path / "volume"
+    assert files.cache_dir() == tmp_path / "volume"
     a, b = (
-        registry.temporary_name(tmp_path / "m.keras"),
-        registry.temporary_name(tmp_path / "m.keras"),
+        files.temporary_name(tmp_path / "m.keras"),
+        files.temporary_name(tmp_path / "m.keras"),
     )
     assert a != b and a.parent == tmp_path and a.name.startswith(".m.keras.")

@@ -12,10 +12,11 @@ import urllib.parse
 import imagegen
 import pytest
 
-from artclf_core import db
-from artclf_core import s3 as s3lib
-from artclf_core.images import Limits
-from artclf_core.pipeline import Ingestor, Summary
+from artclf_core.catalogue import artworks, db, ingest_log, registry
+from artclf_core.images.decode import Limits
+from artclf_core.ingest.batch import Summary
+from artclf_core.ingest.ingestor import Ingestor
+from artclf_core.lake import s3 as s3lib
 
 #: Larger than every good fixture, smaller than imagegen's oversized file.
 LIMITS = Limits(max_bytes=260_000)
@@ -163,7 +164,7 @@ def log_by_key_rows(settings) -> list[dict]:
 def test_failed_batch_is_not_committed_and_is_retried(clean, model):
     """A batch that fails its quality checks writes no artwork; the objects stay in
     incoming/ as failed (retryable) and the next run catalogues them."""
-    from artclf_core.quality import QualityResult
+    from artclf_core.ingest.quality import QualityResult
 
     settings = clean
     client = s3lib.client(settings)
@@ -200,7 +201,7 @@ def test_failed_batch_is_not_committed_and_is_retried(clean, model):
 
 
 def test_failed_objects_are_parked_after_max_attempts(clean, model):
-    from artclf_core.quality import QualityResult
+    from artclf_core.ingest.quality import QualityResult
 
     settings = clean.with_(max_attempts=2)
     client = s3lib.client(settings)
@@ -308,7 +309,7 @@ def test_summary_line():
 
 def test_sweep_then_ingest_queued_ids(clean, model):
     """The event-driven path: a sweep queues objects, workers process queued ids."""
-    from artclf_core.pipeline import sweep
+    from artclf_core.ingest.queue import sweep
 
     settings = clean
     client = s3lib.client(settings)
@@ -320,14 +321,14 @@ def test_sweep_then_ingest_queued_ids(clean, model):
     with db.connect(settings.db_url) as conn:
         assert sweep(client, conn, settings.bucket) == 6
         assert sweep(client, conn, settings.bucket) == 6  # idempotent: still 6 waiting
-        ids = db.open_ids(conn, max_attempts=3)
+        ids = ingest_log.open_ids(conn, max_attempts=3)
     assert len(ids) == 6
     with Ingestor(settings, model=model) as ingestor:
         first = ingestor.ingest_log_ids(ids[:3])
         second = ingestor.ingest_log_ids(ids)  # overlapping: the first three are done
     assert first.catalogued == 3 and second.catalogued == 3 and second.skipped == 3
     with db.connect(settings.db_url) as conn:
-        assert db.open_ids(conn, max_attempts=3) == []
+        assert ingest_log.open_ids(conn, max_attempts=3) == []
         assert sweep(client, conn, settings.bucket) == 0
 
 
@@ -382,7 +383,7 @@ def test_near_duplicate_lookup_keeps_to_the_indexes_after_a_truncate(clean):
 
     rng = np.random.default_rng(3)
 
-    def rows(n: int, offset: int) -> list[db.ArtworkRow]:
+    def rows(n: int, offset: int) -> list[artworks.ArtworkRow]:
         return [
             artwork_row(
                 offset + i,
@@ -395,16 +396,16 @@ def test_near_duplicate_lookup_keeps_to_the_indexes_after_a_truncate(clean):
 
     plans: list[str] = []
     with db.connect(clean.db_url) as conn:
-        db.register_model(
+        registry.register_model(
             conn, version="test-model", arch="cnn", classes=CLASSES, artifact=None, activate=True
         )
-        db.insert_artworks(conn, rows(2000, 0))
+        artworks.insert_artworks(conn, rows(2000, 0))
         conn.commit()
         conn.execute("ANALYZE artclf.artworks")
         conn.execute("ANALYZE artclf.embeddings")
         conn.execute("TRUNCATE artclf.artworks CASCADE")
         new = rows(40, 10_000)
-        db.insert_artworks(conn, new)
+        artworks.insert_artworks(conn, new)
         conn.commit()
         execute = conn.execute
 
@@ -415,7 +416,7 @@ def test_near_duplicate_lookup_keeps_to_the_indexes_after_a_truncate(clean):
             return execute(query, params, **kw)
 
         conn.execute = explaining
-        found = db.find_near(
+        found = artworks.find_near(
             conn,
             [r.phash for r in new[:8]],
             [r.dhash for r in new[:8]],

@@ -8,8 +8,9 @@ import dataclasses
 import numpy as np
 from catalogue_rows import artwork_row
 
-from artclf_core import CLASSES, quality
-from artclf_core.db import ArtworkRow
+from artclf_core import CLASSES
+from artclf_core.catalogue.artworks import ArtworkRow
+from artclf_core.ingest import quality
 
 
 def _rows(n: int) -> list[ArtworkRow]:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from test_model import _draw
 
-from artclf_core import CLASSES, calibration, ridge_head
+from artclf_core import CLASSES
+from artclf_core.lifecycle import ridge_head
+from artclf_core.model import calibration
 
 
 def _toy(n: int = 120, d: int = 200, seed: int = 0):
@@ -58,7 +60,7 @@ def test_source_weights_equalise_classes_and_damp_big_sources() -> None:
 @pytest.fixture(scope="module")
 def texture_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The default architecture trained on made-up images: 3 sources per class."""
-    from artclf_core.training import train
+    from artclf_core.lifecycle.training import train
 
     root = tmp_path_factory.mktemp("labelled")
     for label in CLASSES:
@@ -73,7 +75,7 @@ def texture_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_default_architecture_trains_in_closed_form_with_its_calibration(
     texture_model: dict,
 ) -> None:
-    from artclf_core.model import ArtModel
+    from artclf_core.model.artmodel import ArtModel
 
     model = ArtModel.load(texture_model["model_path"])
     assert model.arch == "efficientnet_lite1_texture" and model.image_size == 64
@@ -110,3 +112,30 @@ def test_boost_moves_weight_within_a_class_and_keeps_classes_equal():
     assert not np.allclose(plain.coef, boosted.coef)
     for c in range(3):  # classes equal before and after (source_weights' promise)
         assert np.isclose(w[y == c].sum(), len(y) / 3)
+
+
+def test_the_scikit_learn_fit_is_the_closed_form() -> None:
+    """``Ridge`` (Cholesky, sample weights, no intercept) gives the normal equations'
+    solution ``(X'WX + lam n I)^-1 X'W T`` that the head was first written as, within 1e-6,
+    views and curator boosts included (issue 31; the default's own training: model card)."""
+    rng = np.random.default_rng(7)
+    views, n, d, c = 2, 300, 160, len(CLASSES)
+    feats = rng.normal(size=(views, n, d)) * rng.uniform(0.1, 5.0, size=d)
+    y = rng.integers(0, c, n)
+    sources = rng.integers(0, 9, n).astype(str)
+    boost = np.where(rng.random(n) < 0.1, 4.0, 1.0)
+    head = ridge_head.fit(feats, y, sources, n_classes=c, lam=3.0, boost=boost)
+
+    x = (feats.reshape(-1, d) - head.mean) / head.std
+    w = ridge_head.source_weights(y, sources, ridge_head.DEFAULT_SOURCE_POWER) * boost
+    for k in range(c):  # classes keep their total weight, as fit() re-balances them
+        m = y == k
+        w[m] *= (
+            ridge_head.source_weights(y, sources, ridge_head.DEFAULT_SOURCE_POWER)[m].sum()
+            / w[m].sum()
+        )
+    w = np.tile(w, views)
+    target = np.eye(c)[np.tile(y, views)] - 1.0 / c
+    gram = (x * w[:, None]).T @ x
+    expected = np.linalg.solve(gram + 3.0 * len(x) * np.eye(d), (x * w[:, None]).T @ target)
+    assert np.abs(head.coef - expected).max() < 1e-6

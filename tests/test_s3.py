@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from artclf_core import s3 as s3lib
+from artclf_core.lake import s3 as s3lib
 
 
 def test_a_put_carries_the_trace_metadata_and_content_type_any_client_reads(clean):

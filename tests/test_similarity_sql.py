@@ -7,12 +7,13 @@ import psycopg
 import pytest
 from catalogue_rows import artwork_row
 
-from artclf_core import CLASSES, db
+from artclf_core import CLASSES
+from artclf_core.catalogue import artworks, db, registry
 
 N = 1500
 
 
-def _rows(n: int, seed: int = 7) -> list[db.ArtworkRow]:
+def _rows(n: int, seed: int = 7) -> list[artworks.ArtworkRow]:
     rng = np.random.default_rng(seed)
     # Clustered vectors (like a real embedding) so that neighbours are meaningful.
     centres = rng.normal(size=(20, 128))
@@ -39,11 +40,11 @@ def _rows(n: int, seed: int = 7) -> list[db.ArtworkRow]:
 def catalogue(stack, settings):
     with db.connect(settings.db_url) as conn:
         conn.execute("TRUNCATE artclf.ingest_log, artclf.artworks, artclf.model_versions CASCADE")
-        db.register_model(
+        registry.register_model(
             conn, version="test-model", arch="cnn", classes=CLASSES, artifact=None, activate=True
         )
         rows = _rows(N)
-        inserted, existing = db.insert_artworks(conn, rows)
+        inserted, existing = artworks.insert_artworks(conn, rows)
         conn.commit()
         assert len(inserted) == N and not existing
         got = conn.execute(

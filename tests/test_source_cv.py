@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from artclf_core import calibration, source_cv
-from artclf_core.metrics import label_precision_against
+from artclf_core.lifecycle import source_cv
+from artclf_core.lifecycle.metrics import label_precision_against
+from artclf_core.model import calibration
 
 
 @pytest.mark.parametrize(
@@ -162,8 +163,8 @@ def test_gate_refuses_a_candidate_that_only_wins_on_a_source_the_active_model_tr
     (``beta``) it is not, and that is what the gate judges."""
     from dataclasses import dataclass
 
-    from artclf_core import promotion
-    from artclf_core.metrics import classification_report
+    from artclf_core.lifecycle import promotion
+    from artclf_core.lifecycle.metrics import classification_report
 
     @dataclass(frozen=True)
     class S:

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from artclf_core import s3 as s3lib
 from artclf_core.config import Settings, read_env_file
 from artclf_core.embedded.procs import pid_alive, read_pid
+from artclf_core.lake import s3 as s3lib
 
 
 def artclf(*args: str, home: Path) -> subprocess.CompletedProcess:

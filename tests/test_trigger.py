@@ -35,8 +35,9 @@ from artclf_airflow.connections import settings_from_connections  # noqa: E402
 from artclf_airflow.triggers import CLASSPATH, IncomingObjectsTrigger  # noqa: E402
 from test_events import insert_minio_events, minio_event  # noqa: E402
 
-from artclf_core import db, events  # noqa: E402
-from artclf_core import s3 as s3lib  # noqa: E402
+from artclf_core.catalogue import db  # noqa: E402
+from artclf_core.ingest import events  # noqa: E402
+from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 #: Seconds within which an event must come (LISTEN wakes in milliseconds; sweeps below
 #: run every SWEEP seconds), and a quiet period that spans several sweeps.
@@ -396,7 +397,7 @@ def test_survives_losing_its_database_sessions(lake):
 def test_a_bulk_drop_is_announced_once_when_it_stops_arriving(lake, monkeypatch):
     """Sweeps that keep finding many new objects hold the announcement (one run with full
     batches instead of one per sweep); a lone image is still announced at once."""
-    from artclf_core.events import IncomingWatcher
+    from artclf_core.ingest.events import IncomingWatcher
 
     settings, client, conn = lake
     monkeypatch.setattr(IncomingWatcher, "BURST", 1)  # any sweep with news holds

@@ -16,10 +16,12 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from artclf_core import CLASSES, db, thumbnails
-from artclf_core import s3 as s3lib
-from artclf_core.images import Limits
-from artclf_core.pipeline import Ingestor
+from artclf_core import CLASSES
+from artclf_core.catalogue import db
+from artclf_core.images import thumbnails
+from artclf_core.images.decode import Limits
+from artclf_core.ingest.ingestor import Ingestor
+from artclf_core.lake import s3 as s3lib
 from artclf_core.web.app import Access, Caller, create_app
 
 N = 12
@@ -246,7 +248,7 @@ def test_lake_models_schema_and_page(catalogue, tmp_path):
     (q,) = lake["quarantined"]
     assert q["key"] == "incoming/web/notes.jpg" and q["final_key"].startswith("quarantine/")
     assert q["run"] is None  # ingested by the library, not by a DAG run
-    from artclf_core import reembed
+    from artclf_core.lifecycle import reembed
 
     reembed.write_version_atlas(settings, out_path=tmp_path / "atlas.html")
     models = client.get("/api/models", headers=VIEWER).json()

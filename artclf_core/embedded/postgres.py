@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from artclf_core.db import sql_dir
+from artclf_core.catalogue.db import sql_dir
 from artclf_core.embedded.procs import pick_port, read_pid, wait_until
 
 SYSTEM_USER = "embedded_postgres"

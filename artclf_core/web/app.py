@@ -44,10 +44,13 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from artclf_core import CLASSES, browse, db, plots, thumbnails
-from artclf_core import s3 as s3lib
+from artclf_core import CLASSES
+from artclf_core.catalogue import browse, db, registry
 from artclf_core.config import Settings
-from artclf_core.images import DEFAULT_LIMITS, Limits
+from artclf_core.images import thumbnails
+from artclf_core.images.decode import DEFAULT_LIMITS, Limits
+from artclf_core.lake import s3 as s3lib
+from artclf_core.model import plots
 
 STATIC = Path(__file__).parent / "static"
 #: The page's files, by the name the page asks for: nothing else is served from disk.
@@ -120,11 +123,11 @@ class Backend:
         return self._s3
 
     def model(self, active: str | None) -> Any:
-        from artclf_core import classify
+        from artclf_core.catalogue import ask
 
         with self._lock:
             if self._model is None or (active and self._model.version != active):
-                self._model = classify.load_model(self.settings)
+                self._model = ask.load_model(self.settings)
             return self._model
 
 
@@ -227,7 +230,7 @@ def create_app(
         headers = {"ETag": tag, "Cache-Control": IMMUTABLE}
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers=headers)
-        webp = thumbnails.thumbnail(backend.s3, obj)
+        webp = browse.thumbnail(backend.s3, obj)
         return Response(webp, media_type="image/webp", headers=headers)
 
     @app.get("/api/artworks/{artwork_id}/image", summary="The artwork's object in the lake")
@@ -307,12 +310,12 @@ def _known_object(backend: Backend, artwork_id: int) -> dict:
 def _classify(
     backend: Backend, name: str, data: bytes, k: int, same_label: bool, limits: Limits
 ) -> dict:
-    from artclf_core import classify
+    from artclf_core.catalogue import ask
 
     with backend.connect() as conn:
-        model = backend.model(db.active_version(conn))
+        model = backend.model(registry.active_version(conn))
         conn.commit()
-        answer = classify.classify(
+        answer = ask.classify(
             model, conn, [(name, data)], k=k, same_label=same_label, limits=limits
         )[0]
     if answer.reason:

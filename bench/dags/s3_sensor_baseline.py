@@ -26,7 +26,7 @@ def ingest() -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from artclf_airflow.connections import settings_from_connections
 
-    from artclf_core.pipeline import Ingestor
+    from artclf_core.ingest.ingestor import Ingestor
 
     with Ingestor(settings_from_connections(), worker_id="airflow:s3_sensor_baseline") as ing:
         return ing.ingest_prefix("incoming/").as_dict()

@@ -75,10 +75,10 @@ def preload() -> float:
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
 
-    import artclf_core.model  # noqa: F401
-    import artclf_core.pipeline  # noqa: F401
-    import artclf_core.quality  # noqa: F401
-    import artclf_core.reembed  # noqa: F401
+    import artclf_core.ingest.ingestor  # noqa: F401
+    import artclf_core.ingest.quality  # noqa: F401
+    import artclf_core.lifecycle.reembed  # noqa: F401
+    import artclf_core.model.artmodel  # noqa: F401
 
     return time.perf_counter() - started
 

@@ -3,7 +3,7 @@
 An ``AssetWatcher`` runs this trigger in the triggerer for as long as a DAG schedules on the
 asset (``artclf_airflow.assets.incoming_asset``); every ``TriggerEvent`` it yields becomes
 an asset event, and the scheduler starts (or coalesces into) a run of that DAG. The logic
-lives in :class:`artclf_core.events.IncomingWatcher`, free of Airflow and tested on its
+lives in :class:`artclf_core.ingest.events.IncomingWatcher`, free of Airflow and tested on its
 own; this class only resolves Airflow connections and wraps announcements into events.
 See docs/events.md for the delivery guarantees.
 """
@@ -22,7 +22,7 @@ from artclf_airflow.connections import (
     settings_from_connections,
 )
 from artclf_core.config import INCOMING_PREFIX, TRAINING_PREFIX, Settings
-from artclf_core.events import IncomingWatcher
+from artclf_core.ingest.events import IncomingWatcher
 
 #: The classpath the triggerer imports (``plugins/`` is on its ``sys.path``). Spelled out
 #: rather than derived from ``__module__``, which would differ if the module were imported

@@ -18,7 +18,7 @@ import pytest
 from lake_invariants import TERMINAL, assert_lake_settled, drop, states
 from test_airflow_stack import artclf, wait_for
 
-from artclf_core import db
+from artclf_core.catalogue import db
 from artclf_core.config import Settings, read_env_file
 from artclf_core.embedded.airflow import EmbeddedAirflow
 

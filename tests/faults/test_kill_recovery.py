@@ -21,9 +21,9 @@ from lake_invariants import (
     wait_mid_run,
 )
 
-from artclf_core import db
-from artclf_core import s3 as s3lib
-from artclf_core.pipeline import Ingestor
+from artclf_core.catalogue import db, ingest_log
+from artclf_core.ingest.ingestor import Ingestor
+from artclf_core.lake import s3 as s3lib
 
 N_OBJECTS = 400
 
@@ -67,17 +67,19 @@ def test_a_claim_of_a_live_session_is_kept_and_of_a_dead_one_taken(clean):
     client = s3lib.client(settings)
     refs = [r for page in s3lib.iter_pages(client, settings.bucket, "incoming/") for r in page]
     with db.connect(settings.db_url) as first, db.connect(settings.db_url) as other:
-        ids = [r.id for r in db.register_objects(first, refs)]
+        ids = [r.id for r in ingest_log.register_objects(first, refs)]
         first.commit()
-        assert len(db.claim(first, ids, worker="first", max_attempts=3)) == 2
-        assert db.claim(other, ids, worker="other", max_attempts=3) == []  # alive: kept
+        assert len(ingest_log.claim(first, ids, worker="first", max_attempts=3)) == 2
+        assert ingest_log.claim(other, ids, worker="other", max_attempts=3) == []  # alive: kept
         first.close()  # the holder's session ends, as when its process dies
         time.sleep(0.2)  # the server notices the closed connection
-        taken = db.claim(other, ids, worker="other", max_attempts=3)
+        taken = ingest_log.claim(other, ids, worker="other", max_attempts=3)
         assert sorted(r.id for r in taken) == sorted(ids)
         # The old holder can no longer record outcomes for them.
-        with pytest.raises(db.ClaimLost):
-            db.record_outcomes(other, [db.Outcome(log_id=ids[0], state="failed")], "first")
+        with pytest.raises(ingest_log.ClaimLost):
+            ingest_log.record_outcomes(
+                other, [ingest_log.Outcome(log_id=ids[0], state="failed")], "first"
+            )
         other.rollback()
 
 

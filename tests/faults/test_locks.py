@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from lake_invariants import assert_lake_settled, drop
 
-from artclf_core import db
-from artclf_core.pipeline import Ingestor
+from artclf_core.catalogue import db
+from artclf_core.ingest.ingestor import Ingestor
 
 
 def test_a_held_catalogue_lock_fails_ingest_clearly_and_loses_nothing(clean, model, monkeypatch):

@@ -17,8 +17,8 @@ from lake_invariants import assert_lake_settled, drop, wait_mid_run
 
 from artclf_core.config import Settings
 from artclf_core.embedded.procs import read_pid
-from artclf_core.pipeline import Ingestor
-from artclf_core.stack import Stack
+from artclf_core.embedded.stack import Stack
+from artclf_core.ingest.ingestor import Ingestor
 
 N_OBJECTS = 240
 

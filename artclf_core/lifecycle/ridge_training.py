@@ -1,0 +1,237 @@
+"""Training the default architectures, ``efficientnet_lite{0,1}_texture``, in closed form.
+
+The recipe that measured best on sources it never saw (docs/model-card.md): a frozen
+ImageNet EfficientNet-Lite (Lite1 by default) with texture statistics
+(:mod:`artclf_core.texture`), one forward pass over the training images, and a ridge head
+(:mod:`artclf_core.ridge_head`). Because the head refits in a fraction of a second, training
+includes its own honest evaluation:
+
+1. features of every image (train and validation) in one pass of the backbone;
+2. leave-one-source-family-out cross-validation on the *training* images
+   (:mod:`artclf_core.source_cv`): out-of-fold logits, from which the calibration temperature
+   and the review threshold are fitted (:mod:`artclf_core.calibration`) and the per-source
+   table of the model card is read;
+3. the final head on all training images, with the temperature folded into the saved
+   weights, so every consumer sees calibrated probabilities.
+
+The model's metadata keeps the cross-validation report (``metrics["cross_validation"]``) and
+the threshold (``metrics["review_threshold"]``, which ``artclf.review_queue()`` uses while the
+model is active).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from artclf_core import CLASSES
+from artclf_core.lifecycle import curator_labels, ridge_head
+from artclf_core.lifecycle.dataset import (
+    Sample,
+    ValMode,
+    describe_split,
+    load_images,
+    scan_labelled_folder,
+    split_by_source,
+)
+from artclf_core.lifecycle.evaluation import full_report
+from artclf_core.model import calibration
+
+log = logging.getLogger("artclf.training")
+
+#: Images per forward-pass chunk: bounds memory (decoded pixels and activations).
+CHUNK = 256
+
+
+def backbone_features(
+    samples: Sequence[Sample], backbone: Any, size: int, *, verbose: int = 0
+) -> np.ndarray:
+    """(N, D) float32 features of ``samples`` through ``backbone``, decoded in chunks."""
+    parts = []
+    started = time.perf_counter()
+    for i in range(0, len(samples), CHUNK):
+        x = load_images(samples[i : i + CHUNK], size=size)
+        parts.append(backbone.predict(x.astype(np.float32), batch_size=64, verbose=0))
+        log.info(
+            "backbone features %d/%d (%.0f s)",
+            min(i + CHUNK, len(samples)),
+            len(samples),
+            time.perf_counter() - started,
+        )
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+
+
+def train(
+    data_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    seed: int = 0,
+    val: ValMode = "source",
+    val_fraction: float,
+    image_size: int | None = None,
+    lam: float = ridge_head.DEFAULT_LAMBDA,
+    source_power: float = ridge_head.DEFAULT_SOURCE_POWER,
+    kshot: bool = False,
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Train, calibrate and save; the same return value as
+    :func:`artclf_core.lifecycle.training.train`
+    (``history`` is empty and ``best_epoch``/``epochs_run`` are 0: there are no epochs),
+    plus ``collections`` and ``collection_oof`` (the curator labels' within-collection
+    cross-validation, :mod:`artclf_core.curator_labels`; empty without curator labels).
+
+    Curator-labelled images (the export's sidecar) stay in training whatever the split, are
+    weighed :data:`artclf_core.lifecycle.curator_labels.BOOST` times, and are cross-validated within
+    their collection. ``kshot``: also measure the k-shot curve (:mod:`artclf_core.kshot`,
+    a few minutes more), stored as ``metrics["kshot"]``."""
+    from artclf_core.model.artmodel import (
+        DEFAULT_ARCH,
+        DEFAULT_IMAGE_SIZES,
+        TEXTURE_ARCHS,
+        build_model,
+        make_version,
+        save_model,
+    )
+
+    arch = arch or DEFAULT_ARCH
+    if arch not in TEXTURE_ARCHS:
+        raise ValueError(f"{arch!r} is not a closed-form architecture: {list(TEXTURE_ARCHS)}")
+    started = time.perf_counter()
+    size = int(image_size or DEFAULT_IMAGE_SIZES[arch])
+    samples = scan_labelled_folder(data_dir)
+    curated = curator_labels.read(data_dir)
+    curator_sources = {s.source for s in samples if curator_labels.relative(s) in curated}
+    if val == "none":
+        tr, va = list(samples), []
+    else:
+        tr, va = split_by_source(samples, val_fraction, seed, mode=val, keep=curator_sources)
+    log.info("%d training and %d validation images at %dpx", len(tr), len(va), size)
+    base = build_model(len(CLASSES), arch=arch, image_size=size)
+    feats = backbone_features(
+        list(tr) + list(va), base.get_layer("backbone"), size, verbose=verbose
+    )
+    f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
+    feature_seconds = time.perf_counter() - started
+
+    from artclf_core.lifecycle.cv_evaluate import calibrated_cv, grouping
+
+    copy_keys, groups = grouping(tr)
+    boost = curator_labels.boosts(tr, curated)
+    found = calibrated_cv(f_tr[None], tr, lam, source_power, groups=groups, boost=boost)
+    cv = found[0] if found else None
+    temperature = cv["calibration"]["temperature"] if cv else 1.0
+    threshold = cv["calibration"]["review"]["threshold"] if cv else None
+    if cv:
+        cal = cv["calibration"]
+        log.info(
+            "source-family CV on the training images (%d folds): balanced accuracy %.3f, "
+            "precision@5 %.3f; temperature %.3f, ECE %.3f -> %.3f; review threshold %s",
+            cv["folds"],
+            cv["balanced_accuracy"],
+            cv["label_precision_at_5"],
+            temperature,
+            cal["ece_before"],
+            cal["ece_after"],
+            threshold,
+        )
+    y_tr = np.array([CLASSES.index(s.label) for s in tr])
+    src_tr = np.array([s.source for s in tr])
+    head = ridge_head.fit(
+        f_tr, y_tr, src_tr, n_classes=len(CLASSES), lam=lam, source_power=source_power, boost=boost
+    )
+    is_curated = np.array([curator_labels.relative(s) in curated for s in tr], dtype=bool)
+    collections, oof = curator_labels.collection_cv(
+        f_tr,
+        y_tr,
+        src_tr,
+        is_curated,
+        copy_keys,
+        classes=CLASSES,
+        temperature=temperature,
+        lam=lam,
+        source_power=source_power,
+        boost=boost,
+    )
+    for coll, rep in collections.items():
+        if "balanced_accuracy" in rep:
+            log.info(
+                "curator labels of %s: %d, balanced accuracy %.3f out of fold (%d folds)",
+                coll,
+                rep["n"],
+                rep["balanced_accuracy"],
+                rep["folds"],
+            )
+    curve = None
+    if kshot and len(set(groups)) > 1:
+        from artclf_core.lifecycle import kshot as kshot_lib
+
+        curve = kshot_lib.kshot_curve(
+            f_tr,
+            y_tr,
+            list(src_tr),
+            groups,
+            copy_keys,
+            n_classes=len(CLASSES),
+            lam=lam,
+            source_power=source_power,
+            boost=curator_labels.BOOST,
+        )
+        log.info(
+            "k-shot curve (%d families): %s",
+            curve["n_groups"],
+            ", ".join(f"k={k} {v:.3f}" for k, v in curve["mean"].items()),
+        )
+    w_e, b_e, w_p, b_p = ridge_head.layer_weights(head, temperature)
+    base.get_layer("embedding").set_weights([w_e, b_e])
+    base.get_layer("probabilities").set_weights([w_p, b_p])
+
+    split = {"mode": val, "val_fraction": val_fraction, "seed": seed, **describe_split(tr, va)}
+    report = None
+    if va:
+        probs = calibration.softmax(head.logits(f_va), temperature)
+        report = full_report(va, probs, head.embed(f_va), CLASSES, split=split)
+    train_seconds = time.perf_counter() - started
+    version = make_version(arch, base)
+    info = {
+        "recipe": "frozen backbone + texture statistics, ridge head (closed form)",
+        "image_size": size,
+        "lam": lam,
+        "source_power": source_power,
+        "temperature": temperature,
+        "seed": seed,
+        "feature_seconds": round(feature_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+    }
+    metrics = {
+        "validation": report,
+        "split": split,
+        "training": info,
+        "history": {},
+        "cross_validation": cv,
+        "review_threshold": threshold,
+        "collections": collections,
+        "kshot": curve,
+        "curator_boost": curator_labels.BOOST,
+    }
+    path = save_model(base, out_path, version=version, classes=CLASSES, arch=arch, metrics=metrics)
+    log.info("saved %s (%s) after %.0f s", path, version, train_seconds)
+    return {
+        "version": version,
+        "model_path": str(path),
+        "report": report,
+        "history": {},
+        "best_epoch": 0,
+        "epochs_run": 0,
+        "train_seconds": train_seconds,
+        "split": split,
+        "cross_validation": cv,
+        "review_threshold": threshold,
+        "collections": collections,
+        "collection_oof": {str(tr[i].path): p for i, p in oof.items()},
+    }
