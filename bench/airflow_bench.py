@@ -480,7 +480,18 @@ def run_throughput_airflow(p: Product, items: list[tuple[str, bytes]]) -> dict:
     mapped = tries = 0
     batch_durations = []
     timeline = []  # (task, start, end) in seconds after the first PUT
+    cpu: dict[str, float] = {}  # the tasks' own CPU account, summed over the runs' reports
     for r in runs:
+        entry = p.api(
+            "GET",
+            f"/dags/{EVENT_DAG}/dagRuns/{r['dag_run_id']}/taskInstances/report/xcomEntries/"
+            "return_value",
+            ok404=True,
+        )
+        value = (entry or {}).get("value")
+        value = json.loads(value) if isinstance(value, str) else value
+        for stage, secs in ((value or {}).get("summary") or {}).get("cpu", {}).items():
+            cpu[stage] = cpu.get(stage, 0.0) + secs
         for ti in p.task_instances(EVENT_DAG, r["dag_run_id"]):
             start, end = ts(ti.get("start_date")), ts(ti.get("end_date"))
             if start and end:
@@ -506,6 +517,7 @@ def run_throughput_airflow(p: Product, items: list[tuple[str, bytes]]) -> dict:
         "timeline": sorted(timeline, key=lambda x: x[1]),
         "rss": sampler,
         "missed": missed,
+        "cpu": cpu,
     }
 
 
@@ -531,7 +543,12 @@ def run_throughput_cli(p: Product, items: list[tuple[str, bytes]]) -> dict:
     done, states = count_final(p)
     missed = copies_catalogued(p)
     p.pause(EVENT_DAG, False)
+    try:
+        cpu = json.loads(proc.stdout.strip().splitlines()[-1]).get("cpu", {})
+    except (ValueError, IndexError):
+        cpu = {}
     return {
+        "cpu": cpu,
         "wall": t2 - t0,
         "ingest_s": t2 - t1,
         "put_s": put_s,
@@ -642,6 +659,15 @@ def main() -> int:
                 f"re-encoded copies catalogued instead of recorded as duplicates: Airflow "
                 f"{af['missed']}, CLI {cli['missed']} (of {max(0, len(items) - len(files))})"
             )
+            for name, res in (("Airflow", af), ("CLI", cli)):
+                c, n = res["cpu"], max(res["done"], 1)
+                if c:
+                    per = {k: 1000 * v / n for k, v in c.items()}
+                    stages = ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+                    print(
+                        f"{name} CPU account, ms per image: forward {per.get('forward', 0):.2f},"
+                        f" other {per.get('other', 0):.2f}, all {sum(per.values()):.2f} ({stages})"
+                    )
             bd = af["batch_durations"]
             print(
                 f"Airflow: {af['runs']} DAG run(s) {af['run_states']}, {af['mapped']} mapped "

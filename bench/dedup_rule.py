@@ -6,7 +6,7 @@ Positives: 5 transformed copies of each real image (re-encode JPEG q60-95, resiz
 crop up to 5%, PNG/JPEG conversion, combinations: bench/dedup_quality.py's make_copy), each
 against its original. Negatives: all pairs of distinct images (byte-identical pairs excluded).
 Prints recall and the number of false pairs for each rule and threshold; the product uses
-pHash <= NEAR_DUP_MAX_DISTANCE and dHash <= NEAR_DUP_MAX_DHASH (artclf_core/fingerprints.py).
+pHash <= NEAR_DUP_MAX_DISTANCE and dHash <= NEAR_DUP_MAX_DHASH (artclf_core/images/fingerprints.py).
 """
 
 from __future__ import annotations

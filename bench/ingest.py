@@ -43,11 +43,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import psutil  # noqa: E402
 
 from artclf_core.config import Settings  # noqa: E402
-from artclf_core.embedded.procs import read_pid  # noqa: E402
-from artclf_core.embedded.stack import Stack, throwaway  # noqa: E402
+from artclf_core.embedded.stack import throwaway  # noqa: E402
 from artclf_core.lake import s3 as s3lib  # noqa: E402
 
 DEFAULT_MANIFEST = REPO / "bench" / "manifests" / "ingest-1000.tsv"
@@ -59,11 +57,30 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifest(data: Path, out: Path, n: int) -> None:
+def write_manifest(data: Path, out: Path, n: int, *, by_source: bool = False) -> None:
+    """Every k-th file of ``data`` (sorted); ``by_source``: as many files of every source
+    (the file-name prefix before ``__``) as can be, evenly spaced within each, so that the
+    manifest has the sizes, formats and looks of all of them, not mostly of the largest."""
     files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in SUFFIXES)
     if not files:
         raise SystemExit(f"no images under {data}")
-    chosen = [files[(i * len(files)) // n] for i in range(min(n, len(files)))]
+    if by_source:
+        groups: dict[str, list[Path]] = {}
+        for p in files:
+            groups.setdefault(p.name.split("__")[0], []).append(p)
+        share, chosen = {s: 0 for s in groups}, []
+        while len(chosen) < min(n, len(files)):  # one more from each source in turn
+            for s, members in sorted(groups.items()):
+                if share[s] < len(members) and len(chosen) < n:
+                    share[s] += 1
+                    chosen.append(s)
+        chosen = [
+            groups[s][(i * len(groups[s])) // share[s]]
+            for s in sorted(groups)
+            for i in range(share[s])
+        ]
+    else:
+        chosen = [files[(i * len(files)) // n] for i in range(min(n, len(files)))]
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# path under the data folder\tsha256\tbytes"]
     lines += [f"{p.relative_to(data)}\t{sha256(p)}\t{p.stat().st_size}" for p in chosen]
@@ -90,24 +107,6 @@ def read_manifest(manifest: Path, data: Path) -> list[Path]:
     return files
 
 
-def server_cpu(stack: Stack) -> dict[str, float]:
-    """CPU seconds used so far by the S3 server and by PostgreSQL (reaped backends included)."""
-    out = {}
-    for name, pid in (
-        ("s3", read_pid(stack.seaweed.pid_file)),
-        ("postgres", read_pid(stack.postgres.data_dir / "postmaster.pid")),
-    ):
-        proc = psutil.Process(pid)
-        total = sum(proc.cpu_times()[:4])  # user, system, children_user, children_system
-        for child in proc.children(recursive=True):
-            try:
-                total += sum(child.cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                pass
-        out[name] = total
-    return out
-
-
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -119,6 +118,8 @@ class Result:
     wall: float
     cpu: dict[str, float]
     forward_cpu: float = 0.0
+    #: The ingest's own CPU account per stage (Summary.cpu, thread CPU seconds).
+    stages: dict[str, float] = field(default_factory=dict)
     load: float = field(default_factory=lambda: os.getloadavg()[0])
 
     @property
@@ -126,7 +127,7 @@ class Result:
         return self.images / self.wall
 
     def ms(self, part: str | None = None) -> float:
-        total = self.cpu[part] if part else sum(self.cpu.values())
+        total = self.cpu.get(part, 0.0) if part else sum(self.cpu.values())
         return 1000 * total / self.images
 
 
@@ -171,11 +172,11 @@ def run_product(model, files: list[Path]) -> Result:
         warm_up(settings)
         with Ingestor(settings, model=model) as ingestor:
             ingestor.ingest_prefix("incoming/warm/")
-            servers, mine = server_cpu(stack), self_cpu()
+            servers, mine = stack.server_cpu(), self_cpu()
             started = time.perf_counter()
             summary = ingestor.ingest_prefix("incoming/run/")
             wall = time.perf_counter() - started
-            mine, servers_after = self_cpu() - mine, server_cpu(stack)
+            mine, servers_after = self_cpu() - mine, stack.server_cpu()
     if summary.processed != len(files):
         raise SystemExit(f"ingest processed {summary.processed} of {len(files)}: {summary.line()}")
     cpu = {"ingest": mine, **{k: servers_after[k] - v for k, v in servers.items()}}
@@ -184,7 +185,21 @@ def run_product(model, files: list[Path]) -> Result:
     before = time.process_time()
     model.predict(batch)
     forward = time.process_time() - before
-    return Result(summary.processed, wall, cpu, forward_cpu=forward)
+    return Result(summary.processed, wall, cpu, forward_cpu=forward, stages=dict(summary.cpu))
+
+
+def run_plain_decode(model, files: list[Path]) -> Result:
+    """The yardstick of the issue-32 measurement: a plain full Pillow decode of the same
+    files (bytes already read, one thread), so that figures from machines of different speed
+    compare as ratios."""
+    from PIL import Image
+
+    data = [p.read_bytes() for p in files]
+    started, cpu = time.perf_counter(), self_cpu()
+    for raw in data:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+    return Result(len(data), time.perf_counter() - started, {"ingest": self_cpu() - cpu})
 
 
 def run_baseline(model, files: list[Path]) -> Result:
@@ -208,7 +223,7 @@ def run_baseline(model, files: list[Path]) -> Result:
             conn.commit()
             x = np.zeros((1, model.image_size, model.image_size, 3), np.float32)
             classify.predict(x, verbose=0), embed.predict(x, verbose=0)  # warm-up
-            servers, mine = server_cpu(stack), self_cpu()
+            servers, mine = stack.server_cpu(), self_cpu()
             started = time.perf_counter()
             for key in keys:
                 data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
@@ -229,7 +244,7 @@ def run_baseline(model, files: list[Path]) -> Result:
                 )
                 conn.commit()
             wall = time.perf_counter() - started
-            mine, servers_after = self_cpu() - mine, server_cpu(stack)
+            mine, servers_after = self_cpu() - mine, stack.server_cpu()
     cpu = {"ingest": mine, **{k: servers_after[k] - v for k, v in servers.items()}}
     return Result(len(keys), wall, cpu)
 
@@ -240,12 +255,15 @@ def main() -> int:
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--write-manifest", type=Path, help="write a manifest and exit")
     parser.add_argument("--images", type=int, default=1000, help="with --write-manifest")
+    parser.add_argument(
+        "--by-source", action="store_true", help="with --write-manifest: every source alike"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="2,1", help="ARTCLF_INFER_THREADS values to compare")
     parser.add_argument("--baseline-sample", type=int, default=200, help="0: no baseline")
     args = parser.parse_args()
     if args.write_manifest:
-        write_manifest(args.data, args.write_manifest, args.images)
+        write_manifest(args.data, args.write_manifest, args.images, by_source=args.by_source)
         return 0
     files = read_manifest(args.manifest, args.data)
     from artclf_core.model.artmodel import ArtModel
@@ -257,6 +275,7 @@ def main() -> int:
         model.runner  # noqa: B018 - built now, with this thread count
         models[f"product, {threads} thread(s)"] = model
     configs = {name: (run_product, m, files) for name, m in models.items()}
+    configs["plain Pillow decode"] = (run_plain_decode, None, files)
     if args.baseline_sample:
         step = max(1, len(files) // args.baseline_sample)
         sample = files[::step][: args.baseline_sample]
@@ -295,7 +314,28 @@ def main() -> int:
             f"{fwd:>5.2f} {f'{total - fwd:.2f}' if fwd else '-':>9} "
             f"{statistics.median(r.load for r in runs):>5.1f}"
         )
+    print_stages(results)
     return 0
+
+
+def print_stages(results: dict[str, list[Result]]) -> None:
+    """The ingest's own CPU account (``artclf ingest -v``'s), median ms per image per stage:
+    the CPU of the thread that ran each stage; ``other`` is the rest of the ingest process
+    (the extra inference threads, obstore's and psycopg's threads)."""
+    from artclf_core.ingest.batch import CPU_STAGES
+
+    product = {name: runs for name, runs in results.items() if runs[0].stages}
+    if not product:
+        return
+    print()
+    print("CPU ms per image by stage (median; thread CPU of the thread that ran it)")
+    print(f"{'stage':<14}" + "".join(f"{name[-16:]:>18}" for name in product))
+    for stage in CPU_STAGES:
+        cells = [
+            statistics.median(1000 * r.stages.get(stage, 0.0) / r.images for r in runs)
+            for runs in product.values()
+        ]
+        print(f"{stage:<14}" + "".join(f"{c:>18.2f}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -209,6 +209,8 @@ def report(batches: list[list[int]] | None, summaries) -> dict:
     log.info("work done by %d of %d batch(es): %s", len(done), len(batches), total.line())
     for stage, secs in sorted(total.stages.items()):
         log.info("  stage %-12s %8.1f s", stage, secs)
+    if total.processed:
+        log.info("%s", total.cpu_line())
     log.info("the run's %d object(s) now: %s", len(ids), states or "nothing to do")
     for row in failed:
         log.error(

@@ -38,6 +38,7 @@ def test_drop_ingest_similar_report(stack, clean, tmp_path):
     summary = json.loads(ingested.stdout)
     assert summary["catalogued"] == 8 and summary["quarantined"] == 1
     assert summary["reasons"] == {"not_an_image": 1}
+    assert summary["cpu"]["forward"] > 0  # the CPU account, per stage (issue 32)
 
     report = run(env, "report", "--state", "quarantined")
     assert report.returncode == 0
@@ -53,11 +54,15 @@ def test_drop_ingest_similar_report(stack, clean, tmp_path):
     assert "[why]" in header
     assert any("my-collection/notes.jpg" in line and "[not_an_image]" in line for line in plain)
 
-    # A duplicate's line says what it copies.
+    # A duplicate's line says what it copies; -v adds the CPU account of the run, stage by
+    # stage, and the embedded servers' share (this stack is the one the settings name).
     (folder / "again").mkdir()
     (folder / "again" / "work0-copy.jpg").write_bytes((folder / "work0.jpg").read_bytes())
     assert run(env, "drop", str(folder / "again")).returncode == 0
-    assert run(env, "ingest").returncode == 0
+    verbose = run(env, "ingest", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "CPU ms per object: claim " in verbose.stdout, verbose.stdout
+    assert "ingest process" in verbose.stdout and "ms per object" in verbose.stdout
     dup = run(env, "report", "--state", "duplicate").stdout
     line = next(x for x in dup.splitlines() if "work0-copy.jpg" in x)
     log_id, artwork_id = line.split()[:2]

@@ -457,3 +457,20 @@ def test_model_cache_follows_artclf_cache_dir(tmp_path, monkeypatch):
         files.temporary_name(tmp_path / "m.keras"),
     )
     assert a != b and a.parent == tmp_path and a.name.startswith(".m.keras.")
+
+
+def test_inference_threads_share_the_cores_between_concurrent_tasks(monkeypatch):
+    """Cores divided by the model-running tasks at once, at least one; an explicit count wins
+    (issue 32: a second XNNPACK thread costs more CPU than it saves when tasks share cores)."""
+    from artclf_core.model.runtime import inference_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("ARTCLF_INFER_THREADS", raising=False)
+    monkeypatch.delenv("ARTCLF_CONCURRENT_TASKS", raising=False)
+    assert inference_threads() == cores  # the CLI: alone on the machine
+    monkeypatch.setenv("ARTCLF_CONCURRENT_TASKS", "2")
+    assert inference_threads() == max(1, cores // 2)
+    monkeypatch.setenv("ARTCLF_CONCURRENT_TASKS", str(cores * 4))
+    assert inference_threads() == 1
+    monkeypatch.setenv("ARTCLF_INFER_THREADS", "3")
+    assert inference_threads() == 3

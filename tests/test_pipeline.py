@@ -14,7 +14,7 @@ import pytest
 
 from artclf_core.catalogue import artworks, db, ingest_log, registry
 from artclf_core.images.decode import Limits
-from artclf_core.ingest.batch import Summary
+from artclf_core.ingest.batch import CPU_STAGES, Summary
 from artclf_core.ingest.ingestor import Ingestor
 from artclf_core.lake import s3 as s3lib
 
@@ -78,6 +78,12 @@ def test_mixed_batch_lands_every_object_in_its_place(mixed_drop, model):
     assert summary.catalogued == len(good)
     assert summary.duplicates == len(exact) + len(near)
     assert summary.quarantined == len(bad)
+    # The CPU account (issue 32): every stage a batch with new artworks goes through, in
+    # seconds of the thread that ran it; as_dict carries it for the CLI's --json.
+    assert set(summary.cpu) == set(CPU_STAGES), sorted(set(CPU_STAGES) - set(summary.cpu))
+    assert all(v >= 0 for v in summary.cpu.values()) and summary.cpu["forward"] > 0
+    assert list(summary.as_dict()["cpu"]) == [s for s in CPU_STAGES if s in summary.cpu]
+    assert summary.cpu_line().startswith("CPU ms per object: claim ")
 
     log = log_by_key(settings)
     assert len(log) == total

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from artclf_core.cli import common
 from artclf_core.cli.common import EXIT_PARTIAL
+from artclf_core.embedded.stack import Stack
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".jfif"}
 
@@ -78,6 +79,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    stack = Stack.default()
+    servers = stack.server_cpu() if args.verbose and stack.serves(settings) else {}
     with Ingestor(settings, workers=args.workers) as ingestor:
         summary = ingestor.ingest_prefix(
             args.prefix,
@@ -85,13 +88,42 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=progress,
         )
+        load = ingestor.load_cpu
+        # Before the connections close: a backend that has just exited may be counted
+        # neither alive nor reaped.
+        servers = {k: v - servers[k] for k, v in stack.server_cpu().items() if k in servers}
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
         print(summary.line())
         for reason, n in sorted(summary.reasons.items()):
             print(f"  {reason}: {n}")
+        if args.verbose and summary.processed:
+            print(cpu_account(summary, load, servers))
     return EXIT_PARTIAL if summary.failed and args.strict else 0
+
+
+def cpu_account(summary, load: float, servers: dict[str, float]) -> str:
+    """``artclf ingest -v``'s CPU account: ms per processed object for each stage (the thread
+    that ran it, ``other`` for the rest of the process), and the embedded servers' CPU over
+    the same run when this command ran against the embedded stack."""
+    ms = 1000 / summary.processed
+    process = sum(summary.cpu.values())
+    lines = [
+        "  " + summary.cpu_line(),
+        f"  ingest process {process * ms:.2f} ms per object"
+        + (
+            f" (start-up, not included: model load and checks' import, {load:.1f} s)"
+            if load
+            else ""
+        ),
+    ]
+    if servers:
+        names = {"s3": "S3 server", "postgres": "PostgreSQL"}
+        parts = [f"{names[k]} {v * ms:.2f}" for k, v in sorted(servers.items())]
+        total = process + sum(servers.values())
+        lines.append(f"  {', '.join(parts)}; all together {total * ms:.2f} ms per object")
+    return "\n".join(lines)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:

@@ -69,11 +69,11 @@ from artclf_core.embedded.airflow_config import (
     MARKER,
     METADATA_DB,
     USERS,
-    write_private,
     airflow_binary,
     airflow_cfg,
     airflow_connections,
     repo_root,
+    write_private,
 )
 from artclf_core.embedded.airflow_launcher import COMPONENTS_FILE, commands, worker_name
 from artclf_core.embedded.postgres import EmbeddedPostgres
@@ -551,5 +551,10 @@ class EmbeddedAirflow:
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "GX_ANALYTICS_ENABLED": "False",
             "NO_COLOR": "1",
+            # Inference threads per task (model.runtime.inference_threads): the cores are
+            # shared by the ingest_batch tasks that run at once (dags/artclf_ingest.py).
+            "ARTCLF_CONCURRENT_TASKS": inherited.get("ARTCLF_CONCURRENT_TASKS")
+            or inherited.get("ARTCLF_INGEST_CONCURRENCY")
+            or "2",
             MARKER: str(self.dir),
         }

@@ -142,3 +142,28 @@ def wait_until(check, *, timeout: float, interval: float = 0.1, what: str = "ser
     raise TimeoutError(
         f"{what} did not become ready in {timeout:.0f} s" + (f": {last}" if last else "")
     )
+
+
+def tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by ``pid``, its reaped children and its live
+    descendants, from ``/proc``; None if it is gone. What a server costs, workers included
+    (PostgreSQL's backends are children of the postmaster)."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat is not None:
+                children.setdefault(int(stat[1]), []).append(int(entry))
+    total = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        stat = proc_stat(child)
+        if stat is not None:
+            total += int(stat[11]) + int(stat[12])
+        todo += children.get(child, [])
+    return total / tick

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artclf_core.catalogue import db, registry
-from artclf_core.config import default_home
+from artclf_core.config import Settings, default_home, read_env_file
 from artclf_core.embedded.postgres import EmbeddedPostgres
+from artclf_core.embedded.procs import read_pid, tree_cpu
 from artclf_core.embedded.seaweed import EmbeddedSeaweed
 
 DB_NAME = "artclf"
@@ -174,6 +175,25 @@ class Stack:
 
     def status(self) -> dict[str, bool]:
         return {"postgres": self.postgres.is_running(), "s3": self.seaweed.is_running()}
+
+    def server_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by this stack's S3 server and PostgreSQL, their workers
+        included; a server not running here is left out. ``artclf ingest -v`` and the
+        benchmarks take the difference over a run."""
+        out = {}
+        pids = {
+            "s3": read_pid(self.seaweed.pid_file),
+            "postgres": read_pid(self.postgres.data_dir / "postmaster.pid"),
+        }
+        for name, pid in pids.items():
+            cpu = tree_cpu(pid) if pid else None
+            if cpu is not None:
+                out[name] = cpu
+        return out
+
+    def serves(self, settings: Settings) -> bool:
+        """Whether ``settings`` point at this stack (its database URL is the one it wrote)."""
+        return read_env_file(self.env_file).get("ARTCLF_DB_URL") == settings.db_url
 
 
 def format_env(env: dict[str, str]) -> str:

@@ -9,7 +9,8 @@ run) or ``phantom`` (a stale listing of an object already moved away: its row is
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,36 @@ if TYPE_CHECKING:  # TensorFlow loads only when a model does, not for a sweep
 TERMINAL = ("catalogued", "duplicate", "quarantined")
 #: States a run may claim (``processing``: a dead holder's claim, taken over).
 CLAIMABLE = ("pending", "failed", "processing")
+#: The CPU account of a run (:attr:`Summary.cpu`), in the order a batch meets the stages.
+#: Each is the CPU time of the thread that does the work (``time.thread_time``); ``other`` is
+#: the rest of the process's CPU over the run: the interpreter's extra inference threads,
+#: obstore's and psycopg's own threads (the model's load excluded).
+CPU_STAGES = (
+    "claim",
+    "get",
+    "decode",
+    "sha256",
+    "fingerprints",
+    "model_input",
+    "forward",
+    "dedup",
+    "plan",
+    "quality",
+    "put",
+    "commit",
+    "delete",
+    "other",
+)
+
+
+@contextmanager
+def cpu_of(account: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the CPU this thread spends in the block to ``account[stage]`` (seconds)."""
+    start = time.thread_time()
+    try:
+        yield
+    finally:
+        account[stage] = account.get(stage, 0.0) + time.thread_time() - start
 
 
 @dataclass
@@ -45,10 +76,14 @@ class Summary:
     #: Wall seconds per stage: fetch_wait (waiting for downloads/decoding that did not overlap
     #: the previous batch), model, dedup, quality, copy, commit, delete.
     stages: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds per stage of :data:`CPU_STAGES` (thread CPU time, summed over threads).
+    cpu: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Summary) -> None:
         for stage, secs in other.stages.items():
             self.stages[stage] = self.stages.get(stage, 0.0) + secs
+        for stage, secs in other.cpu.items():
+            self.cpu[stage] = self.cpu.get(stage, 0.0) + secs
         for name in (
             "seen",
             "catalogued",
@@ -90,7 +125,14 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "reasons": dict(self.reasons),
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
+            "cpu": {k: round(self.cpu[k], 4) for k in CPU_STAGES if k in self.cpu},
         }
+
+    def cpu_line(self) -> str:
+        """CPU milliseconds per processed object for each stage, in batch order."""
+        n = max(self.processed, 1)
+        parts = [f"{k} {1000 * self.cpu[k] / n:.2f}" for k in CPU_STAGES if k in self.cpu]
+        return "CPU ms per object: " + ", ".join(parts)
 
 
 @dataclass
@@ -126,6 +168,8 @@ class Item:
     #: A copy already placed under catalog/ for an artwork that turned out, at commit time,
     #: to duplicate one a concurrent worker had just catalogued: moved again after commit.
     misplaced: str | None = None
+    #: CPU seconds of the per-object stages run on the pool threads (get ... model_input, put).
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def in_place(self) -> bool:
@@ -147,19 +191,26 @@ class Item:
 
 
 class Clock:
-    """Wall seconds per stage of one batch (:attr:`Summary.stages`)."""
+    """Wall seconds per stage of one batch (:attr:`Summary.stages`), and the CPU of the
+    thread that runs them (:attr:`Summary.cpu`): the main thread's, then the tail thread's
+    after :meth:`restart`."""
 
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.cpu: dict[str, float] = {}
+        self.restart()
 
     def restart(self) -> None:
-        self._last = time.perf_counter()
+        self._last, self._last_cpu = time.perf_counter(), time.thread_time()
 
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
+    def lap(self, name: str, cpu_stage: str | None = None) -> None:
+        """End the lap ``name`` (wall); its thread CPU goes to ``cpu_stage`` (default: the
+        same name)."""
+        now, now_cpu = time.perf_counter(), time.thread_time()
         self.laps[name] = self.laps.get(name, 0.0) + now - self._last
-        self._last = now
+        stage = cpu_stage or name
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + now_cpu - self._last_cpu
+        self._last, self._last_cpu = now, now_cpu
 
 
 @dataclass
@@ -182,6 +233,8 @@ def summarise(items: Sequence[Item]) -> Summary:
     """The counts of a finished batch's outcomes."""
     s = Summary()
     for it in items:
+        for stage, secs in it.cpu.items():
+            s.cpu[stage] = s.cpu.get(stage, 0.0) + secs
         if it.state == "phantom":
             s.seen -= 1
         elif it.state == "catalogued":

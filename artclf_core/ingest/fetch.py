@@ -16,7 +16,7 @@ from artclf_core.config import TRAINING_PREFIX
 from artclf_core.images import fingerprints
 from artclf_core.images.decode import ImageRejected, decode_image
 from artclf_core.images.model_input import to_model_input
-from artclf_core.ingest.batch import Item
+from artclf_core.ingest.batch import Item, cpu_of
 from artclf_core.lake import s3 as s3lib
 
 if TYPE_CHECKING:
@@ -39,7 +39,10 @@ def fetch(w: Worker, item: Item) -> None:
         )
         return
     try:
-        data, item.content_type = w.data_path.get(row.bucket, row.key, max_bytes=w.limits.max_bytes)
+        with cpu_of(item.cpu, "get"):
+            data, item.content_type = w.data_path.get(
+                row.bucket, row.key, max_bytes=w.limits.max_bytes
+            )
     except s3lib.ObjectTooLarge as exc:
         item.quarantine(
             "too_large_file",
@@ -57,16 +60,20 @@ def fetch(w: Worker, item: Item) -> None:
         return
     item.data_size = len(data)
     try:
-        decoded = decode_image(data, w.limits)
+        with cpu_of(item.cpu, "decode"):
+            decoded = decode_image(data, w.limits)
     except ImageRejected as exc:
         item.quarantine(exc.reason, exc.message)
         return
     except Exception as exc:  # noqa: BLE001 - an unexpected decoder crash is retryable
         item.fail("internal_error", f"decoding crashed: {type(exc).__name__}: {exc}")
         return
-    item.sha256 = fingerprints.sha256_hex(data)
+    with cpu_of(item.cpu, "sha256"):
+        item.sha256 = fingerprints.sha256_hex(data)
     if not item.in_place:
         item.data = data  # written at its final key by the move
-    item.phash, item.dhash = fingerprints.image_hashes(decoded.image)
-    item.pixels = to_model_input(decoded.image, w.model.image_size)
+    with cpu_of(item.cpu, "fingerprints"):
+        item.phash, item.dhash = fingerprints.image_hashes(decoded.image)
+    with cpu_of(item.cpu, "model_input"):
+        item.pixels = to_model_input(decoded.image, w.model.image_size)
     item.width, item.height, item.format = decoded.width, decoded.height, decoded.format

@@ -25,8 +25,8 @@ from concurrent.futures import Future
 from artclf_core.catalogue import ingest_log
 from artclf_core.catalogue.ingest_log import LogRow
 from artclf_core.config import INCOMING_PREFIX
-from artclf_core.ingest import claim, classify, commit, dedupe, fetch, place
-from artclf_core.ingest.batch import TERMINAL, Batch, Clock, Item, Summary, summarise
+from artclf_core.ingest import claim, classify, commit, dedupe, fetch, place, quality
+from artclf_core.ingest.batch import TERMINAL, Batch, Clock, Item, Summary, cpu_of, summarise
 from artclf_core.ingest.queue import check_prefix, registered_pages
 from artclf_core.ingest.worker import Worker
 from artclf_core.lake.s3 import ObjectRef
@@ -103,6 +103,7 @@ class Ingestor(Worker):
         """
         total = Summary()
         started = time.perf_counter()
+        process_cpu, load_cpu = time.process_time(), self.load_cpu
         waiting: list[Batch] = []  # claimed and downloading, in order
         ready: Batch | None = None  # in the main thread's hands, not yet the tail's
         tail: Future[Summary] | None = None
@@ -126,7 +127,10 @@ class Ingestor(Worker):
 
         try:
             for rows in row_batches:
-                batch = claim.claim(self, rows, retry_failed=retry_failed)
+                claimed_cpu: dict[str, float] = {}
+                with cpu_of(claimed_cpu, "claim"):
+                    batch = claim.claim(self, rows, retry_failed=retry_failed)
+                batch.summary.cpu.update(claimed_cpu)
                 if batch.items:
                     self.model  # noqa: B018 - loaded on the main thread, before the downloads
                 batch.futures = [self.pool.submit(fetch.fetch, self, it) for it in batch.items]
@@ -150,6 +154,10 @@ class Ingestor(Worker):
                 claim.release(self, batch)
             raise
         total.seconds = time.perf_counter() - started
+        # What no stage's thread accounts for: the extra inference threads, obstore's and
+        # psycopg's threads (the model's load and the checks' first import excluded).
+        spent = time.process_time() - process_cpu - (self.load_cpu - load_cpu)
+        total.cpu["other"] = max(0.0, spent - sum(total.cpu.values()))
         if progress:
             progress(total)
         return total
@@ -169,11 +177,12 @@ class Ingestor(Worker):
         batch.model = self.model
         if valid:
             classify.classify(self.model, valid)
-            clock.lap("model")
+            clock.lap("model", "forward")
             batch.seen_up_to = dedupe.deduplicate(self, valid)
             self.conn.commit()  # end the read-only transaction of the queries
             clock.lap("dedup")
         batch.new_rows = place.plan(self.model, batch.items)
+        clock.lap("plan")
 
     def _tail(self, batch: Batch) -> Summary:
         """Tail thread: copy to the final keys, check, commit, delete the sources."""
@@ -182,7 +191,8 @@ class Ingestor(Worker):
             return batch.summary
         clock.restart()
         # The quality checks (CPU) run while the copies (I/O) are under way.
-        verdict_future = self.check_pool.submit(self.validate, [row for _, row in new_rows])
+        rows = [row for _, row in new_rows]
+        verdict_future = self.check_pool.submit(quality.timed, self.validate, rows)
         movers = [it for it in items if it.state in TERMINAL and not it.in_place]
         # Recorded before the copies are made (place.py's crash-safety argument, point 2).
         ingest_log.record_intents(
@@ -190,9 +200,10 @@ class Ingestor(Worker):
         )
         self.tail_conn.commit()
         place.copy_all(self, movers, new_rows)
-        clock.lap("copy")
-        verdict = verdict_future.result()
+        clock.lap("copy", "put")
+        verdict, checks_cpu = verdict_future.result()
         clock.lap("quality")
+        clock.cpu["quality"] += checks_cpu
         if not verdict.success:
             log.error("batch failed its quality checks, not committed: %s", verdict.summary())
             new_rows = place.undo(
@@ -213,6 +224,8 @@ class Ingestor(Worker):
         clock.lap("delete")
         outcome = summarise(items)
         outcome.stages = clock.laps
+        for stage, secs in clock.cpu.items():
+            outcome.cpu[stage] = outcome.cpu.get(stage, 0.0) + secs
         batch.summary.add(outcome)
         return batch.summary
 

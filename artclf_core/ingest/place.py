@@ -32,7 +32,7 @@ from artclf_core.catalogue.artworks import ArtworkRow
 from artclf_core.catalogue.ingest_log import LogRow
 from artclf_core.config import CATALOG_PREFIX, DUPLICATES_PREFIX, QUARANTINE_PREFIX
 from artclf_core.images import fingerprints
-from artclf_core.ingest.batch import TERMINAL, Item
+from artclf_core.ingest.batch import TERMINAL, Item, cpu_of
 from artclf_core.lake import s3 as s3lib
 
 if TYPE_CHECKING:
@@ -144,6 +144,10 @@ def copy_all(w: Worker, movers: list[Item], new_rows: list) -> None:
     """
 
     def copy_one(it: Item) -> None:
+        with cpu_of(it.cpu, "put"):
+            put_one(it)
+
+    def put_one(it: Item) -> None:
         data, it.data = it.data, None
         try:
             if data is not None:

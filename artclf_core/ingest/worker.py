@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Self
@@ -51,6 +52,10 @@ class Worker:
         #: Loaded when the first claimed object needs it (:attr:`model`): a run with nothing
         #: to do lists, finds nothing and returns without TensorFlow or Great Expectations.
         self._model: ArtModel | None = None
+        #: CPU seconds spent loading models (once per process, and at a switch) and importing
+        #: Great Expectations: the start-up ``artclf ingest -v`` keeps apart from the
+        #: per-object account.
+        self.load_cpu = 0.0
         self.limits = limits
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artclf-io")
@@ -89,7 +94,7 @@ class Worker:
         import meanwhile (a worker that classifies will check a batch soon)."""
         if self._warm_checks:  # import Great Expectations while the first batch downloads
             self._warm_checks = False
-            self.check_pool.submit(quality.warm_up)
+            self.check_pool.submit(self._warm_up_checks)
         if getattr(model, "path", None):
             keep_copy(model.path, model.version)
         registry.register_model(
@@ -104,8 +109,16 @@ class Worker:
         self.conn.commit()
         self._model = model
 
+    def _warm_up_checks(self) -> None:
+        start = time.thread_time()
+        quality.warm_up()
+        self.load_cpu += time.thread_time() - start
+
     def _load_model(self) -> ArtModel:
-        return registry.load_for_inference(self.settings)
+        start = time.process_time()
+        model = registry.load_for_inference(self.settings)
+        self.load_cpu += time.process_time() - start
+        return model
 
     def follow_model_switch(self) -> None:
         """Reload the model if another one became active since this worker loaded it."""

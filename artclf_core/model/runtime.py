@@ -19,10 +19,12 @@ The flatbuffer runs in LiteRT's interpreter (``ai-edge-litert``), the successor 
 ``tf.lite.Interpreter``, which TensorFlow has scheduled for deletion: the same XNNPACK kernels
 and bit-identical outputs, 1-7 % less CPU per image (``bench/inference_runtime.py``). ONNX
 Runtime on the same weights (converted by tf2onnx) measured the same CPU per image as LiteRT
-and would add a second conversion and two dependencies, so it is not used. Threads: every
-CPU the process may use (``ARTCLF_INFER_THREADS`` overrides). On 2 cores, one thread costs
-the same CPU per image over a whole ingest and gives 6 % fewer images/s
-(``bench/ingest.py``), so two it is.
+and would add a second conversion and two dependencies, so it is not used. Threads
+(:func:`inference_threads`): the CPUs the process may use divided by the model-running tasks
+that share them (``ARTCLF_CONCURRENT_TASKS``, which the deployment sets), at least one. A
+second XNNPACK thread buys about 16 % wall time for about 58 % more CPU per image whenever
+anything else wants the core, which under Airflow it always does: two ``ingest_batch`` tasks
+run at once (issue 32). The CLI, alone on the machine, keeps a thread per core.
 
 ``ARTCLF_RUNTIME=keras`` selects TensorFlow's executor instead (for a platform where the TFLite
 interpreter is missing or misbehaves); a conversion that fails falls back to it with a warning.
@@ -66,15 +68,19 @@ def runtime_name() -> str:
 
 
 def inference_threads() -> int:
-    """Threads for the interpreter: the CPUs this process may run on (``ARTCLF_INFER_THREADS``
-    overrides)."""
+    """Threads for the interpreter: the CPUs this process may run on divided by the tasks
+    that run the model at once on them (``ARTCLF_CONCURRENT_TASKS``: the embedded Airflow
+    and docker-compose set it to the ``ingest_batch`` concurrency, resp. the Celery worker's;
+    unset for the CLI: 1), at least 1. ``ARTCLF_INFER_THREADS`` overrides."""
     configured = os.environ.get("ARTCLF_INFER_THREADS")
     if configured:
         return max(1, int(configured))
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    tasks = max(1, int(os.environ.get("ARTCLF_CONCURRENT_TASKS") or 1))
+    return max(1, cores // tasks)
 
 
 class KerasRunner:
