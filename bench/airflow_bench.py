@@ -3,7 +3,7 @@ sustained throughput, all against the real product (``artclf up``) in a throw-aw
 
     python bench/airflow_bench.py [--mode all|latency|throughput] [--drops 20]
         [--baseline-drops 5] [--total 2000] [--data /work/shared/data/artworks] [--keep]
-        [--executor local|celery]
+        [--executor local|celery] [--manifest bench/manifests/ingest-sources-2000.tsv]
 
 1. ``artclf up`` in a temporary ``ARTCLF_HOME`` with ``ARTCLF_AIRFLOW_EXTRA_DAGS`` naming
    ``bench/dags/s3_sensor_baseline.py`` (loaded paused; never shipped in ``dags/``).
@@ -570,6 +570,11 @@ def main() -> int:
     ap.add_argument("--drops", type=int, default=20)
     ap.add_argument("--baseline-drops", type=int, default=5)
     ap.add_argument("--total", type=int, default=2000)
+    ap.add_argument(
+        "--manifest",
+        help="the images of a manifest of bench/ingest.py (e.g. bench/manifests/"
+        "ingest-sources-2000.tsv, every source alike) instead of every file of --data",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--home", help="ARTCLF_HOME to use (default: a fresh temporary one)")
     ap.add_argument(
@@ -586,7 +591,13 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    files = image_files(Path(args.data))
+    if args.manifest:  # a pinned list (bench/manifests/, hashes checked): comparable runs
+        sys.path.insert(0, str(REPO / "bench"))
+        from ingest import read_manifest
+
+        files = read_manifest(Path(args.manifest), Path(args.data))
+    else:
+        files = image_files(Path(args.data))
     rng = random.Random(args.seed)
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="artclf-afbench-"))
     p = Product(home, args.executor)
