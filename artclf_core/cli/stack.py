@@ -167,9 +167,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--executor",
         choices=["local", "celery"],
-        help="local: the LocalExecutor with SQLite metadata; celery: the "
-        "CeleryExecutor with a Redis broker, Airflow's metadata in the stack's PostgreSQL "
-        "and --workers Celery workers, the path docker-compose takes. Default: what the "
+        help="local: the LocalExecutor; celery: the CeleryExecutor with a Redis broker "
+        "and --workers Celery workers, the path docker-compose takes (both keep Airflow's "
+        "metadata in the stack's PostgreSQL). Default: what the "
         "last `artclf up` used, else local",
     )
     p.add_argument("--workers", type=int, help="Celery workers (celery executor; default 2)")

@@ -7,8 +7,8 @@ stays free of Airflow) and kept in ``<ARTCLF_HOME>/airflow``:
 
 * ``airflow.cfg``: written at every start from what this module decides (DAGs and plugins from
   this repository, no examples, simple auth manager, every listener on 127.0.0.1, fast DAG
-  discovery; the executor: ``local`` = LocalExecutor with SQLite metadata, or ``celery`` =
-  CeleryExecutor with a Redis broker and the metadata in the stack's PostgreSQL), so an
+  discovery; the metadata in the stack's PostgreSQL; the executor: ``local`` =
+  LocalExecutor, or ``celery`` = CeleryExecutor with a Redis broker), so an
   operator can also run ``AIRFLOW_HOME=.artclf/airflow airflow ...`` by hand against it;
 * ``secrets.json`` (Fernet key, JWT and API secrets, the metadata database's password) and
   ``passwords.json`` (the generated ``admin`` and ``viewer`` passwords, read by Airflow's
@@ -95,8 +95,8 @@ class EmbeddedAirflow:
     port: int | None = None
     #: Seconds ``start`` waits for every component to report healthy.
     start_timeout: float = 300.0
-    #: ``"local"`` (LocalExecutor, SQLite metadata) or ``"celery"`` (CeleryExecutor: Redis
-    #: broker, metadata in the stack's PostgreSQL, ``workers`` Celery workers of
+    #: ``"local"`` (LocalExecutor) or ``"celery"`` (CeleryExecutor: Redis broker,
+    #: ``workers`` Celery workers of
     #: ``concurrency`` task slots each; see ``airflow_launcher``). ``None``: what
     #: the last start used (``executor.json``), else ``"local"``.
     executor: str | None = None
@@ -292,8 +292,9 @@ class EmbeddedAirflow:
         airflow = airflow_binary()
         previous_port = int(self.port_file.read_text()) if self.port_file.exists() else None
         port = pick_port(self.port or previous_port or 8080)
-        celery = self._prepare_celery(plan) if plan["executor"] == "celery" else None
-        self._write_config(port, celery)
+        metadata = self._metadata_database()
+        celery = self._prepare_celery(plan, metadata) if plan["executor"] == "celery" else None
+        self._write_config(port, celery, metadata_url=metadata)
         self._write_passwords()
         self._write_shim(airflow)
         self._write_local_settings()
@@ -449,15 +450,21 @@ class EmbeddedAirflow:
             write_private(self._secrets_file, json.dumps(values, indent=2))
         return values
 
-    def _prepare_celery(self, plan: dict[str, object]) -> dict[str, object]:
-        """The broker (started) and Airflow's metadata database in the stack's PostgreSQL
-        (created, owned by its own ``airflow`` role); their settings for ``airflow.cfg``."""
-        broker = self.redis.start()
+    def _metadata_database(self) -> str:
+        """Airflow's metadata database in the stack's PostgreSQL (created, owned by its own
+        ``airflow`` role), for both executors; its SQLAlchemy URL.
+
+        Not SQLite: the scheduler starts a queued run only once ``run_after <= now()``, and
+        SQLite's ``now()`` has whole seconds, so every event-triggered run waited for the next
+        second to begin (0.88 s median of a single drop's 2.36 s, issue 32)."""
         url = EmbeddedPostgres(self.home).ensure_database(
             METADATA_DB, METADATA_DB, self._secrets()["metadata_db_password"], catalogue=False
         )
-        metadata = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-        return {**plan, "broker_url": broker, "metadata_url": metadata}
+        return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+    def _prepare_celery(self, plan: dict[str, object], metadata: str) -> dict[str, object]:
+        """The broker (started); the Celery settings for ``airflow.cfg``."""
+        return {**plan, "broker_url": self.redis.start(), "metadata_url": metadata}
 
     def _write_passwords(self) -> None:
         """The simple auth manager's password file: a password generated once per user."""
@@ -470,7 +477,9 @@ class EmbeddedAirflow:
         passwords = {user: known.get(user) or secrets.token_urlsafe(12) for user in USERS}
         write_private(self.passwords_file, json.dumps(passwords) + "\n")
 
-    def _write_config(self, port: int, celery: dict[str, object] | None = None) -> None:
+    def _write_config(
+        self, port: int, celery: dict[str, object] | None = None, metadata_url: str | None = None
+    ) -> None:
         """``airflow.cfg`` for this instance; rewritten at every start (ports may move).
 
         ``celery``: what ``_prepare_celery`` returned, for the CeleryExecutor deployment.
@@ -484,6 +493,7 @@ class EmbeddedAirflow:
             plugins_folder=root / "plugins",
             passwords_file=self.passwords_file,
             celery=celery,
+            metadata_url=metadata_url,
         )
         write_private(self.config_file, text)
 

@@ -110,6 +110,7 @@ def airflow_cfg(
     plugins_folder: Path,
     passwords_file: Path,
     celery: dict[str, object] | None = None,
+    metadata_url: str | None = None,
 ) -> str:
     """The text of an embedded instance's ``airflow.cfg`` (``EmbeddedAirflow._write_config``).
 
@@ -136,7 +137,7 @@ def airflow_cfg(
             "parallelism": "4",
             "max_active_tasks_per_dag": "4",
         },
-        "database": {"sql_alchemy_conn": f"sqlite:///{home / 'airflow.db'}"},
+        "database": {"sql_alchemy_conn": metadata_url or f"sqlite:///{home / 'airflow.db'}"},
         "api": {
             "host": "127.0.0.1",
             "port": port,

@@ -5,8 +5,7 @@ does, plus Celery workers and restarts.
 [--workers N --concurrency C]``) in a session of its own, with ``airflow.cfg`` already written
 and the shim first on ``PATH``. It
 
-* migrates the metadata database (SQLite for the LocalExecutor, the embedded PostgreSQL's
-  ``airflow`` database for the CeleryExecutor);
+* migrates the metadata database (the embedded PostgreSQL's ``airflow`` database);
 * starts ``scheduler``, ``dag-processor``, ``triggerer``, ``api-server`` and, with
   ``--workers N``, N ``celery worker`` processes (hostnames ``worker1@<host>``, ...), every line
   of their output prefixed with its name, into its own output (``standalone.log``);
