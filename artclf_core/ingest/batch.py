@@ -128,6 +128,12 @@ class Summary:
             "cpu": {k: round(self.cpu[k], 4) for k in CPU_STAGES if k in self.cpu},
         }
 
+    def settle_other(self, process_cpu: float) -> None:
+        """Set ``other``: what the process spent over the run (``process_cpu`` seconds) that
+        no stage's thread accounts for (extra inference threads, obstore's and psycopg's)."""
+        self.cpu.pop("other", None)
+        self.cpu["other"] = max(0.0, process_cpu - sum(self.cpu.values()))
+
     def cpu_line(self) -> str:
         """CPU milliseconds per processed object for each stage, in batch order."""
         n = max(self.processed, 1)
@@ -229,9 +235,11 @@ class Batch:
     clock: Clock = field(default_factory=Clock)
 
 
-def summarise(items: Sequence[Item]) -> Summary:
-    """The counts of a finished batch's outcomes."""
+def summarise(items: Sequence[Item], clock: Clock | None = None) -> Summary:
+    """The counts of a finished batch's outcomes, with its ``clock``'s wall and CPU laps."""
     s = Summary()
+    if clock is not None:
+        s.stages, s.cpu = dict(clock.laps), dict(clock.cpu)
     for it in items:
         for stage, secs in it.cpu.items():
             s.cpu[stage] = s.cpu.get(stage, 0.0) + secs

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from artclf_core.catalogue import ingest_log
 from artclf_core.catalogue.ingest_log import LogRow
 from artclf_core.ingest import place
-from artclf_core.ingest.batch import CLAIMABLE, TERMINAL, Batch, Item, Summary
+from artclf_core.ingest.batch import CLAIMABLE, TERMINAL, Batch, Item, Summary, cpu_of
 
 if TYPE_CHECKING:
     from artclf_core.ingest.worker import Worker
@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 def claim(w: Worker, rows: Sequence[LogRow], *, retry_failed: bool) -> Batch:
     """Finish interrupted moves, claim the rest; the batch's items, not yet downloaded."""
     summary = Summary(seen=len(rows))
+    with cpu_of(summary.cpu, "claim"):
+        items = _claim(w, rows, summary, retry_failed=retry_failed)
+    return Batch(summary, items)
+
+
+def _claim(w: Worker, rows: Sequence[LogRow], summary: Summary, *, retry_failed: bool) -> list:
     summary.repaired = place.finish_moves(
         w, ingest_log.unfinalized(w.conn, [r.id for r in rows if r.state in TERMINAL])
     )
@@ -49,7 +55,7 @@ def claim(w: Worker, rows: Sequence[LogRow], *, retry_failed: bool) -> Batch:
     # Key order, so that within a batch the first of a group of copies (in listing order) is
     # the one catalogued, whatever order the database returned rows in.
     claimed.sort(key=lambda r: (r.key, r.id))
-    return Batch(summary, [Item(row=r) for r in claimed])
+    return [Item(row=r) for r in claimed]
 
 
 def release(w: Worker, batch: Batch) -> None:

@@ -16,11 +16,19 @@ from artclf_core.config import TRAINING_PREFIX
 from artclf_core.images import fingerprints
 from artclf_core.images.decode import ImageRejected, decode_image
 from artclf_core.images.model_input import to_model_input
-from artclf_core.ingest.batch import Item, cpu_of
+from artclf_core.ingest.batch import Batch, Item, cpu_of
 from artclf_core.lake import s3 as s3lib
 
 if TYPE_CHECKING:
     from artclf_core.ingest.worker import Worker
+
+
+def start(w: Worker, batch: Batch) -> None:
+    """Submit the batch's downloads to the I/O threads (non-blocking), the model loaded first
+    on this (the main) thread, so the I/O threads only ever read a loaded model."""
+    if batch.items:
+        w.model  # noqa: B018 - loads it on first use
+    batch.futures = [w.pool.submit(fetch, w, it) for it in batch.items]
 
 
 def fetch(w: Worker, item: Item) -> None:

@@ -26,7 +26,7 @@ from artclf_core.catalogue import ingest_log
 from artclf_core.catalogue.ingest_log import LogRow
 from artclf_core.config import INCOMING_PREFIX
 from artclf_core.ingest import claim, classify, commit, dedupe, fetch, place, quality
-from artclf_core.ingest.batch import TERMINAL, Batch, Clock, Item, Summary, cpu_of, summarise
+from artclf_core.ingest.batch import TERMINAL, Batch, Clock, Item, Summary, summarise
 from artclf_core.ingest.queue import check_prefix, registered_pages
 from artclf_core.ingest.worker import Worker
 from artclf_core.lake.s3 import ObjectRef
@@ -127,13 +127,8 @@ class Ingestor(Worker):
 
         try:
             for rows in row_batches:
-                claimed_cpu: dict[str, float] = {}
-                with cpu_of(claimed_cpu, "claim"):
-                    batch = claim.claim(self, rows, retry_failed=retry_failed)
-                batch.summary.cpu.update(claimed_cpu)
-                if batch.items:
-                    self.model  # noqa: B018 - loaded on the main thread, before the downloads
-                batch.futures = [self.pool.submit(fetch.fetch, self, it) for it in batch.items]
+                batch = claim.claim(self, rows, retry_failed=retry_failed)
+                fetch.start(self, batch)
                 waiting.append(batch)
                 if len(waiting) > 1:  # keep one batch downloading while the other is worked
                     advance()
@@ -154,10 +149,8 @@ class Ingestor(Worker):
                 claim.release(self, batch)
             raise
         total.seconds = time.perf_counter() - started
-        # What no stage's thread accounts for: the extra inference threads, obstore's and
-        # psycopg's threads (the model's load and the checks' first import excluded).
-        spent = time.process_time() - process_cpu - (self.load_cpu - load_cpu)
-        total.cpu["other"] = max(0.0, spent - sum(total.cpu.values()))
+        # The model's load and the checks' first import are start-up, not this run's work.
+        total.settle_other(time.process_time() - process_cpu - (self.load_cpu - load_cpu))
         if progress:
             progress(total)
         return total
@@ -194,12 +187,7 @@ class Ingestor(Worker):
         rows = [row for _, row in new_rows]
         verdict_future = self.check_pool.submit(quality.timed, self.validate, rows)
         movers = [it for it in items if it.state in TERMINAL and not it.in_place]
-        # Recorded before the copies are made (place.py's crash-safety argument, point 2).
-        ingest_log.record_intents(
-            self.tail_conn, [(it.row.id, it.final_key) for it in movers], self.worker_id
-        )
-        self.tail_conn.commit()
-        place.copy_all(self, movers, new_rows)
+        place.write(self, movers, new_rows)
         clock.lap("copy", "put")
         verdict, checks_cpu = verdict_future.result()
         clock.lap("quality")
@@ -222,11 +210,7 @@ class Ingestor(Worker):
         moved = [it for it in items if it.state in TERMINAL and not it.in_place]
         self._delete_sources([it for it in moved if it not in unplaced])
         clock.lap("delete")
-        outcome = summarise(items)
-        outcome.stages = clock.laps
-        for stage, secs in clock.cpu.items():
-            outcome.cpu[stage] = outcome.cpu.get(stage, 0.0) + secs
-        batch.summary.add(outcome)
+        batch.summary.add(summarise(items, clock))
         return batch.summary
 
     # The two steps either side of the commit are methods, so that a test (or a subclass)

@@ -135,6 +135,15 @@ def plan(model: ArtModel, items: list[Item]) -> list[tuple[Item, ArtworkRow]]:
     return new_rows
 
 
+def write(w: Worker, movers: list[Item], new_rows: list) -> None:
+    """Record the keys about to be written (point 2 above), then :func:`copy_all`."""
+    ingest_log.record_intents(
+        w.tail_conn, [(it.row.id, it.final_key) for it in movers], w.worker_id
+    )
+    w.tail_conn.commit()
+    copy_all(w, movers, new_rows)
+
+
 def copy_all(w: Worker, movers: list[Item], new_rows: list) -> None:
     """Write every moving object at its final key, in parallel: a PUT of the bytes
     downloaded (and hashed) with the trace metadata, or a server-side copy where they are not
