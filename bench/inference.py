@@ -5,7 +5,7 @@
 
 Decodes ``--images`` real images once (the ingestion preprocessing, not timed), then runs the
 same uint8 batch through the Keras graph (TensorFlow's executor, the baseline) and through the
-TFLite interpreter that ingestion uses by default (:mod:`artclf_core.runtime`), three times
+TFLite interpreter that ingestion uses by default (:mod:`artclf_core.model.runtime`), three times
 each, and prints images/s, the ratio and how far the two runtimes' outputs are apart (classes
 that differ, largest probability difference, smallest embedding cosine).
 

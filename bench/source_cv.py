@@ -1,5 +1,5 @@
 """Leave-one-source-family-out cross-validation of the reference recipe, and the shipped model
-on the families it never trained on (:mod:`artclf_core.cv_evaluate`; the same as
+on the families it never trained on (:mod:`artclf_core.lifecycle.cv_evaluate`; the same as
 ``artclf evaluate --data DIR --cv sources``).
 
     python bench/source_cv.py [--data ../shared/data/artworks] [--model PATH] [--size 160]
@@ -9,7 +9,7 @@ on the families it never trained on (:mod:`artclf_core.cv_evaluate`; the same as
 
 ``--folds 5``: grouped 5-fold (the folds every variant of the model card is compared on)
 instead of leave-one-family-out; ``--kshot``: the k-shot curve (k = 0, 5, 10, 20 labelled
-images per class of each held-out family added to training, :mod:`artclf_core.kshot`).
+images per class of each held-out family added to training, :mod:`artclf_core.lifecycle.kshot`).
 
 The recipes tried with it and what each gave: docs/model-card.md, "Read this first".
 """

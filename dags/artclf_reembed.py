@@ -1,6 +1,6 @@
 """``artclf_reembed``: move the catalogue to a promoted model version, then switch.
 
-Thin: :mod:`artclf_core.reembed` does the work (also ``artclf models activate``); this file
+Thin: ``artclf_core.lifecycle.reembed`` does the work (also ``artclf models activate``); this file
 maps it over batches and says when it runs: on the ``artclf_models`` asset, i.e. right after
 ``artclf_retrain`` promoted a model.
 """

@@ -1,4 +1,4 @@
-"""Embedding atlas (artclf_core.atlas): PCA projection, stratified sampling and the standalone
+"""Embedding atlas (catalogue.atlas): PCA projection, stratified sampling and the standalone
 HTML page, on synthetic embeddings (no services, no TensorFlow)."""
 
 from __future__ import annotations

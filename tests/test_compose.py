@@ -8,7 +8,7 @@
   Airflow service, and make valid settings;
 * MinIO's notification target writes the table, schema and format the catalogue's trigger
   consumes (``sql/004_object_events.sql``), and the event the bucket subscription produces
-  (``tests/fixtures/minio_event.json``) is one ``artclf_core.events`` queues;
+  (``tests/fixtures/minio_event.json``) is one ``artclf_core.ingest.events`` queues;
 * images are pinned, services are health-checked or one-shot, ports bind to 127.0.0.1, no
   secret has a default, and ``.env.example`` sets every required variable.
 """

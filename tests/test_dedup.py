@@ -1,4 +1,4 @@
-"""Exact and near-duplicate detection (artclf_core.dedup), on fixtures made in code."""
+"""Exact and near-duplicate detection (images.fingerprints), on fixtures made in code."""
 
 from __future__ import annotations
 

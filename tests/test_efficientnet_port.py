@@ -1,4 +1,4 @@
-"""The Keras EfficientNet-Lite0 port (artclf_core.backbones) against the PyTorch reference.
+"""The Keras EfficientNet-Lite0 port (artclf_core.model.backbones) against the PyTorch reference.
 
 The parity tests need the ``convert`` extra (torch + the two reference packages) and skip
 without it; the rest only needs the committed npz.

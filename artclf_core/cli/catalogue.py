@@ -91,7 +91,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         load = ingestor.load_cpu
         # Before the connections close: a backend that has just exited may be counted
         # neither alive nor reaped.
-        servers = {k: v - servers[k] for k, v in stack.server_cpu().items() if k in servers}
+        if servers:  # only with -v against the embedded stack: reading /proc is not free
+            servers = {k: v - servers[k] for k, v in stack.server_cpu().items() if k in servers}
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:

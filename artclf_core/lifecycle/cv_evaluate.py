@@ -4,14 +4,14 @@
 :func:`evaluate_by_sources`:
 
 1. **The reference recipe** under leave-one-source-family-out cross-validation
-   (:mod:`artclf_core.source_cv`): frozen ImageNet EfficientNet-Lite1 (``variant``)
+   (:mod:`artclf_core.lifecycle.source_cv`): frozen ImageNet EfficientNet-Lite1 (``variant``)
    features with texture statistics (:func:`artclf_core.model.texture.build_texture_backbone`),
    ``views - 1`` augmented views per image (:func:`artclf_core.lifecycle.augment.augment`), and a
    closed-form ridge classifier per fold (one-hot targets, L2 ``lam`` per example, sources
    balanced within a class by ``source_power``). A ridge head refits in well under a
    second, so 24 folds cost one feature pass. Pooled out-of-fold report, label precision@5
    of each held-out family against the fold's training images (standardised features),
-   temperature scaling of the out-of-fold scores (:mod:`artclf_core.calibration`).
+   temperature scaling of the out-of-fold scores (:mod:`artclf_core.model.calibration`).
 2. **A saved model** (the shipped default unless given) on the images of the families its
    metadata says it never trained on, and the recipe's out-of-fold predictions on exactly
    those images: the same held-out images for both.
@@ -183,7 +183,7 @@ def evaluate_by_sources(
     report (with ``calibration``), "model": the saved model on its unseen families (None if
     it recorded no split or every family was trained on), "recipe_on_model_unseen": the
     recipe on the same images, "groups", "seconds"}``, and with ``kshot`` the recipe's
-    k-shot curve (:mod:`artclf_core.kshot`, curator labels weighed ``boost``) under
+    k-shot curve (:mod:`artclf_core.lifecycle.kshot`, curator labels weighed ``boost``) under
     ``"kshot"``. ``k``: grouped k-fold instead of leave-one-group-out; ``features_cache``:
     an ``.npz`` that keeps the backbone's features between runs on the same images."""
     from artclf_core.lifecycle.dataset import scan_labelled_folder

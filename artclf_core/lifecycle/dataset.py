@@ -175,7 +175,8 @@ def split_by_source(
     whose labels are what the retraining is for) always stay in training.
 
     Copies always stay on one side: files with identical SHA-256, and near copies by the
-    ingest pipeline's own rule (pHash and dHash within 14 bits, see :mod:`artclf_core.dedup`),
+    ingest pipeline's own rule (pHash and dHash within 14 bits, see
+    :mod:`artclf_core.images.fingerprints`),
     form one group (:func:`duplicate_groups`); within a class their groups are merged before
     choosing, and a copy shared by two classes goes to training, so neither an exact nor a
     re-encoded/resized copy can be scored as an "unseen" image.

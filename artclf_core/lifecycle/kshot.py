@@ -3,13 +3,13 @@
 A curator who confirms or corrects labels on a collection the model never saw is asking "if
 I label ten of each, how much better is the rest?". :func:`kshot_curve` answers it on the
 labelled training images themselves: every held-out group (a source family, families that
-share a copy merged: :mod:`artclf_core.source_cv`) plays the new collection in turn.
+share a copy merged: :mod:`artclf_core.lifecycle.source_cv`) plays the new collection in turn.
 
 For a group ``g`` and each of its classes with at least ``max(ks) + MIN_REST`` images, the
 images are shuffled by copy group (a near copy never sits on both sides) and the first
 ``max(ks)`` are the *shots*; ``k`` shots per class (nested: the 5 are among the 10) join every
 image of the other groups in training, as their own source, each weighed ``boost`` times a
-normal image of its source size (what :mod:`artclf_core.retrain` gives a curator
+normal image of its source size (what :mod:`artclf_core.lifecycle.retrain` gives a curator
 collection); the rest of ``g`` (the same images for every ``k``) is scored. ``k = 0`` is plain
 leave-one-group-out. The result is averaged over ``draws`` shuffles and then over groups.
 

@@ -96,7 +96,7 @@ def format_report(report: dict[str, Any]) -> str:
 
     Macro F1 (over classes with support) is shown as well, computed here from ``per_class`` so
     the report dict itself keeps exactly its documented keys. The optional keys added by
-    :mod:`artclf_core.training` (``label_precision_at_5``, ``by_source``) are shown when
+    :mod:`artclf_core.lifecycle.training` (``label_precision_at_5``, ``by_source``) are shown when
     present.
     """
     classes = list(report["classes"])

@@ -81,7 +81,7 @@ def decide(
     active: dict[str, Any] | None,
     policy: GatePolicy | None = None,
 ) -> Decision:
-    """Apply the gate to two classification reports (``artclf_core.metrics`` format) computed
+    """Apply the gate to two classification reports (``lifecycle.metrics`` format) computed
     on the same validation set; ``active`` is None when there is no model to beat."""
     policy = policy or GatePolicy()
     cand = _brief(candidate)

@@ -12,13 +12,13 @@ One call, :func:`retrain`, is what the nightly DAG runs (and ``artclf retrain``)
 2. **Training** with :func:`artclf_core.lifecycle.training.train` (augmentation, class weights,
 early
    stopping on validation loss).
-3. **The gate** (:mod:`artclf_core.promotion`): the active model is scored on the *same*
+3. **The gate** (:mod:`artclf_core.lifecycle.promotion`): the active model is scored on the *same*
    validation images as the candidate, and the candidate is promoted only if it is better.
 4. **Publishing**: the ``.keras`` file, ``report.json`` (both reports, the decision, the
    split, the data fingerprint) and PNG plots go to ``s3://<bucket>/models/<version>/``; the
    version is registered with status ``promoted`` or ``rejected`` and the decision's reasons.
    A promoted version is not active yet: re-embedding the catalogue and the switch
-   (:mod:`artclf_core.reembed`) make it so.
+   (:mod:`artclf_core.lifecycle.reembed`) make it so.
 
 If the labelled data has not changed since the active model was trained (same fingerprint),
 nothing is trained: a nightly run on an unchanged lake costs a query, not 20 minutes of CPU.

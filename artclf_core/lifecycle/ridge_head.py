@@ -90,7 +90,7 @@ def fit(
     all rows). ``y`` holds class indices, ``sources`` the source of each image.
 
     ``boost`` multiplies each image's source weight before the classes are re-balanced (a
-    curator collection's few labels count as much as a large source's: :mod:`artclf_core.kshot`
+    curator collection's few labels count as much as a large source's: :mod:`.kshot`
     measures how much); ``with_basis=False`` skips the embedding's principal directions (an
     evaluation that only needs logits saves the eigen-decomposition)."""
     feats = np.asarray(features, dtype=np.float64)

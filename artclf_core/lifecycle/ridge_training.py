@@ -2,14 +2,14 @@
 
 The recipe that measured best on sources it never saw (docs/model-card.md): a frozen
 ImageNet EfficientNet-Lite (Lite1 by default) with texture statistics
-(:mod:`artclf_core.texture`), one forward pass over the training images, and a ridge head
-(:mod:`artclf_core.ridge_head`). Because the head refits in a fraction of a second, training
+(:mod:`artclf_core.model.texture`), one forward pass over the training images, and a ridge head
+(:mod:`.ridge_head`). Because the head refits in a fraction of a second, training
 includes its own honest evaluation:
 
 1. features of every image (train and validation) in one pass of the backbone;
 2. leave-one-source-family-out cross-validation on the *training* images
-   (:mod:`artclf_core.source_cv`): out-of-fold logits, from which the calibration temperature
-   and the review threshold are fitted (:mod:`artclf_core.calibration`) and the per-source
+   (:mod:`.source_cv`): out-of-fold logits, from which the calibration temperature
+   and the review threshold are fitted (:mod:`artclf_core.model.calibration`) and the per-source
    table of the model card is read;
 3. the final head on all training images, with the temperature folded into the saved
    weights, so every consumer sees calibrated probabilities.
@@ -84,11 +84,11 @@ def train(
     :func:`artclf_core.lifecycle.training.train`
     (``history`` is empty and ``best_epoch``/``epochs_run`` are 0: there are no epochs),
     plus ``collections`` and ``collection_oof`` (the curator labels' within-collection
-    cross-validation, :mod:`artclf_core.curator_labels`; empty without curator labels).
+    cross-validation, :mod:`artclf_core.lifecycle.curator_labels`; empty without curator labels).
 
     Curator-labelled images (the export's sidecar) stay in training whatever the split, are
     weighed :data:`artclf_core.lifecycle.curator_labels.BOOST` times, and are cross-validated within
-    their collection. ``kshot``: also measure the k-shot curve (:mod:`artclf_core.kshot`,
+    their collection. ``kshot``: also measure the k-shot curve (:mod:`artclf_core.lifecycle.kshot`,
     a few minutes more), stored as ``metrics["kshot"]``."""
     from artclf_core.model.artmodel import (
         DEFAULT_ARCH,

@@ -40,9 +40,10 @@ from artclf_core.model import texture as _texture  # noqa: E402, F401
 #: Version of the layout of :data:`METADATA_MEMBER`, bumped if its keys change meaning.
 METADATA_FORMAT = 1
 #: Architecture names :func:`build_model` knows: the prototype's CNN trained from scratch,
-#: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.backbones`), and the same
-#: backbone frozen with texture statistics (:mod:`artclf_core.texture`) under a closed-form
-#: head (:mod:`artclf_core.ridge_head`), and the same recipe on the larger EfficientNet-Lite1,
+#: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.model.backbones`), and the same
+#: backbone frozen with texture statistics (:mod:`artclf_core.model.texture`) under a closed-form
+#: head (:mod:`artclf_core.lifecycle.ridge_head`),
+#: and the same recipe on the larger EfficientNet-Lite1,
 #: the default since it generalises best to new sources (docs/model-card.md).
 ARCHS: tuple[str, ...] = (
     "cnn",
@@ -50,7 +51,7 @@ ARCHS: tuple[str, ...] = (
     "efficientnet_lite0_texture",
     "efficientnet_lite1_texture",
 )
-#: The frozen-backbone, closed-form-head architectures (:mod:`artclf_core.ridge_training`)
+#: The frozen-backbone, closed-form-head architectures (:mod:`artclf_core.lifecycle.ridge_training`)
 #: and the EfficientNet-Lite size each one runs.
 TEXTURE_ARCHS: dict[str, str] = {
     "efficientnet_lite0_texture": "lite0",
@@ -95,7 +96,7 @@ def build_model(
     ``arch="efficientnet_lite0_texture"``: the same backbone with the channel statistics of
     stages 2-6 beside its pooled features (:func:`artclf_core.model.texture.build_texture_backbone`,
     2176 values, no dropout), then the same two layers, whose weights
-    :mod:`artclf_core.ridge_training` computes in closed form.
+    :mod:`artclf_core.lifecycle.ridge_training` computes in closed form.
     ``arch="efficientnet_lite1_texture"`` (the default): the same on EfficientNet-Lite1.
 
     The embedding is the linear 128-unit layer just before the softmax: a linear layer keeps
@@ -247,7 +248,7 @@ class ArtModel:
     """A loaded model plus the metadata needed to interpret its outputs.
 
     :meth:`predict` is the only inference entry point: it returns probabilities and embeddings
-    from the same forward pass, run by :mod:`artclf_core.runtime` (TFLite's XNNPACK kernels by
+    from the same forward pass, run by :mod:`artclf_core.model.runtime` (TFLite's XNNPACK kernels by
     default, 2.5x faster than TensorFlow's graph on 2 cores for the same float32 results;
     batches of any size reuse the same compiled model).
     """
@@ -284,7 +285,7 @@ class ArtModel:
         #: Where the model was loaded from (None when built in memory).
         self.path = path
         self.embedding_dim = int(embedding_dim)
-        #: ``tflite`` or ``keras`` (:mod:`artclf_core.runtime`); None picks ``ARTCLF_RUNTIME``.
+        #: ``tflite`` or ``keras`` (:mod:`.runtime`); None picks ``ARTCLF_RUNTIME``.
         self.runtime = runtime
         self._runner: KerasRunner | LiteRunner | None = None
 

@@ -6,7 +6,7 @@ says: of the artworks predicted with probability 0.9, about 90 % should be right
 the model never saw*. Heads trained with cross-entropy on separable features are
 over-confident there. Temperature scaling (Guo et al., 2017) divides the logits by one scalar
 ``T`` fitted to minimise the log-loss of the out-of-fold predictions of the source-grouped
-cross-validation (:mod:`artclf_core.source_cv`); it never changes which class wins, only how
+cross-validation (``lifecycle.source_cv``); it never changes which class wins, only how
 sure the model says it is. ``T`` is then built into the saved model, so every consumer (the
 pipeline, ``artclf classify``, SQL) sees calibrated probabilities without knowing about it.
 

@@ -99,7 +99,7 @@ def review_png(review: dict[str, Any], *, title: str) -> bytes:
 
 def kshot_png(curve: dict[str, Any], *, title: str) -> bytes:
     """Balanced accuracy on the rest of a held-out family against the labelled images per
-    class of it added to training (:mod:`artclf_core.kshot`): each family thin, the mean bold."""
+    class of it added to training (``lifecycle.kshot``): each family thin, the mean bold."""
     plt = _figure()
     ks = [int(k) for k in curve["ks"]]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)

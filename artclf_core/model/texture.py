@@ -31,7 +31,7 @@ class ChannelStats(keras.layers.Layer):
     """(N, H, W, C) -> (N, 2C): each channel's spatial mean and standard deviation.
 
     A registered layer rather than a Lambda so a saved model loads without ``safe_mode=False``
-    (``import artclf_core.texture`` registers it; :mod:`artclf_core.model` imports it).
+    (``import artclf_core.model.texture`` registers it; :mod:`artclf_core.model` imports it).
     """
 
     def call(self, x):
