@@ -53,12 +53,12 @@ def main() -> None:
 
             def measure(name: str, fn: Callable[[str], object], items: list, per: int = 1):
                 list(pool.map(fn, items[:WARM_UP]))
-                server0 = stack.server_cpu()["seaweedfs"]
+                server0 = stack.server_cpu()["s3"]
                 client0, wall0 = time.process_time(), time.perf_counter()
                 list(pool.map(fn, items[WARM_UP:]))
                 n = (len(items) - WARM_UP) * per
                 client_ms = 1000 * (time.process_time() - client0) / n
-                server_ms = 1000 * (stack.server_cpu()["seaweedfs"] - server0) / n
+                server_ms = 1000 * (stack.server_cpu()["s3"] - server0) / n
                 wall_ms = 1000 * (time.perf_counter() - wall0) / n
                 print(
                     f"{name:34s} client {client_ms:5.2f} ms  server {server_ms:5.2f} ms  "

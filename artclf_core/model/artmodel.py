@@ -340,7 +340,7 @@ class ArtModel:
         ``batch`` is uint8 of shape (N, S, S, 3) with S = :attr:`image_size` (150 for the
         cnn), as stacked from :func:`artclf_core.images.model_input.to_model_input`. Large batches
         are
-        cut into the runtime's chunks (16 or 64 images) to bound memory; each image still goes
+        cut into the runtime's chunks (8 or 64 images) to bound memory; each image still goes
         through the network once.
         """
         arr = np.asarray(batch)

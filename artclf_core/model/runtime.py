@@ -52,9 +52,12 @@ log = logging.getLogger(__name__)
 
 #: Runtimes :func:`make_runner` knows.
 RUNTIMES: tuple[str, ...] = ("tflite", "keras")
-#: Images per interpreter call. XNNPACK is fastest on small batches that keep the activations
-#: in cache: 600 images/s at 16 against 500 at 64 and 420 at 256 (2 threads, 160 px).
-TFLITE_CHUNK = 16
+#: Images per interpreter call. XNNPACK is cheapest on small batches that keep the activations
+#: in cache. Measured on the shipped Lite1 model (160 px, 2 cores, 2026-12-07, CPU ms per
+#: image): 1 thread 3.2-3.3 at 4-8 against 3.7 at 16 and 4.0 at 32; 2 threads 3.4-3.7 at 8
+#: against 3.9-4.1 at 16, and 12 % less wall time. Every image's outputs are bit-identical
+#: whatever the chunk (``tests/test_runtime.py``).
+TFLITE_CHUNK = 8
 #: Images per call of the Keras graph (bounds the activations' memory, ~1.4 MB per image).
 KERAS_CHUNK = 64
 
@@ -133,7 +136,7 @@ class LiteRunner:
         with self._lock:
             n = int(batch.shape[0])
             if n != self._batch:
-                # As cheap as one call (~20 ms at 16 images): XNNPACK re-plans its buffers.
+                # About as cheap as one call: XNNPACK re-plans its buffers.
                 self._interp.resize_tensor_input(self._input, [n, self._size, self._size, 3])
                 with native_noise_dropped():
                     self._interp.allocate_tensors()
