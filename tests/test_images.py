@@ -196,3 +196,33 @@ def test_a_file_appended_to_an_image_is_refused_but_padding_is_not() -> None:
         assert exc.reason == "trailing_data", (fmt, kw, exc)
         assert f"{len(rider)} bytes follow the end of the {fmt} image" in exc.message
     assert decode_image(encode(art) + rider, Limits(max_trailing_bytes=10_000)).format == "JPEG"
+
+
+def test_scan_end_finds_the_first_marker_after_entropy_coded_data() -> None:
+    """The regular-expression search gives, on any bytes, the same answer as a plain walk:
+    stuffed ``FF00``, restart markers and fill bytes belong to the scan."""
+    import random
+
+    from artclf_core.images.decode import _scan_end
+
+    def walk(data: bytes, i: int) -> int | None:
+        while True:
+            j = data.find(b"\xff", i)
+            if j < 0 or j + 1 >= len(data):
+                return None
+            following = data[j + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i = j + 2
+            elif following == 0xFF:
+                i = j + 1
+            else:
+                return j
+
+    rng = random.Random(32)
+    alphabet = [0xFF, 0x00, 0xD0, 0xD7, 0xD8, 0xD9, 0xFE, 0x12]
+    for _ in range(20_000):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        start = rng.randint(0, len(data))
+        assert _scan_end(data, start) == walk(data, start), (data, start)
+    # Linear whatever the bytes: a long run of fill bytes is no trap.
+    assert _scan_end(b"\xff" * 1_000_000 + b"\x00", 0) is None

