@@ -28,17 +28,25 @@ from artclf_core.images import fingerprints  # noqa: E402
 from artclf_core.images.decode import decode_image  # noqa: E402
 
 
-def hashes(data: bytes) -> tuple[int, int]:
+def hashes(data: bytes, scheme: int = fingerprints.FINGERPRINT_VERSION) -> tuple[int, int]:
+    """The pair ingestion stores, under fingerprint ``scheme`` (1: of the decoded picture;
+    2: of the picture squeezed to FINGERPRINT_SIZE, the product's since 2026-12-07)."""
     img = decode_image(data).image
-    return fingerprints.to_unsigned64(fingerprints.phash(img)), fingerprints.to_unsigned64(
-        fingerprints.dhash(img)
-    )
+    p, d = fingerprints.catalogue_hashes(img) if scheme == 2 else fingerprints.image_hashes(img)
+    return fingerprints.to_unsigned64(p), fingerprints.to_unsigned64(d)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scheme",
+        type=int,
+        choices=(1, 2),
+        default=fingerprints.FINGERPRINT_VERSION,
+        help="fingerprint scheme (artclf_core.images.fingerprints.FINGERPRINT_VERSION)",
+    )
     args = parser.parse_args()
     suffixes = (".jpg", ".jpeg", ".png", ".webp")
     files = sorted(p for p in args.data.glob("*/*") if p.suffix.lower() in suffixes)
@@ -46,12 +54,12 @@ def main() -> None:
     orig, copies, owner = [], [], []
     for i, path in enumerate(files):
         data = path.read_bytes()
-        orig.append(hashes(data))
+        orig.append(hashes(data, args.scheme))
         with Image.open(path) as im:
             fmt, img = im.format, ImageOps.exif_transpose(im).convert("RGB")
         for kind in KINDS:
             copy, _ = make_copy(kind, img, fmt, rng)
-            copies.append(hashes(copy))
+            copies.append(hashes(copy, args.scheme))
             owner.append(i)
     o = np.array(orig, dtype=np.uint64)
     c = np.array(copies, dtype=np.uint64)
@@ -63,7 +71,10 @@ def main() -> None:
     neg_d = np.bitwise_count(o[:, None, 1] ^ o[None, :, 1])[iu].astype(int)
     keep = neg_p > 0  # byte-identical originals are true duplicates, not negatives
     neg_p, neg_d = neg_p[keep], neg_d[keep]
-    print(f"{len(files)} images, {len(c)} copies, {len(neg_p)} negative pairs")
+    print(
+        f"fingerprint scheme {args.scheme}: {len(files)} images, {len(c)} copies, "
+        f"{len(neg_p)} negative pairs"
+    )
     print(f"{'rule':<28}{'recall':>8}{'false pairs':>13}{'pair precision':>16}")
 
     def row(name: str, pos: np.ndarray, neg: np.ndarray) -> None:

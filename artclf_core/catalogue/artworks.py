@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 
 from artclf_core.catalogue import db, registry
+from artclf_core.images.fingerprints import FINGERPRINT_VERSION
 
 MIGRATION_LOCK = 0x61727463  # pg_advisory_lock key: "artc"
 #: Columns of artclf.similar_artworks and artclf.similar_to_embedding, in order; also the
@@ -179,6 +180,8 @@ class ArtworkRow:
     source_key: str
     source_etag: str | None
     curated_label: str | None = None
+    #: The scheme ``phash`` and ``dhash`` were computed with (sql/012).
+    fingerprint_version: int = FINGERPRINT_VERSION
 
     @property
     def location(self) -> str:
@@ -204,6 +207,7 @@ _ART_COLS = [
     "source_key",
     "source_etag",
     "curated_label",
+    "fingerprint_version",
 ]
 
 
@@ -246,6 +250,7 @@ def insert_artworks(
                     r.source_key,
                     r.source_etag,
                     r.curated_label,
+                    int(r.fingerprint_version),
                     db.vector_text(r.embedding),
                 ]
             )

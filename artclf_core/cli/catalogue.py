@@ -156,6 +156,17 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehash(args: argparse.Namespace) -> int:
+    """Recompute fingerprints of an older scheme from the lake (docs/dedup.md, "The hash")."""
+    from artclf_core.lifecycle import rehash
+
+    summary = rehash.rehash(common.settings(), batch_size=args.batch_size)
+    print(summary.line())
+    for why in summary.unreadable[:10]:
+        print(f"  not rehashed: {why}")
+    return EXIT_PARTIAL if summary.unreadable else 0
+
+
 def print_neighbours(rows: list, indent: str = "") -> None:
     """The neighbour table of ``artclf similar`` and ``artclf classify``, with its header."""
     print(f"{indent}{'rank':>4}  {'artwork':>8}  {'distance':>8}  {'label':<12} location")
@@ -323,6 +334,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--any-label", action="store_true", help="neighbours of any label")
     p.add_argument("--json", action="store_true", help="one JSON object per picture")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "rehash",
+        help="recompute the near-copy fingerprints of artworks catalogued under an older "
+        "scheme, from their pictures in the lake (safe beside ingestion; idempotent)",
+    )
+    p.add_argument("--batch-size", type=int, default=500)
+    p.set_defaults(func=cmd_rehash)
 
     p = sub.add_parser(
         "report",

@@ -25,6 +25,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         print('  eval "$(artclf stack env)" to export the connection settings', file=sys.stderr)
+        _older_fingerprints_notice(env)
     elif args.action == "down":
         stack.down()
         print("artclf stack is down", file=sys.stderr)
@@ -39,6 +40,22 @@ def cmd_stack(args: argparse.Namespace) -> int:
         for name, running in stack.status().items():
             print(f"{name}: {'running' if running else 'stopped'}")
     return 0
+
+
+def _older_fingerprints_notice(env: dict[str, str]) -> None:
+    """After an upgrade, say once per start that older near-copy fingerprints are waiting
+    for ``artclf rehash`` (sql/012; near copies are still found meanwhile)."""
+    from artclf_core.catalogue import db
+    from artclf_core.lifecycle import rehash
+
+    with db.connect(env["ARTCLF_DB_URL"]) as conn:
+        waiting = rehash.pending(conn)
+    if waiting:
+        print(
+            f"note: {waiting} artwork(s) carry near-copy fingerprints of an older scheme;"
+            " `artclf rehash` recomputes them from the lake (safe while ingesting)",
+            file=sys.stderr,
+        )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -72,6 +89,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     already = stack_was_up and before is not None and airflow.leader() == before
     url = info["AIRFLOW_URL"]
     print(f"artclf is {'already ' if already else ''}up (state in {stack.home})")
+    _older_fingerprints_notice(env)
     print()
     print(f"  Airflow     {url}   login {info['AIRFLOW_USER']} / {info['AIRFLOW_PASSWORD']}")
     plan = airflow.deployment()

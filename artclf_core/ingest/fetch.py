@@ -80,8 +80,12 @@ def fetch(w: Worker, item: Item) -> None:
         item.sha256 = fingerprints.sha256_hex(data)
     if not item.in_place:
         item.data = data  # written at its final key by the move
-    with cpu_of(item.cpu, "fingerprints"):
-        item.phash, item.dhash = fingerprints.image_hashes(decoded.image)
     with cpu_of(item.cpu, "model_input"):
-        item.pixels = to_model_input(decoded.image, w.model.image_size)
+        # One squeeze serves both: the fingerprints' square is the shipped model's input.
+        square = to_model_input(decoded.image, fingerprints.FINGERPRINT_SIZE)
+        size = w.model.image_size
+        same = size == fingerprints.FINGERPRINT_SIZE
+        item.pixels = square if same else to_model_input(decoded.image, size)
+    with cpu_of(item.cpu, "fingerprints"):
+        item.phash, item.dhash = fingerprints.square_hashes(square)
     item.width, item.height, item.format = decoded.width, decoded.height, decoded.format
