@@ -53,10 +53,10 @@ log = logging.getLogger(__name__)
 #: Runtimes :func:`make_runner` knows.
 RUNTIMES: tuple[str, ...] = ("tflite", "keras")
 #: Images per interpreter call. XNNPACK is cheapest on small batches that keep the activations
-#: in cache. Measured on the shipped Lite1 model (160 px, 2 cores, 2026-12-07, CPU ms per
-#: image): 1 thread 3.2-3.3 at 4-8 against 3.7 at 16 and 4.0 at 32; 2 threads 3.4-3.7 at 8
-#: against 3.9-4.1 at 16, and 12 % less wall time. Every image's outputs are bit-identical
-#: whatever the chunk (``tests/test_runtime.py``).
+#: in cache. Measured on the shipped Lite1 model (``bench/inference_chunk.py``: 160 px, 2 cores,
+#: 2026-12-07, CPU ms per image): 1 thread 3.3 at 4-8 against 3.65 at 16 and 3.9 at 32;
+#: 2 threads 3.4 at 8 against 3.6 at 16, and 5 % less wall time. Every image's outputs are
+#: bit-identical whatever the chunk (``tests/test_model.py``).
 TFLITE_CHUNK = 8
 #: Images per call of the Keras graph (bounds the activations' memory, ~1.4 MB per image).
 KERAS_CHUNK = 64
