@@ -15,6 +15,7 @@ import pytest
 
 from artclf_core.config import Settings, read_env_file
 from artclf_core.embedded.procs import pid_alive, read_pid
+from artclf_core.embedded.stack import Stack
 from artclf_core.lake import s3 as s3lib
 
 
@@ -75,10 +76,13 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
         assert oct(home.stat().st_mode)[-3:] == "711"
         assert oct((home / "s3").stat().st_mode)[-3:] == "700"
         first_env = env
+        sockets = Stack(home).seaweed.local_sockets()
+        assert sockets  # weed's own sockets in /tmp, named after this stack's ports
     finally:
         down = artclf("stack", "down", home=home)
     assert down.returncode == 0, down.stderr
     assert not pid_alive(pg_pid) and not pid_alive(weed_pid)
+    assert not [s for s in sockets if s.exists()]  # removed with the server: nothing in /tmp
     assert not (home / "stack.env").exists()
     # Data survives a restart.
     assert artclf("stack", "up", home=home).returncode == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artclf_core.embedded.procs import GaveUp, pick_port, read_pid, stop_group, wait_until
+
+#: Where weed writes its local sockets whatever ``TMPDIR`` says.
+_TMP = Path("/tmp")
 
 
 def weed_binary() -> str:
@@ -154,3 +158,24 @@ class EmbeddedSeaweed:
         if pid is not None:
             stop_group(pid)
         self.pid_file.unlink(missing_ok=True)
+        self.remove_sockets()
+
+    def local_sockets(self) -> list[Path]:
+        """The Unix sockets this instance's servers made: weed puts them in /tmp, named
+        ``seaweedfs-<server>-<port>.sock`` after their HTTP or gRPC port (+10000), and leaves
+        them there when it stops (no flag moves all of them)."""
+        ports = {q for p in self._previous_ports().values() for q in (p, p + 10000)}
+        return [sock for p in sorted(ports) for sock in _TMP.glob(f"seaweedfs-*-{p}.sock")]
+
+    def remove_sockets(self) -> None:
+        """Remove :meth:`local_sockets` once weed is down (93 had piled up in a day of tests);
+        only sockets of this user, so another user's SeaweedFS on the same ports is left be."""
+        if self.is_running():
+            return
+        for sock in self.local_sockets():
+            try:
+                info = sock.lstat()
+                if stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid():
+                    sock.unlink()
+            except FileNotFoundError:
+                pass
