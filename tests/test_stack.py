@@ -83,6 +83,7 @@ def test_stack_up_env_down_leaves_nothing_behind(tmp_path):
     assert down.returncode == 0, down.stderr
     assert not pid_alive(pg_pid) and not pid_alive(weed_pid)
     assert not [s for s in sockets if s.exists()]  # removed with the server: nothing in /tmp
+    assert not list(Path("/tmp").glob(f"weed.*.{weed_pid}"))  # its glog files are in home
     assert not (home / "stack.env").exists()
     # Data survives a restart.
     assert artclf("stack", "up", home=home).returncode == 0

@@ -86,6 +86,9 @@ class EmbeddedSeaweed:
             used |= {ports[name], ports[name] + 10000}
         args = [
             weed_binary(),
+            # glog's files (weed.<host>.<user>.log.WARNING...) go here, not to /tmp; the
+            # same lines reach weed.log through stderr as well.
+            f"-logdir={self.dir}",
             "mini",
             f"-dir={self.dir / 'data'}",
             "-ip=127.0.0.1",
