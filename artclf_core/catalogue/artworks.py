@@ -96,7 +96,7 @@ def find_near(
     max_distance = fingerprints.NEAR_DUP_MAX_DISTANCE if max_distance is None else max_distance
     max_dhash = fingerprints.NEAR_DUP_MAX_DHASH if max_dhash is None else max_dhash
     bands = bands if bands is not None else [fingerprints.band_keys(h) for h in phashes]
-    band_text = ["{" + ",".join(map(str, b)) + "}" for b in bands]
+    band_text = [db.int_array_text(b) for b in bands]
     emb_text = [db.vector_text(e) for e in embeddings]
     if model_version is None:
         model_version = registry.active_version(conn)
@@ -241,7 +241,7 @@ def insert_artworks(
                     r.model_version,
                     r.sha256,
                     int(r.phash),
-                    "{" + ",".join(map(str, r.phash_bands)) + "}",
+                    db.int_array_text(r.phash_bands),
                     int(r.dhash),
                     int(r.width),
                     int(r.height),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,12 @@ def lock_holders(conn: psycopg.Connection, key: int) -> list[str]:
 def vector_text(v: np.ndarray) -> str:
     """pgvector's text form of a vector (what COPY and ``::vector`` casts read)."""
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(v, dtype=np.float32)) + "]"
+
+
+def int_array_text(values: Iterable[int]) -> str:
+    """PostgreSQL's text form of an ``integer[]`` (what COPY and ``::integer[]`` casts read);
+    for a batch of arrays, which psycopg cannot send as one ragged ``integer[][]``."""
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
 def json_text(value: Any) -> str:

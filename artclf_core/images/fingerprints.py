@@ -24,6 +24,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from artclf_core.images.model_input import to_model_input
+
 __all__ = [
     "BAND_BITS",
     "FINGERPRINT_SIZE",
@@ -159,8 +161,6 @@ def catalogue_hashes(img: Image.Image) -> tuple[int, int]:
     """The catalogue's ``(phash, dhash)`` of a decoded picture: :func:`square_hashes` of it
     squeezed to :data:`FINGERPRINT_SIZE` (for callers that have not made that square already:
     ``artclf rehash``, the benches)."""
-    from artclf_core.images.model_input import to_model_input
-
     return square_hashes(to_model_input(img, FINGERPRINT_SIZE))
 
 

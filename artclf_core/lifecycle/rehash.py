@@ -117,8 +117,7 @@ def _update(conn: psycopg.Connection, done: list[tuple[int, tuple[int, int]]], v
     ids = [i for i, _ in done]
     phashes = [p for _, (p, _) in done]
     dhashes = [d for _, (_, d) in done]
-    # One text array of "{k1,k2,k3,k4}" literals: PostgreSQL has no ragged int[][] to unnest.
-    bands = ["{" + ",".join(map(str, fingerprints.band_keys(p))) + "}" for p in phashes]
+    bands = [db.int_array_text(fingerprints.band_keys(p)) for p in phashes]
     cur = conn.execute(
         "UPDATE artclf.artworks AS a SET phash = u.phash, dhash = u.dhash,"
         " phash_bands = u.bands::integer[], fingerprint_version = %s"
