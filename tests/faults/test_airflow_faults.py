@@ -21,6 +21,7 @@ from test_airflow_stack import artclf, wait_for
 from artclf_core.catalogue import db
 from artclf_core.config import Settings, read_env_file
 from artclf_core.embedded.airflow import EmbeddedAirflow
+from artclf_core.lake import s3 as s3lib
 
 N_OBJECTS = 300
 pytestmark = pytest.mark.slow
@@ -61,8 +62,14 @@ def test_a_task_killed_mid_batch_is_finished_by_airflows_retry(tmp_path):
         print(f"killed task process(es) {sorted(victims)} at {states(settings)}")
 
         def settled() -> bool:
+            # Every row final is not enough: a task killed between its commit and its
+            # deletes leaves final rows whose objects are still in incoming/ until the
+            # retry (20 s later) finishes the moves. Wait for that retry too.
             now = states(settings)
-            return set(now) <= TERMINAL and sum(now.values()) == N_OBJECTS
+            if not (set(now) <= TERMINAL and sum(now.values()) == N_OBJECTS):
+                return False
+            client = s3lib.client(settings)
+            return not any(s3lib.iter_pages(client, settings.bucket, "incoming/"))
 
         wait_for(settled, 600, "Airflow's retry settles the drop (the lease is 900 s)", 2.0)
         recovery = time.monotonic() - killed_at
