@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
     samples = scan_labelled_folder(args.data)
-    feats = cv_evaluate.cached_features(samples, 160, 1, "lite1", args.features_cache)
+    feats = cv_evaluate.cached_features(samples, 160, 1, "lite1", args.features_cache, gram=False)
     feats = np.asarray(feats, dtype=np.float64)
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])

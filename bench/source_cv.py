@@ -4,7 +4,7 @@ on the families it never trained on (:mod:`artclf_core.lifecycle.cv_evaluate`; t
 
     python bench/source_cv.py [--data ../shared/data/artworks] [--model PATH] [--size 160]
                               [--views 1] [--lam 10] [--source-power 0.5]
-                              [--backbone lite1] [--folds K] [--kshot] [--boost B]
+                              [--backbone lite1] [--no-gram] [--folds K] [--kshot] [--boost B]
                               [--features-cache F.npz] [--json OUT]
 
 ``--folds 5``: grouped 5-fold (the folds every variant of the model card is compared on)
@@ -41,6 +41,9 @@ def main() -> int:
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--source-power", type=float, default=0.5)
     ap.add_argument("--backbone", default="lite1", choices=["lite0", "lite1", "lite2"])
+    ap.add_argument(
+        "--no-gram", action="store_true", help="the recipe without the channel correlations"
+    )
     ap.add_argument("--folds", type=int, help="grouped k-fold instead of leave-one-out")
     ap.add_argument("--kshot", action="store_true", help="also the k-shot curve")
     ap.add_argument("--boost", type=float, default=1.0, help="--kshot: weight of the shots")
@@ -56,6 +59,7 @@ def main() -> int:
         lam=args.lam,
         source_power=args.source_power,
         variant=args.backbone,
+        gram=not args.no_gram,
         k=args.folds,
         kshot=args.kshot,
         boost=args.boost,

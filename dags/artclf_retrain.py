@@ -33,7 +33,7 @@ time). It trains nothing if the labelled data is unchanged since the active mode
 1. exports every catalogued artwork with a known label (`training/<label>/` drops and labels
    confirmed by curators with `artclf label` / `artclf.confirm_label`) from the lake;
 2. splits it by source, keeping exact and near copies on one side;
-3. trains the `arch` model (the default `efficientnet_lite1_texture`: one backbone pass, a
+3. trains the `arch` model (the default `efficientnet_lite1_gram`: one backbone pass, a
    source-family cross-validation that calibrates it, a closed-form head; the others by
    epochs with augmentation, class weights, early stopping);
 4. scores the candidate **and the active model on the same validation images**, from source
@@ -124,6 +124,7 @@ def announce_promotion(summary: dict, *, outlet_events=None) -> str:
             type=["null", "string"],
             enum=[
                 None,
+                "efficientnet_lite1_gram",
                 "efficientnet_lite1_texture",
                 "efficientnet_lite0_texture",
                 "efficientnet_lite0",

@@ -47,3 +47,23 @@ def test_texture_backbone_shape() -> None:
     net = texture.build_texture_backbone(64, weights=None)
     out = net.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)
     assert out.shape == (2, texture.feature_dim())
+
+
+def test_channel_correlation_is_the_normalised_gram_matrix() -> None:
+    """Each output is the Pearson correlation over space of one pair of channels, in the
+    order of the upper triangle; a constant (dead) channel gives 0, not NaN."""
+    from artclf_core.model import texture
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+    x[1, ..., 3] = 7.0
+    out = np.asarray(texture.ChannelCorrelation()(x))
+    assert out.shape == (2, 6)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    for n in range(2):
+        flat = x[n].reshape(-1, 4)
+        for k, (i, j) in enumerate(pairs):
+            want = 0.0 if n == 1 and 3 in (i, j) else np.corrcoef(flat[:, i], flat[:, j])[0, 1]
+            assert abs(out[n, k] - want) < 1e-4
+    net = texture.build_texture_backbone(64, weights=None, variant="lite1", gram_taps=(1, 2, 3))
+    assert net.output.shape[-1] == texture.feature_dim(variant="lite1", gram_taps=(1, 2, 3))

@@ -331,6 +331,7 @@ def test_backbone_builds_with_the_same_output_contract() -> None:
         BACKBONE,
         "efficientnet_lite0_texture",
         "efficientnet_lite1_texture",
+        "efficientnet_lite1_gram",
     )
     model = build_model(seed=0, arch=BACKBONE, image_size=TINY)
     assert tuple(model.inputs[0].shape) == (None, TINY, TINY, 3)

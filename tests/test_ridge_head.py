@@ -68,7 +68,7 @@ def texture_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for i in range(9):
             _draw(label, i).save(root / label / f"{label}{i % 3}__{i:03d}.png")
     out = tmp_path_factory.mktemp("model") / "texture.keras"
-    result = train(root, out, arch="efficientnet_lite1_texture", image_size=64, verbose=0)
+    result = train(root, out, arch="efficientnet_lite1_gram", image_size=64, verbose=0)
     return result
 
 
@@ -78,8 +78,8 @@ def test_default_architecture_trains_in_closed_form_with_its_calibration(
     from artclf_core.model.artmodel import ArtModel
 
     model = ArtModel.load(texture_model["model_path"])
-    assert model.arch == "efficientnet_lite1_texture" and model.image_size == 64
-    assert model.version.startswith("efficientnet_lite1_texture-")
+    assert model.arch == "efficientnet_lite1_gram" and model.image_size == 64
+    assert model.version.startswith("efficientnet_lite1_gram-")
     cv = model.metrics["cross_validation"]
     assert cv["folds"] >= 2 and cv["n"] == texture_model["split"]["n_train"]
     assert set(cv["calibration"]) >= {"temperature", "ece_before", "ece_after", "review"}

@@ -235,6 +235,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--arch",
         choices=[
+            "efficientnet_lite1_gram",
             "efficientnet_lite1_texture",
             "efficientnet_lite0_texture",
             "efficientnet_lite0",
@@ -332,16 +333,18 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument(
         "--arch",
-        default="efficientnet_lite1_texture",
+        default="efficientnet_lite1_gram",
         choices=[
+            "efficientnet_lite1_gram",
             "efficientnet_lite1_texture",
             "efficientnet_lite0_texture",
             "efficientnet_lite0",
             "cnn",
         ],
-        help="efficientnet_lite1_texture (default: frozen backbone, closed-form head, "
-        "calibrated by source-family CV), the same on Lite0, efficientnet_lite0 "
-        "(fine-tuned) or cnn",
+        help="efficientnet_lite1_gram (default: frozen backbone, texture statistics and "
+        "channel correlations, closed-form head, calibrated by source-family CV), "
+        "efficientnet_lite1_texture (without the correlations), the same on Lite0, "
+        "efficientnet_lite0 (fine-tuned) or cnn",
     )
     p.add_argument("--epochs", type=int, help="max epochs (backbone: of the fine-tuning phase)")
     p.add_argument("--val", default="source", choices=["source", "random", "none"])

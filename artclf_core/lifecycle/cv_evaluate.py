@@ -37,10 +37,14 @@ from artclf_core.model import calibration
 log = logging.getLogger("artclf.evaluate")
 
 
-def features(samples, size: int, views: int, variant: str = "lite1") -> np.ndarray:
-    from artclf_core.model.texture import build_texture_backbone
+def features(
+    samples, size: int, views: int, variant: str = "lite1", gram: bool = True
+) -> np.ndarray:
+    """The frozen features of the shipped recipe (``gram``: with the channel correlations of
+    :data:`artclf_core.model.texture.GRAM_TAPS`, as ``efficientnet_lite1_gram``)."""
+    from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
 
-    net = build_texture_backbone(size, variant=variant)
+    net = build_texture_backbone(size, variant=variant, gram_taps=GRAM_TAPS if gram else ())
     with ThreadPoolExecutor(max_workers=2) as pool:
         pictures = list(pool.map(lambda s: open_rgb(str(s.path)), samples))
     out = []
@@ -59,16 +63,18 @@ def features(samples, size: int, views: int, variant: str = "lite1") -> np.ndarr
 
 
 def cached_features(
-    samples, size: int, views: int, variant: str, cache: str | None = None
+    samples, size: int, views: int, variant: str, cache: str | None = None, gram: bool = True
 ) -> np.ndarray:
     """:func:`features`, kept in ``cache`` (an ``.npz``) for the same images and settings."""
-    key = f"{variant}/{size}/{views}/" + "|".join(str(s.path) for s in samples)
+    key = f"{variant}/{size}/{views}/{'gram/' if gram else ''}" + "|".join(
+        str(s.path) for s in samples
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()
     if cache and Path(cache).exists():
         with np.load(cache) as z:
             if str(z["key"]) == digest:
                 return z["features"]
-    feats = features(samples, size, views, variant)
+    feats = features(samples, size, views, variant, gram)
     if cache:
         np.savez(cache, features=feats, key=digest)
     return feats
@@ -174,6 +180,7 @@ def evaluate_by_sources(
     lam: float = 10.0,
     source_power: float = 0.5,
     variant: str = "lite1",
+    gram: bool = True,
     k: int | None = None,
     kshot: bool = False,
     boost: float = 1.0,
@@ -185,7 +192,8 @@ def evaluate_by_sources(
     recipe on the same images, "groups", "seconds"}``, and with ``kshot`` the recipe's
     k-shot curve (:mod:`artclf_core.lifecycle.kshot`, curator labels weighed ``boost``) under
     ``"kshot"``. ``k``: grouped k-fold instead of leave-one-group-out; ``features_cache``:
-    an ``.npz`` that keeps the backbone's features between runs on the same images."""
+    an ``.npz`` that keeps the backbone's features between runs on the same images; ``gram``:
+    the recipe with the channel correlations (the default's), or without (the one before)."""
     from artclf_core.lifecycle.dataset import scan_labelled_folder
     from artclf_core.lifecycle.evaluation import evaluate_samples
     from artclf_core.model.artmodel import ArtModel
@@ -195,11 +203,12 @@ def evaluate_by_sources(
     sources = np.array([s.source for s in samples])
     y = np.array([CLASSES.index(s.label) for s in samples])
     log.info("%d images, %d sources", len(samples), len(set(sources)))
-    feats = cached_features(samples, size, views, variant, features_cache)
+    feats = cached_features(samples, size, views, variant, features_cache, gram)
     copy_keys, groups = grouping(samples)
     report, probs = calibrated_cv(feats, samples, lam, source_power, k, groups)
     report["recipe"] = {
         "backbone": variant,
+        "gram": gram,
         "size": size,
         "views": views,
         "lam": lam,

@@ -43,22 +43,28 @@ METADATA_FORMAT = 1
 #: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.model.backbones`), and the same
 #: backbone frozen with texture statistics (:mod:`artclf_core.model.texture`) under a closed-form
 #: head (:mod:`artclf_core.lifecycle.ridge_head`),
-#: and the same recipe on the larger EfficientNet-Lite1,
+#: and the same recipe on the larger EfficientNet-Lite1; ``efficientnet_lite1_gram`` adds the
+#: channel correlations of its early stages (:class:`artclf_core.model.texture.ChannelCorrelation`),
 #: the default since it generalises best to new sources (docs/model-card.md).
 ARCHS: tuple[str, ...] = (
     "cnn",
     "efficientnet_lite0",
     "efficientnet_lite0_texture",
     "efficientnet_lite1_texture",
+    "efficientnet_lite1_gram",
 )
 #: The frozen-backbone, closed-form-head architectures (:mod:`artclf_core.lifecycle.ridge_training`)
 #: and the EfficientNet-Lite size each one runs.
 TEXTURE_ARCHS: dict[str, str] = {
     "efficientnet_lite0_texture": "lite0",
     "efficientnet_lite1_texture": "lite1",
+    "efficientnet_lite1_gram": "lite1",
 }
+#: The closed-form architectures that add the channel correlations of
+#: :data:`artclf_core.model.texture.GRAM_TAPS`.
+GRAM_ARCHS: frozenset[str] = frozenset({"efficientnet_lite1_gram"})
 #: What ``artclf train`` and a first retraining build.
-DEFAULT_ARCH = "efficientnet_lite1_texture"
+DEFAULT_ARCH = "efficientnet_lite1_gram"
 #: Input side per architecture when ``image_size`` is not given. The backbone's 160 was chosen
 #: by measurement (docs/model-card.md "Input resolution").
 DEFAULT_IMAGE_SIZES: dict[str, int] = {
@@ -66,6 +72,7 @@ DEFAULT_IMAGE_SIZES: dict[str, int] = {
     "efficientnet_lite0": 160,
     "efficientnet_lite0_texture": 160,
     "efficientnet_lite1_texture": 160,
+    "efficientnet_lite1_gram": 160,
 }
 #: Dropout between the backbone's pooled features and the embedding layer.
 BACKBONE_DROPOUT = 0.3
@@ -97,7 +104,9 @@ def build_model(
     stages 2-6 beside its pooled features (:func:`artclf_core.model.texture.build_texture_backbone`,
     2176 values, no dropout), then the same two layers, whose weights
     :mod:`artclf_core.lifecycle.ridge_training` computes in closed form.
-    ``arch="efficientnet_lite1_texture"`` (the default): the same on EfficientNet-Lite1.
+    ``arch="efficientnet_lite1_texture"``: the same on EfficientNet-Lite1.
+    ``arch="efficientnet_lite1_gram"`` (the default): the same, plus the channel correlations
+    of stages 1-3 (:class:`artclf_core.model.texture.ChannelCorrelation`, 3,352 values).
 
     The embedding is the linear 128-unit layer just before the softmax: a linear layer keeps
     the geometry the classifier uses (no ReLU zeroing half of the space), which is what a
@@ -133,10 +142,14 @@ def build_model(
         x = backbone(inputs)
         x = keras.layers.Dropout(BACKBONE_DROPOUT, seed=seed, name="feature_dropout")(x)
     else:
-        from artclf_core.model.texture import build_texture_backbone
+        from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
 
         backbone = build_texture_backbone(
-            size, weights=weights, name="backbone", variant=TEXTURE_ARCHS[arch]
+            size,
+            weights=weights,
+            name="backbone",
+            variant=TEXTURE_ARCHS[arch],
+            gram_taps=GRAM_TAPS if arch in GRAM_ARCHS else (),
         )
         x = backbone(inputs)
     embedding = keras.layers.Dense(
