@@ -1,6 +1,7 @@
 """Richer texture descriptors beside the shipped features, under the grouped cross-validation.
 
-    python bench/texture_descriptors.py --cache F.npz [--data ../shared/data/artworks]
+    python bench/texture_descriptors.py --cache F.npz [--data ../shared/data/artworks] [--size 160]
+        [--add F240.npz:240]
         [--folds 5] [--variants base,base+gram1,...]
 
 The shipped recipe describes texture by each channel's spatial mean and standard deviation
@@ -38,7 +39,7 @@ from artclf_core.images.model_input import open_rgb, to_model_input  # noqa: E40
 from artclf_core.lifecycle import cv_evaluate  # noqa: E402
 from artclf_core.lifecycle.dataset import scan_labelled_folder  # noqa: E402
 
-SIZE = 160
+SIZE = 160  # the shipped input side; --size for another
 STAGES = (0, 1, 2, 3, 4)  # 0: the stem (32 channels at 1/2 of the input side)
 CHUNK = 128
 
@@ -104,12 +105,12 @@ def tone(x: np.ndarray) -> np.ndarray:
     return np.concatenate(feats, axis=1).astype(np.float32)
 
 
-def compute(samples) -> dict[str, np.ndarray]:
+def compute(samples, size: int = SIZE) -> dict[str, np.ndarray]:
     import keras
 
     from artclf_core.model.texture import build_texture_backbone, tap_layer_name
 
-    net = build_texture_backbone(SIZE, variant="lite1")
+    net = build_texture_backbone(size, variant="lite1")
     taps = [
         net.get_layer("stem_relu" if s == 0 else tap_layer_name(net, s, "lite1")).output
         for s in STAGES
@@ -123,7 +124,7 @@ def compute(samples) -> dict[str, np.ndarray]:
         for i in range(0, len(samples), CHUNK):
             part = samples[i : i + CHUNK]
             x = np.stack(
-                list(pool.map(lambda s: to_model_input(open_rgb(str(s.path)), SIZE), part))
+                list(pool.map(lambda s: to_model_input(open_rgb(str(s.path)), size), part))
             ).astype(np.float32)
             out = probe.predict(x, batch_size=32, verbose=0)
             blocks["base"].append(out[0])
@@ -141,6 +142,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
     ap.add_argument("--cache", required=True)
+    ap.add_argument("--size", type=int, default=SIZE, help="input side of the cached blocks")
+    ap.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="CACHE:SIZE",
+        help="also the blocks at another input side (e.g. gram1@240), cached in CACHE",
+    )
     ap.add_argument("--folds", type=int, default=5, help="0: leave one family out")
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--per-source", action="store_true", help="accuracy of each source")
@@ -155,8 +164,14 @@ def main() -> int:
         with np.load(args.cache) as z:
             blocks = {k: z[k] for k in z.files}
     else:
-        blocks = compute(samples)
+        blocks = compute(samples, args.size)
         np.savez(args.cache, **blocks)
+    for extra in args.add:  # another size's blocks, named <block>@<size>
+        path, size = extra.rsplit(":", 1)
+        if not Path(path).exists():
+            np.savez(path, **compute(samples, int(size)))
+        with np.load(path) as z:
+            blocks.update({f"{k}@{size}": z[k] for k in z.files})
     blocks["pool"], blocks["tex"] = blocks["base"][:, :1280], blocks["base"][:, 1280:]
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])
