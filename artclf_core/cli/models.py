@@ -314,7 +314,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from artclf_core.lifecycle import cv_evaluate
 
         result = cv_evaluate.evaluate_by_sources(
-            args.data, args.model, views=args.views, variant=args.backbone
+            args.data, args.model, views=args.views, variant=args.backbone, gram=not args.no_gram
         )
         print(json.dumps(result) if args.json else cv_evaluate.format_by_sources(result))
         return 0
@@ -380,5 +380,10 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
         default="lite1",
         choices=("lite0", "lite1", "lite2"),
         help="--cv: the recipe's frozen EfficientNet-Lite (default lite1, the shipped one)",
+    )
+    p.add_argument(
+        "--no-gram",
+        action="store_true",
+        help="--cv: the recipe without the channel correlations (the default before 2026-12-07)",
     )
     p.set_defaults(func=cmd_evaluate)
