@@ -156,9 +156,15 @@ def test_tflite_and_keras_runtimes_agree(
     """The default TFLite runtime is a faster executor of the same float32 model, not a
     different model: both runtimes give the same classes and (to rounding) the same outputs,
     and the converted model is cached by the .keras file's digest."""
+    import tempfile
+
     from artclf_core.model import runtime
 
     monkeypatch.setenv("ARTCLF_HOME", str(tmp_path / "home"))
+    # Tracing writes no temporary source files (autograph's), which a task killed before its
+    # atexit handlers would leave in /tmp.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     model = build_model(seed=4)
     path = save_model(model, tmp_path / "m.keras", version="cnn-rt", classes=CLASSES, arch="cnn")
     lite = ArtModel.load(path)
@@ -180,6 +186,7 @@ def test_tflite_and_keras_runtimes_agree(
     np.testing.assert_allclose(p_lite, p_keras, atol=1e-5)
     np.testing.assert_allclose(e_lite, e_keras, rtol=1e-4, atol=1e-4)
     assert (p_lite.argmax(1) == p_keras.argmax(1)).all()
+    assert not list((tmp_path / "tmp").glob("__autograph_generated_file*"))
     cached = list((tmp_path / "home" / "model-cache" / "tflite").glob("*.tflite"))
     assert len(cached) == 1
     again = ArtModel.load(path)

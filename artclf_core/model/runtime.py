@@ -96,7 +96,10 @@ class KerasRunner:
         spec = tf.TensorSpec(shape=(None, image_size, image_size, 3), dtype=tf.uint8)
 
         # The images travel as uint8 (4x less memory than float32) and are cast in the graph.
-        @tf.function(input_signature=[spec])
+        # No autograph (no Python control flow here): it writes each converted function's
+        # source to a temporary file that a process ending without atexit (a killed or forked
+        # task) leaves behind in /tmp.
+        @tf.function(input_signature=[spec], autograph=False)
         def forward(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             out = model(tf.cast(x, tf.float32), training=False)
             return out["probabilities"], out["embedding"]
@@ -160,7 +163,9 @@ def frozen_forward(model: Any, image_size: int) -> Any:
         out = model(tf.cast(x, tf.float32), training=False)
         return out["probabilities"], out["embedding"]
 
-    return convert_variables_to_constants_v2(tf.function(forward).get_concrete_function(spec))
+    # autograph=False: see KerasRunner (no temporary source files).
+    concrete = tf.function(forward, autograph=False).get_concrete_function(spec)
+    return convert_variables_to_constants_v2(concrete)
 
 
 def convert_to_tflite(
