@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from _feature_cv import Folds, score  # noqa: E402
+
 from artclf_core import CLASSES  # noqa: E402
 from artclf_core.lifecycle import cv_evaluate  # noqa: E402
 from artclf_core.lifecycle.dataset import scan_labelled_folder  # noqa: E402
@@ -55,8 +57,6 @@ VARIANTS = {
 
 
 def main() -> int:
-    from sklearn.metrics import balanced_accuracy_score, recall_score
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
     ap.add_argument("--features-cache", required=True)
@@ -66,21 +66,14 @@ def main() -> int:
     samples = scan_labelled_folder(args.data)
     feats = cv_evaluate.cached_features(samples, 160, 1, "lite1", args.features_cache, gram=False)
     feats = np.asarray(feats, dtype=np.float64)
-    labels = np.array([s.label for s in samples])
-    sources = np.array([s.source for s in samples])
-    y = np.array([CLASSES.index(c) for c in labels])
-    _, groups = cv_evaluate.grouping(samples)
-    print(f"{len(samples)} images, {len(set(groups))} groups, grouped {args.folds}-fold")
+    folds = Folds.of(samples)
+    print(f"{len(samples)} images, {len(set(folds.groups))} groups, grouped {args.folds}-fold")
     print(f"{'variant':16s} {'bal. acc.':>9s} {'p@5':>6s}  recall {' / '.join(CLASSES)}")
     for name in args.variants.split(","):
         started = time.perf_counter()
-        scores, p5 = cv_evaluate.cross_validate(
-            VARIANTS[name](feats), labels, sources, groups, lam=10.0, power=0.5, k=args.folds
-        )
-        pred = scores.argmax(1)
-        recall = " / ".join(f"{r:.2f}" for r in recall_score(y, pred, average=None))
+        got = score(VARIANTS[name](feats), folds, k=args.folds)
         print(
-            f"{name:16s} {balanced_accuracy_score(y, pred):9.3f} {p5:6.3f}  {recall}"
+            f"{name:16s} {got.balanced_accuracy:9.3f} {got.precision_at_5:6.3f}  {got.recall}"
             f"  ({time.perf_counter() - started:.0f} s)"
         )
     return 0

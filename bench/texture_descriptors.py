@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from artclf_core import CLASSES  # noqa: E402
+from _feature_cv import Folds, score  # noqa: E402
+
 from artclf_core.images.model_input import open_rgb, to_model_input  # noqa: E402
-from artclf_core.lifecycle import cv_evaluate  # noqa: E402
 from artclf_core.lifecycle.dataset import scan_labelled_folder  # noqa: E402
 
 SIZE = 160  # the shipped input side; --size for another
@@ -137,7 +137,6 @@ def compute(samples, size: int = SIZE) -> dict[str, np.ndarray]:
 
 
 def main() -> int:
-    from sklearn.metrics import balanced_accuracy_score, recall_score
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
@@ -173,34 +172,23 @@ def main() -> int:
         with np.load(path) as z:
             blocks.update({f"{k}@{size}": z[k] for k in z.files})
     blocks["pool"], blocks["tex"] = blocks["base"][:, :1280], blocks["base"][:, 1280:]
-    labels = np.array([s.label for s in samples])
-    sources = np.array([s.source for s in samples])
-    y = np.array([CLASSES.index(c) for c in labels])
-    _, groups = cv_evaluate.grouping(samples)
-    print(f"{len(samples)} images, {len(set(groups))} groups, grouped {args.folds}-fold")
+    folds = Folds.of(samples)
+    sources, y = folds.sources, folds.y
+    print(f"{len(samples)} images, {len(set(folds.groups))} groups, grouped {args.folds}-fold")
     print(f"{'variant':28s} {'dims':>5s} {'bal. acc.':>9s} {'p@5':>6s}  recall")
     per_source: dict[str, dict[str, float]] = {}
     for name in args.variants.split(","):
         started = time.perf_counter()
-        feats = np.concatenate([blocks[b] for b in name.split("+")], axis=1)[None]
-        scores, p5 = cv_evaluate.cross_validate(
-            feats.astype(np.float64),
-            labels,
-            sources,
-            groups,
-            lam=args.lam,
-            power=0.5,
-            k=args.folds or None,
-        )
+        feats = np.concatenate([blocks[b] for b in name.split("+")], axis=1)
+        got = score(feats, folds, lam=args.lam, k=args.folds or None)
+        pred = got.scores.argmax(1)
         per_source[name] = {
-            src: float((scores[sources == src].argmax(1) == y[sources == src]).mean())
+            src: float((pred[sources == src] == y[sources == src]).mean())
             for src in np.unique(sources)
         }
-        pred = scores.argmax(1)
-        recall = " / ".join(f"{r:.2f}" for r in recall_score(y, pred, average=None))
         print(
-            f"{name:28s} {feats.shape[-1]:5d} {balanced_accuracy_score(y, pred):9.3f} {p5:6.3f}"
-            f"  {recall}  ({time.perf_counter() - started:.0f} s)",
+            f"{name:28s} {feats.shape[-1]:5d} {got.balanced_accuracy:9.3f}"
+            f" {got.precision_at_5:6.3f}  {got.recall}  ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
     if args.per_source and len(per_source) > 1:
