@@ -1,7 +1,7 @@
 """Richer texture descriptors beside the shipped features, under the grouped cross-validation.
 
     python bench/texture_descriptors.py --cache F.npz [--data ../shared/data/artworks] [--size 160]
-        [--add F240.npz:240]
+        [--add F240.npz:240] [--crop C96.npz:96]
         [--folds 5] [--variants base,base+gram1,...]
 
 The shipped recipe describes texture by each channel's spatial mean and standard deviation
@@ -10,7 +10,9 @@ correlation (Gram) matrix: which filters fire *together*, i.e. hatching crossing
 dots beside dots. It is cheap (a 24-channel stage at 40 x 40 is a 1,600 x 24 product) and
 comes from the same forward pass. Also measured: colour and tone statistics of the model's
 160 px input (saturation, grey share, luminance histogram, gradient energy), the cues a
-curator uses first ("is it monochrome, is it lines").
+curator uses first ("is it monochrome, is it lines"), and (``--crop``) the blocks of a
+native-resolution centre square, where a print's lines and a plate's halftone dots are still
+there to see.
 
 Each descriptor block is computed once for every image (cached in ``--cache``), appended to
 the shipped features (Lite1 pooled 1280 + texture statistics 896, 160 px) and run through
@@ -105,7 +107,25 @@ def tone(x: np.ndarray) -> np.ndarray:
     return np.concatenate(feats, axis=1).astype(np.float32)
 
 
-def compute(samples, size: int = SIZE) -> dict[str, np.ndarray]:
+def native_crop(path: str, side: int) -> np.ndarray:
+    """The centre ``side`` x ``side`` square of the picture at its stored resolution (no draft
+    decode; a picture whose short side is under ``side`` is first enlarged to it): the strokes,
+    dots and hatching that the 160 px squeeze of the whole picture averages away."""
+    from PIL import Image
+
+    img = open_rgb(path, draft=False)
+    w, h = img.size
+    if min(w, h) < side:
+        scale = side / min(w, h)
+        img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+        w, h = img.size
+    left, top = (w - side) // 2, (h - side) // 2
+    return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
+
+
+def compute(samples, size: int = SIZE, crop: bool = False) -> dict[str, np.ndarray]:
+    """Every block for every image: of the squeezed picture at ``size``, or (``crop``) of its
+    native-resolution centre square of side ``size``."""
     import keras
 
     from artclf_core.model.texture import build_texture_backbone, tap_layer_name
@@ -123,9 +143,13 @@ def compute(samples, size: int = SIZE) -> dict[str, np.ndarray]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         for i in range(0, len(samples), CHUNK):
             part = samples[i : i + CHUNK]
-            x = np.stack(
-                list(pool.map(lambda s: to_model_input(open_rgb(str(s.path)), size), part))
-            ).astype(np.float32)
+            if crop:
+                x = np.stack(list(pool.map(lambda s: native_crop(str(s.path), size), part)))
+            else:
+                x = np.stack(
+                    list(pool.map(lambda s: to_model_input(open_rgb(str(s.path)), size), part))
+                )
+            x = x.astype(np.float32)
             out = probe.predict(x, batch_size=32, verbose=0)
             blocks["base"].append(out[0])
             blocks["tone"].append(tone(x))
@@ -149,6 +173,14 @@ def main() -> int:
         metavar="CACHE:SIZE",
         help="also the blocks at another input side (e.g. gram1@240), cached in CACHE",
     )
+    ap.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="CACHE:SIDE",
+        help="also the blocks of each picture's native-resolution centre square of SIDE px, "
+        "named crop<block>@<SIDE> (e.g. croptex@96), cached in CACHE",
+    )
     ap.add_argument("--folds", type=int, default=5, help="0: leave one family out")
     ap.add_argument("--lam", type=float, default=10.0)
     ap.add_argument("--per-source", action="store_true", help="accuracy of each source")
@@ -171,6 +203,14 @@ def main() -> int:
             np.savez(path, **compute(samples, int(size)))
         with np.load(path) as z:
             blocks.update({f"{k}@{size}": z[k] for k in z.files})
+    for extra in args.crop:  # the native-resolution centre square's blocks
+        path, side = extra.rsplit(":", 1)
+        if not Path(path).exists():
+            np.savez(path, **compute(samples, int(side), crop=True))
+        with np.load(path) as z:
+            blocks.update({f"crop{k}@{side}": z[k] for k in z.files})
+        blocks[f"croppool@{side}"] = blocks[f"cropbase@{side}"][:, :1280]
+        blocks[f"croptex@{side}"] = blocks[f"cropbase@{side}"][:, 1280:]
     blocks["pool"], blocks["tex"] = blocks["base"][:, :1280], blocks["base"][:, 1280:]
     folds = Folds.of(samples)
     sources, y = folds.sources, folds.y
