@@ -19,6 +19,8 @@ from artclf_airflow.connections import settings_from_connections
 from artclf_airflow.defaults import DEFAULT_ARGS
 from artclf_airflow.preload import quiet_libraries, yield_cpu
 
+from artclf_core.model.archs import ARCHS
+
 log = logging.getLogger("artclf.dag")
 
 DAG_ID = "artclf_retrain"
@@ -122,14 +124,7 @@ def announce_promotion(summary: dict, *, outlet_events=None) -> str:
         "arch": Param(
             os.environ.get("ARTCLF_TRAIN_ARCH") or None,
             type=["null", "string"],
-            enum=[
-                None,
-                "efficientnet_lite1_gram",
-                "efficientnet_lite1_texture",
-                "efficientnet_lite0_texture",
-                "efficientnet_lite0",
-                "cnn",
-            ],
+            enum=[None, *ARCHS],
             title="Architecture (empty: the active model's)",
         ),
         "epochs": Param(

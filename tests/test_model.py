@@ -30,8 +30,8 @@ from artclf_core.lifecycle.dataset import Sample, scan_labelled_folder, split_by
 from artclf_core.lifecycle.evaluation import evaluate
 from artclf_core.lifecycle.metrics import classification_report, format_report, label_precision_at_k
 from artclf_core.lifecycle.training import augment_image, train
+from artclf_core.model.archs import ARCHS
 from artclf_core.model.artmodel import (
-    ARCHS,
     METADATA_MEMBER,
     ArtModel,
     build_model,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from artclf_core.cli import common
+from artclf_core.model.archs import ARCHS, DEFAULT_ARCH
 
 
 def _balanced(metrics: Any) -> str:
@@ -234,13 +235,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="train on the lake's labelled images, gate and publish")
     p.add_argument(
         "--arch",
-        choices=[
-            "efficientnet_lite1_gram",
-            "efficientnet_lite1_texture",
-            "efficientnet_lite0_texture",
-            "efficientnet_lite0",
-            "cnn",
-        ],
+        choices=ARCHS,
         help="default: ARTCLF_TRAIN_ARCH, else the active model's architecture",
     )
     p.add_argument("--epochs", type=int)
@@ -333,14 +328,8 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument(
         "--arch",
-        default="efficientnet_lite1_gram",
-        choices=[
-            "efficientnet_lite1_gram",
-            "efficientnet_lite1_texture",
-            "efficientnet_lite0_texture",
-            "efficientnet_lite0",
-            "cnn",
-        ],
+        default=DEFAULT_ARCH,
+        choices=ARCHS,
         help="efficientnet_lite1_gram (default: frozen backbone, texture statistics and "
         "channel correlations, closed-form head, calibrated by source-family CV), "
         "efficientnet_lite1_texture (without the correlations), the same on Lite0, "

@@ -239,7 +239,8 @@ def retrain(
     from artclf_core.lifecycle.dataset import scan_labelled_folder, split_by_source
 
     # Without a caller's or an active model's architecture: model.DEFAULT_ARCH (the shipped one).
-    from artclf_core.model.artmodel import ARCHS, DEFAULT_ARCH, ArtModel
+    from artclf_core.model.archs import ARCHS, DEFAULT_ARCH
+    from artclf_core.model.artmodel import ArtModel
 
     policy = policy or promotion.GatePolicy.from_env()
     started = time.perf_counter()

@@ -90,10 +90,8 @@ def train(
     weighed :data:`artclf_core.lifecycle.curator_labels.BOOST` times, and are cross-validated within
     their collection. ``kshot``: also measure the k-shot curve (:mod:`artclf_core.lifecycle.kshot`,
     a few minutes more), stored as ``metrics["kshot"]``."""
+    from artclf_core.model.archs import DEFAULT_ARCH, DEFAULT_IMAGE_SIZES, TEXTURE_ARCHS
     from artclf_core.model.artmodel import (
-        DEFAULT_ARCH,
-        DEFAULT_IMAGE_SIZES,
-        TEXTURE_ARCHS,
         build_model,
         make_version,
         save_model,

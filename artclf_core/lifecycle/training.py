@@ -28,8 +28,8 @@ from artclf_core.lifecycle.dataset import (
     split_by_source,
 )
 from artclf_core.lifecycle.evaluation import full_report
+from artclf_core.model.archs import DEFAULT_IMAGE_SIZES
 from artclf_core.model.artmodel import (
-    DEFAULT_IMAGE_SIZES,
     ArtModel,
     build_model,
     input_size,
@@ -343,7 +343,7 @@ def train(
     """
     if val not in ("source", "random", "none"):
         raise ValueError(f"val must be 'source', 'random' or 'none', got {val!r}")
-    from artclf_core.model.artmodel import TEXTURE_ARCHS
+    from artclf_core.model.archs import TEXTURE_ARCHS
 
     if arch in TEXTURE_ARCHS:
         from artclf_core.lifecycle import ridge_training

@@ -2,5 +2,5 @@
 the inference runtime (LiteRT), calibration and the figures drawn from a model's metrics.
 
 May import: ``images`` and ``config``. Loads TensorFlow only in ``artmodel``, ``texture``
-and ``backbones``.
+and ``backbones``; ``archs`` names the architectures for parsers that must not load it.
 """

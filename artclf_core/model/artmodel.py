@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from artclf_core import CLASSES, EMBEDDING_DIM, IMAGE_SIZE
+from artclf_core.model.archs import ARCHS, DEFAULT_IMAGE_SIZES, GRAM_ARCHS, TEXTURE_ARCHS
 from artclf_core.model.files import METADATA_MEMBER, default_model_path, read_metadata
 from artclf_core.model.runtime import KerasRunner, LiteRunner, make_runner
 
@@ -39,41 +40,6 @@ from artclf_core.model import texture as _texture  # noqa: E402, F401
 
 #: Version of the layout of :data:`METADATA_MEMBER`, bumped if its keys change meaning.
 METADATA_FORMAT = 1
-#: Architecture names :func:`build_model` knows: the prototype's CNN trained from scratch,
-#: EfficientNet-Lite0 with ImageNet weights (:mod:`artclf_core.model.backbones`), and the same
-#: backbone frozen with texture statistics (:mod:`artclf_core.model.texture`) under a closed-form
-#: head (:mod:`artclf_core.lifecycle.ridge_head`),
-#: and the same recipe on the larger EfficientNet-Lite1; ``efficientnet_lite1_gram`` adds the
-#: channel correlations of its early stages (:class:`artclf_core.model.texture.ChannelCorrelation`),
-#: the default since it generalises best to new sources (docs/model-card.md).
-ARCHS: tuple[str, ...] = (
-    "cnn",
-    "efficientnet_lite0",
-    "efficientnet_lite0_texture",
-    "efficientnet_lite1_texture",
-    "efficientnet_lite1_gram",
-)
-#: The frozen-backbone, closed-form-head architectures (:mod:`artclf_core.lifecycle.ridge_training`)
-#: and the EfficientNet-Lite size each one runs.
-TEXTURE_ARCHS: dict[str, str] = {
-    "efficientnet_lite0_texture": "lite0",
-    "efficientnet_lite1_texture": "lite1",
-    "efficientnet_lite1_gram": "lite1",
-}
-#: The closed-form architectures that add the channel correlations of
-#: :data:`artclf_core.model.texture.GRAM_TAPS`.
-GRAM_ARCHS: frozenset[str] = frozenset({"efficientnet_lite1_gram"})
-#: What ``artclf train`` and a first retraining build.
-DEFAULT_ARCH = "efficientnet_lite1_gram"
-#: Input side per architecture when ``image_size`` is not given. The backbone's 160 was chosen
-#: by measurement (docs/model-card.md "Input resolution").
-DEFAULT_IMAGE_SIZES: dict[str, int] = {
-    "cnn": IMAGE_SIZE,
-    "efficientnet_lite0": 160,
-    "efficientnet_lite0_texture": 160,
-    "efficientnet_lite1_texture": 160,
-    "efficientnet_lite1_gram": 160,
-}
 #: Dropout between the backbone's pooled features and the embedding layer.
 BACKBONE_DROPOUT = 0.3
 
