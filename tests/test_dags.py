@@ -32,6 +32,7 @@ import pytest
 
 from artclf_core.catalogue import db, registry
 from artclf_core.lake import s3 as s3lib
+from artclf_core.model.archs import ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -76,6 +77,8 @@ def test_retraining_and_reembedding_dags_shape(dagbag):
     assert retrain.timetable.expression in ("@daily", "0 0 * * *")
     assert [o.name for o in retrain.get_task("announce_promotion").outlets] == ["artclf_models"]
     assert {"arch", "min_gain", "max_f1_drop", "force", "epochs"} == set(retrain.params.keys())
+    # the trigger form offers exactly the architectures artclf_core builds
+    assert retrain.params.get_param("arch").schema["enum"] == [None, *ARCHS]
     reembed = dagbag.dags["artclf_reembed"]
     assert [a.name for a in reembed.timetable.asset_condition.objects] == ["artclf_models"]
     assert reembed.max_active_runs == 1 and reembed.get_task("embed_batch").is_mapped

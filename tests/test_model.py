@@ -30,7 +30,13 @@ from artclf_core.lifecycle.dataset import Sample, scan_labelled_folder, split_by
 from artclf_core.lifecycle.evaluation import evaluate
 from artclf_core.lifecycle.metrics import classification_report, format_report, label_precision_at_k
 from artclf_core.lifecycle.training import augment_image, train
-from artclf_core.model.archs import ARCHS
+from artclf_core.model.archs import (
+    ARCHS,
+    DEFAULT_ARCH,
+    DEFAULT_IMAGE_SIZES,
+    GRAM_ARCHS,
+    TEXTURE_ARCHS,
+)
 from artclf_core.model.artmodel import (
     METADATA_MEMBER,
     ArtModel,
@@ -330,6 +336,23 @@ def trained_backbone(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
         seed=0,
         verbose=0,
     )
+
+
+def test_every_architecture_name_is_known_to_each_table() -> None:
+    """``archs`` is the one list the CLI and the retrain DAG offer: every name in it has an
+    input size, and the closed-form and correlation subsets are names of it."""
+    from artclf_core.cli.main import build_parser
+
+    assert DEFAULT_ARCH in ARCHS
+    assert set(DEFAULT_IMAGE_SIZES) == set(ARCHS)
+    assert GRAM_ARCHS <= set(TEXTURE_ARCHS) <= set(ARCHS)
+    parser = build_parser()
+    for command in (["train", "--data", "d", "--out", "o"], ["retrain"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--arch", "no_such_arch"])
+        for arch in ARCHS:
+            assert parser.parse_args([*command, "--arch", arch]).arch == arch
+    assert parser.parse_args(["train", "--data", "d", "--out", "o"]).arch == DEFAULT_ARCH
 
 
 def test_backbone_builds_with_the_same_output_contract() -> None:
