@@ -45,11 +45,19 @@ class Scored:
     recall: str  # per class, "0.43 / 0.30 / ..."
 
 
+def figures(scores: np.ndarray, folds: Folds) -> tuple[float, str]:
+    """Pooled balanced accuracy and per-class recall ("0.43 / 0.30 / ...") of out-of-fold
+    ``scores`` (N, classes)."""
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    pred = scores.argmax(1)
+    recall = " / ".join(f"{r:.2f}" for r in recall_score(folds.y, pred, average=None))
+    return float(balanced_accuracy_score(folds.y, pred)), recall
+
+
 def score(feats: np.ndarray, folds: Folds, *, lam: float = 10.0, k: int | None = 5) -> Scored:
     """Out-of-fold figures of ``feats`` ((N, D), or (V, N, D) for views); ``k`` None: leave
     one family out."""
-    from sklearn.metrics import balanced_accuracy_score, recall_score
-
     feats = np.asarray(feats, dtype=np.float64)
     scores, p5 = cv_evaluate.cross_validate(
         feats if feats.ndim == 3 else feats[None],
@@ -60,6 +68,5 @@ def score(feats: np.ndarray, folds: Folds, *, lam: float = 10.0, k: int | None =
         power=0.5,
         k=k,
     )
-    pred = scores.argmax(1)
-    recall = " / ".join(f"{r:.2f}" for r in recall_score(folds.y, pred, average=None))
-    return Scored(scores, float(balanced_accuracy_score(folds.y, pred)), p5, recall)
+    balanced_accuracy, recall = figures(scores, folds)
+    return Scored(scores, balanced_accuracy, p5, recall)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from _feature_cv import Folds  # noqa: E402
+from _feature_cv import Folds, figures  # noqa: E402
 
 from artclf_core import CLASSES  # noqa: E402
 from artclf_core.lifecycle import cv_evaluate, ridge_head, source_cv  # noqa: E402
@@ -113,8 +113,6 @@ def heads(feats: np.ndarray, folds: Folds) -> dict[str, list[tuple[str, Head]]]:
 
 
 def main() -> int:
-    from sklearn.metrics import balanced_accuracy_score, recall_score
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
     ap.add_argument("--features-cache", required=True)
@@ -137,10 +135,9 @@ def main() -> int:
             scores = np.zeros((len(folds.y), len(CLASSES)))
             for train, test in plan:
                 scores[test] = head(train, test)
-            pred = scores.argmax(1)
-            recall = " / ".join(f"{r:.2f}" for r in recall_score(folds.y, pred, average=None))
+            balanced_accuracy, recall = figures(scores, folds)
             print(
-                f"{name:40s} {balanced_accuracy_score(folds.y, pred):.3f}  {recall}"
+                f"{name:40s} {balanced_accuracy:.3f}  {recall}"
                 f"  ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )

@@ -46,18 +46,6 @@ STAGES = (0, 1, 2, 3, 4)  # 0: the stem (32 channels at 1/2 of the input side)
 CHUNK = 128
 
 
-def gram(fmap: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) -> (N, C(C-1)/2): the off-diagonal channel correlations."""
-    n, h, w, c = fmap.shape
-    x = fmap.reshape(n, h * w, c).astype(np.float64)
-    x = x - x.mean(1, keepdims=True)
-    cov = np.einsum("nsc,nsd->ncd", x, x) / (h * w)
-    sd = np.sqrt(np.einsum("ncc->nc", cov)) + 1e-6
-    corr = cov / sd[:, :, None] / sd[:, None, :]
-    iu = np.triu_indices(c, 1)
-    return corr[:, iu[0], iu[1]].astype(np.float32)
-
-
 def moments(fmap: np.ndarray) -> np.ndarray:
     """(N, H, W, C) -> (N, 2C): each channel's skewness and share of positive activations."""
     x = fmap.astype(np.float64)
@@ -128,14 +116,20 @@ def compute(samples, size: int = SIZE, crop: bool = False) -> dict[str, np.ndarr
     native-resolution centre square of side ``size``."""
     import keras
 
-    from artclf_core.model.texture import build_texture_backbone, tap_layer_name
+    from artclf_core.model.texture import (
+        ChannelCorrelation,
+        build_texture_backbone,
+        tap_layer_name,
+    )
 
     net = build_texture_backbone(size, variant="lite1")
     taps = [
         net.get_layer("stem_relu" if s == 0 else tap_layer_name(net, s, "lite1")).output
         for s in STAGES
     ]
-    probe = keras.Model(net.input, [net.output, *taps])
+    # the correlations by the shipped model's own layer (gram1-3 are its features)
+    grams = [ChannelCorrelation()(t) for t in taps]
+    probe = keras.Model(net.input, [net.output, *taps, *grams])
     blocks: dict[str, list[np.ndarray]] = {"base": [], "tone": []}
     for s in STAGES:
         blocks[f"gram{s}"], blocks[f"mom{s}"] = [], []
@@ -153,8 +147,9 @@ def compute(samples, size: int = SIZE, crop: bool = False) -> dict[str, np.ndarr
             out = probe.predict(x, batch_size=32, verbose=0)
             blocks["base"].append(out[0])
             blocks["tone"].append(tone(x))
-            for s, fmap in zip(STAGES, out[1:], strict=True):
-                blocks[f"gram{s}"].append(gram(fmap))
+            fmaps, corrs = out[1 : 1 + len(STAGES)], out[1 + len(STAGES) :]
+            for s, fmap, corr in zip(STAGES, fmaps, corrs, strict=True):
+                blocks[f"gram{s}"].append(corr)
                 blocks[f"mom{s}"].append(moments(fmap))
             print(f"  {i + len(part)}/{len(samples)} ({time.perf_counter() - started:.0f} s)")
     return {k: np.concatenate(v) for k, v in blocks.items()}
