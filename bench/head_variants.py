@@ -85,6 +85,34 @@ def heads(feats: np.ndarray, folds: Folds) -> dict[str, list[tuple[str, Head]]]:
 
         return head
 
+    def invariant(mu, lam=10.0):
+        """Ridge with a second penalty, ``mu * n * coef' S coef``: S is the within-class
+        covariance of the training sources' means (the directions in which sources of one
+        class differ), scaled to unit mean variance, so those directions shrink more."""
+
+        def head(tr, te):
+            z, w = standardised(tr), weights(tr)
+            ztr, ytr, str_ = z[tr], y[tr], sources[tr]
+            d = z.shape[1]
+            scatter, total = np.zeros((d, d)), 0.0
+            for c in np.unique(ytr):
+                mc = ytr == c
+                centre = np.average(ztr[mc], axis=0, weights=w[mc])
+                for s in np.unique(str_[mc]):
+                    ms = mc & (str_ == s)
+                    delta = np.average(ztr[ms], axis=0, weights=w[ms]) - centre
+                    scatter += w[ms].sum() * np.outer(delta, delta)
+                    total += w[ms].sum()
+            scatter /= total
+            scatter *= d / np.trace(scatter)
+            n = len(tr)
+            target = np.eye(len(CLASSES))[ytr] - 1.0 / len(CLASSES)
+            gram = (ztr * w[:, None]).T @ ztr + lam * n * np.eye(d) + mu * n * scatter
+            coef = np.linalg.solve(gram, (ztr * w[:, None]).T @ target)
+            return z[te] @ coef
+
+        return head
+
     def mlp(tr, te):
         from sklearn.neural_network import MLPClassifier
 
@@ -109,6 +137,10 @@ def heads(feats: np.ndarray, folds: Folds) -> dict[str, list[tuple[str, Head]]]:
         ],
         "logreg": [(f"logistic regression C {c:g}", logreg(c)) for c in (1e-4, 1e-3)],
         "mlp": [("MLP 256, alpha 1, 3 seeds", mlp)],
+        "invariant": [
+            (f"ridge + source-scatter penalty mu {mu:g}", invariant(mu))
+            for mu in (0, 10, 100, 1000)
+        ],
     }
 
 
