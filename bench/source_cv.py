@@ -3,7 +3,7 @@ on the families it never trained on (:mod:`artclf_core.lifecycle.cv_evaluate`; t
 ``artclf evaluate --data DIR --cv sources``).
 
     python bench/source_cv.py [--data ../shared/data/artworks] [--model PATH] [--size 160]
-                              [--views 1] [--lam 10] [--source-power 0.5]
+                              [--views 3] [--lam 10] [--source-power 0.5]
                               [--backbone lite1] [--no-gram] [--folds K] [--kshot] [--boost B]
                               [--features-cache F.npz] [--json OUT]
 
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from artclf_core.lifecycle import ridge_head  # noqa: E402
 from artclf_core.lifecycle.cv_evaluate import evaluate_by_sources, format_by_sources  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "artworks"
@@ -37,9 +38,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--model", help="saved model to compare (default: the shipped one)")
     ap.add_argument("--size", type=int, default=160)
-    ap.add_argument("--views", type=int, default=1)
-    ap.add_argument("--lam", type=float, default=10.0)
-    ap.add_argument("--source-power", type=float, default=0.5)
+    ap.add_argument("--views", type=int, default=ridge_head.DEFAULT_VIEWS)
+    ap.add_argument("--lam", type=float, default=ridge_head.DEFAULT_LAMBDA)
+    ap.add_argument("--source-power", type=float, default=ridge_head.DEFAULT_SOURCE_POWER)
     ap.add_argument("--backbone", default="lite1", choices=["lite0", "lite1", "lite2"])
     ap.add_argument(
         "--no-gram", action="store_true", help="the recipe without the channel correlations"

@@ -67,3 +67,24 @@ def test_channel_correlation_is_the_normalised_gram_matrix() -> None:
             assert abs(out[n, k] - want) < 1e-4
     net = texture.build_texture_backbone(64, weights=None, variant="lite1", gram_taps=(1, 2, 3))
     assert net.output.shape[-1] == texture.feature_dim(variant="lite1", gram_taps=(1, 2, 3))
+
+
+def test_a_training_view_is_the_same_picture_whatever_the_chunk(tmp_path) -> None:
+    """View 0 is the picture as ingestion prepares it; an augmented view is seeded by the
+    sample's class and name, so training in chunks of any size gives the same rows."""
+    from artclf_core.images.model_input import open_rgb, to_model_input
+    from artclf_core.lifecycle.dataset import Sample, load_images
+
+    samples = []
+    for i in range(4):
+        path = tmp_path / f"src__{i}.png"
+        Image.fromarray(
+            np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8), "RGB"
+        ).save(path)
+        samples.append(Sample(path, "painting", "src"))
+    plain = load_images(samples, size=32)
+    assert np.array_equal(plain[2], to_model_input(open_rgb(str(samples[2].path)), 32))
+    views = load_images(samples, size=32, view=1)
+    assert np.array_equal(views[2:], load_images(samples[2:], size=32, view=1))
+    assert not np.array_equal(views, plain)
+    assert not np.array_equal(views, load_images(samples, size=32, view=2))

@@ -193,6 +193,18 @@ def test_collection_cv_never_scores_an_image_it_trained_on():
     assert set(oof) == set(np.flatnonzero(curated))
     assert report["museumx"]["folds"] == 5
     assert report["museumx"]["balanced_accuracy"] < 0.5  # chance is 0.2
+    # Augmented views (views, N, D) only add training rows: the same images are scored.
+    _, oof_views = curator_labels.collection_cv(
+        np.stack([x, x + rng.normal(0, 0.5, x.shape)]),
+        y,
+        sources,
+        curated,
+        keys,
+        classes=CLASSES,
+        lam=1e-6,
+        boost=np.where(curated, 50, 1),
+    )
+    assert set(oof_views) == set(oof)
 
 
 def _report(ba: float, f1: float = 0.7) -> dict:

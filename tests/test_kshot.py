@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from artclf_core.lifecycle import kshot, source_cv
 
@@ -49,3 +50,21 @@ def test_shots_take_whole_copy_groups() -> None:
     chosen = set(keys[shots])
     for k in chosen:  # a copy group is taken whole
         assert set(np.flatnonzero(keys == k)) <= set(shots)
+
+
+def test_identical_views_change_nothing_and_only_view_0_is_scored() -> None:
+    """(views, N, D) features: extra views only add training rows. Two identical views weigh
+    every row twice and double the penalty with them, so the curve is the one-view curve;
+    noisy extra views change the fit but never the images scored."""
+    feats, y, sources = _made_up_collections()
+    keys = [f"k{i}" for i in range(len(y))]
+    groups = source_cv.cv_groups(sources, keys)
+    args = dict(n_classes=5, lam=0.1, boost=4.0, draws=1, ks=(0, 5))
+    one = kshot.kshot_curve(feats, y, sources, groups, keys, **args)
+    two = kshot.kshot_curve(np.stack([feats, feats]), y, sources, groups, keys, **args)
+    assert two["mean"] == pytest.approx(one["mean"])
+    noisy = np.stack([feats, feats + np.random.default_rng(1).normal(0, 3.0, feats.shape)])
+    other = kshot.kshot_curve(noisy, y, sources, groups, keys, **args)
+    assert {g: r["n_rest"] for g, r in other["groups"].items()} == {
+        g: r["n_rest"] for g, r in one["groups"].items()
+    }

@@ -290,6 +290,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "image_size",
         "head_epochs",
         "fine_tune_stages",
+        "views",
     ):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
@@ -308,8 +309,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.cv == "sources":
         from artclf_core.lifecycle import cv_evaluate
 
+        options = {} if args.views is None else {"views": args.views}
         result = cv_evaluate.evaluate_by_sources(
-            args.data, args.model, views=args.views, variant=args.backbone, gram=not args.no_gram
+            args.data, args.model, variant=args.backbone, gram=not args.no_gram, **options
         )
         print(json.dumps(result) if args.json else cv_evaluate.format_by_sources(result))
         return 0
@@ -345,6 +347,12 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-epochs", type=int, help="backbone: epochs with it frozen")
     p.add_argument("--fine-tune-stages", type=int, help="backbone: top stages unfrozen (0-7)")
     p.add_argument(
+        "--views",
+        type=int,
+        help="closed-form archs: views of each training image, the picture and augmented "
+        "copies (default: the recipe's, ridge_head.DEFAULT_VIEWS)",
+    )
+    p.add_argument(
         "--kshot",
         action="store_true",
         help="closed-form archs: also measure the k-shot curve and store it in the model "
@@ -363,7 +371,11 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
         "on the families it never trained on (docs/model-card.md); without it every image "
         "of DIR is scored, which overstates quality on training data",
     )
-    p.add_argument("--views", type=int, default=1, help="--cv: views per training image")
+    p.add_argument(
+        "--views",
+        type=int,
+        help="--cv: views per training image (default: the recipe's, ridge_head.DEFAULT_VIEWS)",
+    )
     p.add_argument(
         "--backbone",
         default="lite1",

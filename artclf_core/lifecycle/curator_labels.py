@@ -112,6 +112,7 @@ def collection_cv(
     out-of-fold probabilities by image index)``; the report has, per collection, ``n``,
     ``balanced_accuracy``, ``accuracy`` and ``folds``.
     """
+    feats = ridge_head.as_views(features)
     src = np.asarray(sources)
     curated = np.asarray(curated, dtype=bool)
     report: dict[str, Any] = {}
@@ -125,7 +126,7 @@ def collection_cv(
         for test in _folds(idx, copy_keys, k):
             train = np.setdiff1d(np.arange(len(y)), test)
             head = ridge_head.fit(
-                features[train],
+                feats[:, train],
                 y[train],
                 src[train],
                 n_classes=len(classes),
@@ -134,7 +135,7 @@ def collection_cv(
                 boost=None if boost is None else boost[train],
                 with_basis=False,
             )
-            probs = calibration.softmax(head.logits(features[test]), temperature)
+            probs = calibration.softmax(head.logits(feats[0, test]), temperature)
             for i, p in zip(test, probs, strict=True):
                 oof[int(i)] = p
         pred = np.array([oof[int(i)].argmax() for i in idx])

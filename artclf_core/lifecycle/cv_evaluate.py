@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from artclf_core import CLASSES
-from artclf_core.images.model_input import open_rgb, to_model_input
-from artclf_core.lifecycle import augment, ridge_head, source_cv
+from artclf_core.lifecycle import ridge_head, source_cv
+from artclf_core.lifecycle.dataset import load_images
 from artclf_core.lifecycle.metrics import classification_report
 from artclf_core.model import calibration
 
@@ -45,19 +44,9 @@ def features(
     from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
 
     net = build_texture_backbone(size, variant=variant, gram_taps=GRAM_TAPS if gram else ())
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pictures = list(pool.map(lambda s: open_rgb(str(s.path)), samples))
     out = []
     for v in range(views):
-
-        def prep(i: int, v: int = v) -> np.ndarray:
-            img = pictures[i]
-            if v:
-                img = augment.augment(img, np.random.default_rng([v, i]))
-            return to_model_input(img, size)
-
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            x = np.stack(list(pool.map(prep, range(len(samples)))))
+        x = load_images(samples, size=size, view=v, workers=2)
         out.append(net.predict(x.astype(np.float32), batch_size=64, verbose=0))
     return np.stack(out).astype(np.float32)
 
@@ -66,7 +55,9 @@ def cached_features(
     samples, size: int, views: int, variant: str, cache: str | None = None, gram: bool = True
 ) -> np.ndarray:
     """:func:`features`, kept in ``cache`` (an ``.npz``) for the same images and settings."""
-    key = f"{variant}/{size}/{views}/{'gram/' if gram else ''}" + "|".join(
+    # augmented views seeded by file name (dataset.view_seed) since 2026-12-07: "named/"
+    seeding = "named/" if views > 1 else ""
+    key = f"{variant}/{size}/{views}/{seeding}{'gram/' if gram else ''}" + "|".join(
         str(s.path) for s in samples
     )
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -176,9 +167,9 @@ def evaluate_by_sources(
     model_path=None,
     *,
     size: int = 160,
-    views: int = 1,
-    lam: float = 10.0,
-    source_power: float = 0.5,
+    views: int = ridge_head.DEFAULT_VIEWS,
+    lam: float = ridge_head.DEFAULT_LAMBDA,
+    source_power: float = ridge_head.DEFAULT_SOURCE_POWER,
     variant: str = "lite1",
     gram: bool = True,
     k: int | None = None,

@@ -286,20 +286,38 @@ def describe_split(train: Sequence[Sample], val: Sequence[Sample]) -> dict[str, 
     return out
 
 
+def view_seed(sample: Sample, view: int) -> list[int]:
+    """The seed of ``sample``'s augmented ``view``: from its class and file name, so a view
+    is the same picture whatever the order or the chunk the sample comes in."""
+    digest = hashlib.sha256(f"{sample.label}/{Path(sample.path).name}".encode()).digest()
+    return [view, int.from_bytes(digest[:8], "big")]
+
+
 def load_images(
-    samples: Sequence[Sample], *, size: int = IMAGE_SIZE, workers: int | None = None
+    samples: Sequence[Sample],
+    *,
+    size: int = IMAGE_SIZE,
+    workers: int | None = None,
+    view: int = 0,
 ) -> np.ndarray:
     """Decode samples into a uint8 array (N, size, size, 3) with the ingestion preprocessing.
 
     ``size`` is the model's input side (:attr:`ArtModel.image_size`: 150 for the cnn, the
     backbone's chosen resolution otherwise). Decoding once up front (about 100 MB at 150 px,
     175 MB at 192 px for the 1,576 shared images) makes each epoch pure tensor work; a couple
-    of threads overlap Pillow's decoding, which releases the GIL.
+    of threads overlap Pillow's decoding, which releases the GIL. ``view`` 0 is the picture
+    as ingestion sees it; view ``v > 0`` is one augmented view of it
+    (:func:`artclf_core.lifecycle.augment.augment`, seeded by :func:`view_seed`).
     """
+    from artclf_core.lifecycle import augment
+
     out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
 
     def one(i: int) -> None:
-        out[i] = to_model_input(open_rgb(str(samples[i].path)), size)
+        img = open_rgb(str(samples[i].path))
+        if view:
+            img = augment.augment(img, np.random.default_rng(view_seed(samples[i], view)))
+        out[i] = to_model_input(img, size)
 
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:

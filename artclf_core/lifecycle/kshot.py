@@ -81,7 +81,7 @@ def kshot_curve(
     "n_groups", "draws", "boost"}``; a group none of whose classes has enough images is
     left out (``skipped``).
     """
-    feats = np.asarray(features)
+    feats = ridge_head.as_views(features)
     y = np.asarray(y)
     src = np.asarray(sources).astype(object)
     grp = np.asarray(groups)
@@ -115,7 +115,7 @@ def kshot_curve(
                 boosts = np.ones(len(train))
                 boosts[len(rest_all) :] = boost
                 head = ridge_head.fit(
-                    feats[train],
+                    feats[:, train],
                     y[train],
                     s,
                     n_classes=n_classes,
@@ -124,7 +124,7 @@ def kshot_curve(
                     boost=boosts,
                     with_basis=False,
                 )
-                pred = head.logits(feats[test]).argmax(1)
+                pred = head.logits(feats[0, test]).argmax(1)
                 scores[k].append(_balanced_accuracy(y[test], pred))
         out[g] = {
             "n_rest": n_rest,

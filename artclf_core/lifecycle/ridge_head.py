@@ -38,6 +38,17 @@ from sklearn.linear_model import Ridge
 DEFAULT_LAMBDA = 10.0
 #: Within a class, an image of a source with n images weighs ``1 / n ** power``.
 DEFAULT_SOURCE_POWER = 0.5
+#: Views of each training image the head is fitted on: the picture itself and augmented
+#: copies (:mod:`artclf_core.lifecycle.augment`: greyscale, sepia, halftone, mats, crops...),
+#: chosen under source-grouped CV (model card, "Augmented views").
+DEFAULT_VIEWS = 3
+
+
+def as_views(features: np.ndarray) -> np.ndarray:
+    """``features`` as (views, N, D): an (N, D) array is one view. View 0 is each picture as
+    ingestion sees it, what a held-out image is scored on; the others only add training rows."""
+    feats = np.asarray(features)
+    return feats[None] if feats.ndim == 2 else feats
 
 
 def source_weights(labels: np.ndarray, sources: np.ndarray, power: float) -> np.ndarray:
@@ -93,9 +104,7 @@ def fit(
     curator collection's few labels count as much as a large source's: :mod:`.kshot`
     measures how much); ``with_basis=False`` skips the embedding's principal directions (an
     evaluation that only needs logits saves the eigen-decomposition)."""
-    feats = np.asarray(features, dtype=np.float64)
-    if feats.ndim == 2:
-        feats = feats[None]
+    feats = as_views(features).astype(np.float64)
     views, n, d = feats.shape
     y = np.asarray(y, dtype=np.int64)
     if len(y) != n or len(sources) != n:

@@ -311,6 +311,7 @@ def train(
     fine_tune_stages: int | None = None,
     label_smoothing: float = 0.0,
     source_balanced: bool = False,
+    views: int | None = None,
     kshot: bool = False,
     verbose: int = 2,
 ) -> dict[str, Any]:
@@ -356,6 +357,7 @@ def train(
             val=val,
             val_fraction=val_fraction,
             image_size=image_size,
+            **({} if views is None else {"views": views}),
             kshot=kshot,
             verbose=verbose,
         )
