@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from artclf_core.lifecycle import augment
@@ -88,3 +89,14 @@ def test_a_training_view_is_the_same_picture_whatever_the_chunk(tmp_path) -> Non
     assert np.array_equal(views[2:], load_images(samples[2:], size=32, view=1))
     assert not np.array_equal(views, plain)
     assert not np.array_equal(views, load_images(samples, size=32, view=2))
+
+
+def test_groups_leave_the_other_transforms_out() -> None:
+    img = _picture()
+    same = augment.augment(img, np.random.default_rng(3), groups=())
+    assert np.array_equal(np.asarray(same), np.asarray(img))
+    full = augment.augment(img, np.random.default_rng(3))
+    named = augment.augment(img, np.random.default_rng(3), groups=augment.GROUPS)
+    assert np.array_equal(np.asarray(full), np.asarray(named))
+    with pytest.raises(ValueError, match="unknown augmentation groups"):
+        augment.augment(img, np.random.default_rng(3), groups=("tones",))

@@ -162,18 +162,31 @@ _TONES = ((0.15, halftone), (0.30, sepia), (0.50, _grey))
 _SURFACE = ((0.2, paper_tint), (0.3, resample), (0.4, jpeg))
 
 
-def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """One random view of ``img`` (RGB) through the transforms of the module's table."""
+#: The groups of transforms, in the order they apply.
+GROUPS = ("geometry", "tone", "surface")
+
+
+def augment(
+    img: Image.Image, rng: np.random.Generator, groups: tuple[str, ...] = GROUPS
+) -> Image.Image:
+    """One random view of ``img`` (RGB) through the transforms of the module's table;
+    ``groups`` leaves out the others (``bench/augment_ablation.py`` measures each)."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown augmentation groups {sorted(unknown)}; known: {GROUPS}")
     img = img.convert("RGB")
-    for p, step in _GEOMETRY:
-        if rng.random() < p:
-            img = step(img, rng)
-    tone = rng.random()
-    for upto, step in _TONES:
-        if tone < upto:
-            img = step(img, rng)
-            break
-    for p, step in _SURFACE:
-        if rng.random() < p:
-            img = step(img, rng)
+    if "geometry" in groups:
+        for p, step in _GEOMETRY:
+            if rng.random() < p:
+                img = step(img, rng)
+    if "tone" in groups:
+        tone = rng.random()
+        for upto, step in _TONES:
+            if tone < upto:
+                img = step(img, rng)
+                break
+    if "surface" in groups:
+        for p, step in _SURFACE:
+            if rng.random() < p:
+                img = step(img, rng)
     return img

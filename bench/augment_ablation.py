@@ -1,0 +1,93 @@
+"""Which augmentations carry the gain of the augmented views, under the grouped
+cross-validation.
+
+    python bench/augment_ablation.py --features-cache F.npz --cache-dir DIR
+        [--data ../shared/data/artworks] [--folds 5] [--views 3]
+        [--variants geometry+tone+surface,tone,geometry+surface,...]
+
+The shipped recipe fits its ridge head on each training picture and ``views - 1`` augmented
+copies of it (``artclf_core.lifecycle.augment``, seeded as training seeds them). The
+transforms come in three groups: geometry (crops, perspective, mats, mirror, colour jitter),
+tone (greyscale, sepia, halftone screen) and surface (paper tint, resampling, JPEG). Each
+variant keeps only the groups named, computes the copies' features once (cached in
+``--cache-dir``) and runs the recipe's cross-validation on the model card's folds (held-out
+images scored on the pictures themselves). ``F.npz`` is the one-view cache that
+``bench/source_cv.py --views 1 --features-cache`` writes. Results: docs/model-card.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _feature_cv import Folds, score  # noqa: E402
+
+from artclf_core.images.model_input import open_rgb, to_model_input  # noqa: E402
+from artclf_core.lifecycle import augment, cv_evaluate  # noqa: E402
+from artclf_core.lifecycle.dataset import scan_labelled_folder, view_seed  # noqa: E402
+
+SIZE = 160
+
+
+def copies(samples, groups: tuple[str, ...], view: int) -> np.ndarray:
+    """Features of one augmented view of every sample, with only ``groups`` applied."""
+    from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
+
+    net = build_texture_backbone(SIZE, variant="lite1", gram_taps=GRAM_TAPS)
+
+    def one(sample) -> np.ndarray:
+        rng = np.random.default_rng(view_seed(sample, view))
+        return to_model_input(augment.augment(open_rgb(str(sample.path)), rng, groups), SIZE)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        x = np.stack(list(pool.map(one, samples)))
+    return net.predict(x.astype(np.float32), batch_size=64, verbose=0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
+    ap.add_argument("--features-cache", required=True)
+    ap.add_argument("--cache-dir", type=Path, required=True)
+    ap.add_argument("--folds", type=int, default=5, help="0: leave one family out")
+    ap.add_argument("--views", type=int, default=3)
+    ap.add_argument(
+        "--variants", default="none,geometry+tone+surface,tone,geometry+surface,geometry,surface"
+    )
+    args = ap.parse_args()
+    samples = scan_labelled_folder(args.data)
+    base = cv_evaluate.cached_features(samples, SIZE, 1, "lite1", args.features_cache)[0]
+    folds = Folds.of(samples)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{len(samples)} images, grouped {args.folds}-fold, {args.views} views")
+    for name in args.variants.split(","):
+        started = time.perf_counter()
+        views = [base]
+        if name != "none":
+            groups = tuple(name.split("+"))
+            for v in range(1, args.views):
+                path = args.cache_dir / f"{name}-view{v}.npy"
+                if not path.exists():
+                    np.save(path, copies(samples, groups, v))
+                views.append(np.load(path))
+        got = score(np.stack(views), folds, k=args.folds or None)
+        print(
+            f"{name:24s} {got.balanced_accuracy:.3f}  p@5 {got.precision_at_5:.3f}  {got.recall}"
+            f"  ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
