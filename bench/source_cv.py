@@ -3,7 +3,7 @@ on the families it never trained on (:mod:`artclf_core.lifecycle.cv_evaluate`; t
 ``artclf evaluate --data DIR --cv sources``).
 
     python bench/source_cv.py [--data ../shared/data/artworks] [--model PATH] [--size 160]
-                              [--views 3] [--lam 10] [--source-power 0.5]
+                              [--views 1] [--lam 10] [--source-power 0.5]
                               [--backbone lite1] [--no-gram] [--folds K] [--kshot] [--boost B]
                               [--features-cache F.npz] [--json OUT]
 

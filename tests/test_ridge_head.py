@@ -59,7 +59,8 @@ def test_source_weights_equalise_classes_and_damp_big_sources() -> None:
 
 @pytest.fixture(scope="module")
 def texture_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The default architecture trained on made-up images: 3 sources per class."""
+    """The default architecture trained on made-up images: 3 sources per class, each image
+    and one augmented copy of it."""
     from artclf_core.lifecycle.training import train
 
     root = tmp_path_factory.mktemp("labelled")
@@ -68,7 +69,8 @@ def texture_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for i in range(9):
             _draw(label, i).save(root / label / f"{label}{i % 3}__{i:03d}.png")
     out = tmp_path_factory.mktemp("model") / "texture.keras"
-    result = train(root, out, arch="efficientnet_lite1_gram", image_size=64, verbose=0)
+    # two views: the augmented copies' path through features, CV and the final fit
+    result = train(root, out, arch="efficientnet_lite1_gram", image_size=64, views=2, verbose=0)
     return result
 
 
@@ -84,7 +86,7 @@ def test_default_architecture_trains_in_closed_form_with_its_calibration(
     assert cv["folds"] >= 2 and cv["n"] == texture_model["split"]["n_train"]
     assert set(cv["calibration"]) >= {"temperature", "ece_before", "ece_after", "review"}
     assert model.metrics["review_threshold"] == cv["calibration"]["review"]["threshold"]
-    assert model.metrics["training"]["views"] == ridge_head.DEFAULT_VIEWS
+    assert model.metrics["training"]["views"] == 2
     assert texture_model["report"]["n"] == texture_model["split"]["n_val"] > 0
     assert texture_model["history"] == {} and texture_model["epochs_run"] == 0
     # One forward pass, both outputs; the TFLite runtime agrees with the Keras graph.

@@ -6,11 +6,11 @@ ImageNet EfficientNet-Lite (Lite1 by default) with texture statistics
 (:mod:`.ridge_head`). Because the head refits in a fraction of a second, training
 includes its own honest evaluation:
 
-1. features of every image (train and validation) in one pass of the backbone, and of
-   ``views - 1`` augmented copies of each training image
+1. features of every image (train and validation) in one pass of the backbone; with
+   ``views`` > 1, also of ``views - 1`` augmented copies of each training image
    (:mod:`artclf_core.lifecycle.augment`: greyscale, sepia, halftone, mats, crops...), which
-   add training rows with the image's label, so the head learns that a painting stays a
-   painting in a greyscale plate (0.619 -> 0.644 under grouped 5-fold CV, model card);
+   add training rows with the image's label (measured, not the default:
+   :data:`.ridge_head.DEFAULT_VIEWS`);
 2. leave-one-source-family-out cross-validation on the *training* images
    (:mod:`.source_cv`): out-of-fold logits, from which the calibration temperature
    and the review threshold are fitted (:mod:`artclf_core.model.calibration`) and the per-source
