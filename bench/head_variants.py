@@ -1,7 +1,7 @@
 """Other heads on the shipped features, under the grouped cross-validation.
 
     python bench/head_variants.py --features-cache F.npz [--data ../shared/data/artworks]
-        [--folds 5] [--variants ridge,blocks,nystroem,logreg,mlp]
+        [--folds 5] [--variants ridge,blocks,nystroem,logreg,mlp,invariant]
 
 The shipped head is a closed-form ridge classifier on the standardised frozen features
 (``artclf_core.lifecycle.ridge_head``). This bench asks whether a head with more capacity or
@@ -17,7 +17,9 @@ weighted as the ridge head weighs them (classes equal, a source of n images by 1
 - ``nystroem``: ridge on a 1,500-component Nystroem approximation of an RBF kernel of the
   standardised features (gamma 0.5/D and 1/D; lam 10 and 1);
 - ``logreg``: multinomial logistic regression (C 1e-4 and 1e-3);
-- ``mlp``: one hidden layer of 256 (scikit-learn, L2 alpha 1, 60 epochs), 3 seeds averaged.
+- ``mlp``: one hidden layer of 256 (scikit-learn, L2 alpha 1, 60 epochs), 3 seeds averaged;
+- ``invariant``: ridge with a second penalty on the directions in which the training sources
+  of one class differ (the within-class scatter of their means), mu 0 (= ridge), 10, 100, 1000.
 
 Results: docs/model-card.md ("Other heads").
 """

@@ -355,6 +355,17 @@ def test_every_architecture_name_is_known_to_each_table() -> None:
     assert parser.parse_args(["train", "--data", "d", "--out", "o"]).arch == DEFAULT_ARCH
 
 
+def test_views_are_refused_where_they_mean_nothing(tmp_path) -> None:
+    """Augmented views are rows of the closed-form head: a gradient-descent architecture or
+    fewer than one view is a clear error before any image is read."""
+    from artclf_core.lifecycle import training
+
+    with pytest.raises(ValueError, match="only the closed-form architectures"):
+        training.train(tmp_path, tmp_path / "m.keras", arch="cnn", views=2)
+    with pytest.raises(ValueError, match="views must be at least 1"):
+        training.train(tmp_path, tmp_path / "m.keras", arch=DEFAULT_ARCH, views=0)
+
+
 def test_backbone_builds_with_the_same_output_contract() -> None:
     assert ARCHS == (
         "cnn",

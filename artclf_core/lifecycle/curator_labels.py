@@ -106,6 +106,8 @@ def collection_cv(
     boost: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """Within-collection cross-validation of the curator labels (module docstring).
+    ``features``: (N, D), or (views, N, D) with augmented views as training rows
+    (:func:`.ridge_head.as_views`).
 
     ``curated`` marks the curator-labelled images; each of their sources (collections) with
     at least two copy groups is split in ``min(FOLDS, groups)`` folds. Returns ``(report,

@@ -74,7 +74,8 @@ def kshot_curve(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Balanced accuracy on the rest of each held-out group after ``k`` labelled images per
-    class from it joined training (module docstring).
+    class from it joined training (module docstring). ``features``: (N, D), or (views, N, D)
+    with augmented views as training rows (:func:`.ridge_head.as_views`).
 
     Returns ``{"ks", "groups": {group: {"n_rest", "classes", "balanced_accuracy": {k: mean
     over draws}}}, "mean": {k: mean over groups}, "gain": {k: mean of (k) - (0)},

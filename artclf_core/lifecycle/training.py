@@ -321,6 +321,8 @@ def train(
     ``label_smoothing`` softens the one-hot targets; ``source_balanced`` weighs each image
     like the ridge head does (classes equal, a source of n images by 1/sqrt(n),
     :func:`artclf_core.lifecycle.ridge_head.source_weights`) instead of by class only.
+    ``views`` (closed-form architectures only): views of each training image, the picture
+    and augmented copies (default :data:`artclf_core.lifecycle.ridge_head.DEFAULT_VIEWS`).
 
     * ``arch="cnn"``: the prototype's recipe: augmentation layers in front of the model, class
       weights, Adam, learning-rate halving on plateaus and early stopping on the
@@ -346,6 +348,8 @@ def train(
         raise ValueError(f"val must be 'source', 'random' or 'none', got {val!r}")
     from artclf_core.model.archs import TEXTURE_ARCHS
 
+    if views is not None and arch not in TEXTURE_ARCHS:
+        raise ValueError(f"views: only the closed-form architectures take them, not {arch!r}")
     if arch in TEXTURE_ARCHS:
         from artclf_core.lifecycle import ridge_training
 
