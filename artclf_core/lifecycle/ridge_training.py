@@ -63,10 +63,10 @@ def backbone_features(
         x = load_images(samples[i : i + CHUNK], size=size, view=view)
         parts.append(backbone.predict(x.astype(np.float32), batch_size=64, verbose=0))
         log.info(
-            "backbone features, view %d: %d/%d (%.0f s)",
-            view,
+            "backbone features %d/%d (view %d, %.0f s)",
             min(i + CHUNK, len(samples)),
             len(samples),
+            view,
             time.perf_counter() - started,
         )
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
