@@ -2,7 +2,7 @@
 cross-validation.
 
     python bench/augment_ablation.py --features-cache F.npz --cache-dir DIR
-        [--data ../shared/data/artworks] [--folds 5] [--views 3]
+        [--data ../shared/data/artworks] [--folds 5] [--views 3] [--kshot]
         [--variants geometry+tone+surface,tone,geometry+surface,...]
 
 The shipped recipe fits its ridge head on each training picture and ``views - 1`` augmented
@@ -11,7 +11,8 @@ transforms come in three groups: geometry (crops, perspective, mats, mirror, col
 tone (greyscale, sepia, halftone screen) and surface (paper tint, resampling, JPEG). Each
 variant keeps only the groups named, computes the copies' features once (cached in
 ``--cache-dir``) and runs the recipe's cross-validation on the model card's folds (held-out
-images scored on the pictures themselves). ``F.npz`` is the one-view cache that
+images scored on the pictures themselves; ``--folds 0``: leave one family out; ``--kshot``:
+also the k-shot curve at the shipped curator weight). ``F.npz`` is the one-view cache that
 ``bench/source_cv.py --views 1 --features-cache`` writes. Results: docs/model-card.md.
 """
 
@@ -32,8 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _feature_cv import Folds, score  # noqa: E402
 
+from artclf_core import CLASSES  # noqa: E402
 from artclf_core.images.model_input import open_rgb, to_model_input  # noqa: E402
-from artclf_core.lifecycle import augment, cv_evaluate  # noqa: E402
+from artclf_core.lifecycle import augment, curator_labels, cv_evaluate, kshot  # noqa: E402
 from artclf_core.lifecycle.dataset import scan_labelled_folder, view_seed  # noqa: E402
 
 SIZE = 160
@@ -61,6 +63,7 @@ def main() -> int:
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--folds", type=int, default=5, help="0: leave one family out")
     ap.add_argument("--views", type=int, default=3)
+    ap.add_argument("--kshot", action="store_true", help="also the k-shot curve (minutes)")
     ap.add_argument(
         "--variants", default="none,geometry+tone+surface,tone,geometry+surface,geometry,surface"
     )
@@ -86,6 +89,18 @@ def main() -> int:
             f"  ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
+        if args.kshot:
+            keys, groups = cv_evaluate.grouping(samples)
+            curve = kshot.kshot_curve(
+                np.stack(views),
+                folds.y,
+                list(folds.sources),
+                groups,
+                keys,
+                n_classes=len(CLASSES),
+                boost=curator_labels.BOOST,
+            )
+            print(f"  k-shot {curve['mean']} (gain at k=10 {curve['gain'][10]:+.3f})", flush=True)
     return 0
 
 
