@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,26 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from _feature_cv import Folds, score  # noqa: E402
 
 from artclf_core import CLASSES  # noqa: E402
-from artclf_core.images.model_input import open_rgb, to_model_input  # noqa: E402
-from artclf_core.lifecycle import augment, curator_labels, cv_evaluate, kshot  # noqa: E402
-from artclf_core.lifecycle.dataset import scan_labelled_folder, view_seed  # noqa: E402
+from artclf_core.lifecycle import curator_labels, cv_evaluate, kshot  # noqa: E402
+from artclf_core.lifecycle.dataset import scan_labelled_folder  # noqa: E402
+from artclf_core.lifecycle.ridge_training import backbone_features  # noqa: E402
+from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone  # noqa: E402
 
 SIZE = 160
-
-
-def copies(samples, groups: tuple[str, ...], view: int) -> np.ndarray:
-    """Features of one augmented view of every sample, with only ``groups`` applied."""
-    from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
-
-    net = build_texture_backbone(SIZE, variant="lite1", gram_taps=GRAM_TAPS)
-
-    def one(sample) -> np.ndarray:
-        rng = np.random.default_rng(view_seed(sample, view))
-        return to_model_input(augment.augment(open_rgb(str(sample.path)), rng, groups), SIZE)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        x = np.stack(list(pool.map(one, samples)))
-    return net.predict(x.astype(np.float32), batch_size=64, verbose=0)
 
 
 def main() -> int:
@@ -71,6 +56,7 @@ def main() -> int:
     samples = scan_labelled_folder(args.data)
     base = cv_evaluate.cached_features(samples, SIZE, 1, "lite1", args.features_cache)[0]
     folds = Folds.of(samples)
+    net = build_texture_backbone(SIZE, variant="lite1", gram_taps=GRAM_TAPS)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     print(f"{len(samples)} images, grouped {args.folds}-fold, {args.views} views")
     for name in args.variants.split(","):
@@ -81,7 +67,10 @@ def main() -> int:
             for v in range(1, args.views):
                 path = args.cache_dir / f"{name}-view{v}.npy"
                 if not path.exists():
-                    np.save(path, copies(samples, groups, v))
+                    np.save(
+                        path,
+                        backbone_features(samples, net, SIZE, view=v, pictures=base, groups=groups),
+                    )
                 views.append(np.load(path))
         got = score(np.stack(views), folds, k=args.folds or None)
         print(

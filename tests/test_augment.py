@@ -100,3 +100,60 @@ def test_groups_leave_the_other_transforms_out() -> None:
     assert np.array_equal(np.asarray(full), np.asarray(named))
     with pytest.raises(ValueError, match="unknown augmentation groups"):
         augment.augment(img, np.random.default_rng(3), groups=("tones",))
+
+
+def _samples(tmp_path, n: int) -> list:
+    """``n`` random colour pictures and one grey one (greyscale leaves it as it is)."""
+    from artclf_core.lifecycle.dataset import Sample
+
+    samples = []
+    for i in range(n):
+        pixels = np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+        if i == 0:
+            pixels[:] = pixels[..., :1]
+        path = tmp_path / f"src__{i}.png"
+        Image.fromarray(pixels, "RGB").save(path)
+        samples.append(Sample(path, "painting", "src"))
+    return samples
+
+
+def test_a_view_says_which_copies_it_changed(tmp_path) -> None:
+    """load_view returns only the copies that differ from the picture: with tone alone about
+    half come out unchanged, and those need no forward pass."""
+    from artclf_core.lifecycle.dataset import load_images, load_view
+
+    samples = _samples(tmp_path, 12)
+    plain = load_images(samples, size=32)
+    copies = load_images(samples, size=32, view=1, groups=("tone",))
+    changed, inputs = load_view(samples, view=1, groups=("tone",), size=32)
+    assert changed.dtype == bool and 0 < changed.sum() < len(samples)
+    assert np.array_equal(inputs, copies[changed])
+    assert all(np.array_equal(copies[i], plain[i]) for i in np.flatnonzero(~changed))
+    with pytest.raises(ValueError, match="view must be at least 1"):
+        load_view(samples, view=0)
+
+
+def test_unchanged_copies_reuse_the_pictures_features(tmp_path) -> None:
+    """The recipe's copies through the backbone: the same features as running every copy,
+    with only the changed ones computed."""
+    from artclf_core.lifecycle import ridge_head
+    from artclf_core.lifecycle.dataset import load_images
+    from artclf_core.lifecycle.ridge_training import backbone_features
+
+    class MeanColour:
+        """A stand-in backbone: each input's mean colour; counts the rows it sees."""
+
+        rows = 0
+
+        def predict(self, x: np.ndarray, **_: object) -> np.ndarray:
+            self.rows += len(x)
+            return x.reshape(len(x), -1, 3).mean(1)
+
+    samples, net = _samples(tmp_path, 12), MeanColour()
+    pictures = backbone_features(samples, net, 32)
+    got = backbone_features(samples, net, 32, view=2, pictures=pictures)
+    every = load_images(samples, size=32, view=2, groups=ridge_head.VIEW_TRANSFORMS)
+    assert np.allclose(got, MeanColour().predict(every.astype(np.float32)))
+    assert len(samples) < net.rows < 2 * len(samples)
+    with pytest.raises(ValueError, match="pictures' own features"):
+        backbone_features(samples, net, 32, view=1)

@@ -87,6 +87,7 @@ def test_default_architecture_trains_in_closed_form_with_its_calibration(
     assert set(cv["calibration"]) >= {"temperature", "ece_before", "ece_after", "review"}
     assert model.metrics["review_threshold"] == cv["calibration"]["review"]["threshold"]
     assert model.metrics["training"]["views"] == 2
+    assert model.metrics["training"]["view_transforms"] == list(ridge_head.VIEW_TRANSFORMS)
     assert texture_model["report"]["n"] == texture_model["split"]["n_val"] > 0
     assert texture_model["history"] == {} and texture_model["epochs_run"] == 0
     # One forward pass, both outputs; the TFLite runtime agrees with the Keras graph.

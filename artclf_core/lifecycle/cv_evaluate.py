@@ -6,8 +6,8 @@
 1. **The reference recipe** under leave-one-source-family-out cross-validation
    (:mod:`artclf_core.lifecycle.source_cv`): frozen ImageNet EfficientNet-Lite1 (``variant``)
    features with texture statistics (:func:`artclf_core.model.texture.build_texture_backbone`),
-   ``views - 1`` augmented views per image (:func:`artclf_core.lifecycle.augment.augment`), and a
-   closed-form ridge classifier per fold (one-hot targets, L2 ``lam`` per example, sources
+   ``views - 1`` augmented copies of each training image (:data:`.ridge_head.VIEW_TRANSFORMS`),
+   and a closed-form ridge classifier per fold (one-hot targets, L2 ``lam`` per example, sources
    balanced within a class by ``source_power``). A ridge head refits in well under a
    second, so 24 folds cost one feature pass. Pooled out-of-fold report, label precision@5
    of each held-out family against the fold's training images (standardised features),
@@ -29,7 +29,6 @@ import numpy as np
 
 from artclf_core import CLASSES
 from artclf_core.lifecycle import ridge_head, source_cv
-from artclf_core.lifecycle.dataset import load_images
 from artclf_core.lifecycle.metrics import classification_report
 from artclf_core.model import calibration
 
@@ -41,22 +40,24 @@ def features(
 ) -> np.ndarray:
     """The frozen features of the shipped recipe (``gram``: with the channel correlations of
     :data:`artclf_core.model.texture.GRAM_TAPS`, as ``efficientnet_lite1_gram``)."""
+    from artclf_core.lifecycle.ridge_training import backbone_features
     from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
 
     net = build_texture_backbone(size, variant=variant, gram_taps=GRAM_TAPS if gram else ())
-    out = []
-    for v in range(views):
-        x = load_images(samples, size=size, view=v, workers=2)
-        out.append(net.predict(x.astype(np.float32), batch_size=64, verbose=0))
-    return np.stack(out).astype(np.float32)
+    pictures = backbone_features(samples, net, size)
+    copies = [
+        backbone_features(samples, net, size, view=v, pictures=pictures) for v in range(1, views)
+    ]
+    return np.stack([pictures, *copies]).astype(np.float32)
 
 
 def cached_features(
     samples, size: int, views: int, variant: str, cache: str | None = None, gram: bool = True
 ) -> np.ndarray:
     """:func:`features`, kept in ``cache`` (an ``.npz``) for the same images and settings."""
-    # augmented views seeded by file name (dataset.view_seed) since 2026-12-07: "named/"
-    seeding = "named/" if views > 1 else ""
+    # augmented views seeded by file name (dataset.view_seed) since 2026-12-07, with the
+    # recipe's transforms since 2026-12-08
+    seeding = f"named/{'+'.join(ridge_head.VIEW_TRANSFORMS)}/" if views > 1 else ""
     key = f"{variant}/{size}/{views}/{seeding}{'gram/' if gram else ''}" + "|".join(
         str(s.path) for s in samples
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from artclf_core import CLASSES, IMAGE_SIZE
 from artclf_core.images import fingerprints
@@ -299,6 +300,7 @@ def load_images(
     size: int = IMAGE_SIZE,
     workers: int | None = None,
     view: int = 0,
+    groups: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """Decode samples into a uint8 array (N, size, size, 3) with the ingestion preprocessing.
 
@@ -307,22 +309,60 @@ def load_images(
     175 MB at 192 px for the 1,576 shared images) makes each epoch pure tensor work; a couple
     of threads overlap Pillow's decoding, which releases the GIL. ``view`` 0 is the picture
     as ingestion sees it; view ``v > 0`` is one augmented view of it
-    (:func:`artclf_core.lifecycle.augment.augment`, seeded by :func:`view_seed`).
+    (:func:`artclf_core.lifecycle.augment.augment` with its ``groups`` of transforms, all by
+    default, seeded by :func:`view_seed`).
     """
-    from artclf_core.lifecycle import augment
-
     out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
 
     def one(i: int) -> None:
         img = open_rgb(str(samples[i].path))
-        if view:
-            img = augment.augment(img, np.random.default_rng(view_seed(samples[i], view)))
-        out[i] = to_model_input(img, size)
+        out[i] = to_model_input(_view(img, samples[i], view, groups) if view else img, size)
 
-    n_workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(one, range(len(samples))))
     return out
+
+
+def load_view(
+    samples: Sequence[Sample],
+    *,
+    view: int,
+    groups: tuple[str, ...] | None = None,
+    size: int = IMAGE_SIZE,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(changed, inputs)``: which samples augmented ``view`` (> 0) of :func:`load_images`
+    changes, a bool array (N,), and the model inputs of those only.
+
+    A copy can come out as the picture itself (half of the tone-only draws apply no tone, and
+    greyscale leaves a grey picture as it was); its features are the picture's, so callers
+    reuse those instead of running the backbone again (about half the forward passes of the
+    recipe's copies)."""
+    if view < 1:
+        raise ValueError(f"view must be at least 1 (0 is the picture itself), got {view}")
+    changed = np.zeros(len(samples), dtype=bool)
+    inputs: list[np.ndarray | None] = [None] * len(samples)
+
+    def one(i: int) -> None:
+        img = open_rgb(str(samples[i].path))
+        copy = to_model_input(_view(img, samples[i], view, groups), size)
+        if not np.array_equal(copy, to_model_input(img, size)):
+            changed[i], inputs[i] = True, copy
+
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(len(samples))))
+    kept = [x for x in inputs if x is not None]
+    return changed, (np.stack(kept) if kept else np.zeros((0, size, size, 3), np.uint8))
+
+
+def _view(
+    img: Image.Image, sample: Sample, view: int, groups: tuple[str, ...] | None
+) -> Image.Image:
+    """``sample``'s augmented ``view`` of its decoded picture ``img`` (left unchanged)."""
+    from artclf_core.lifecycle import augment
+
+    rng = np.random.default_rng(view_seed(sample, view))
+    return augment.augment(img, rng, augment.GROUPS if groups is None else groups)
 
 
 def trained_sources(split: dict[str, Any] | None) -> dict[str, set[str]] | None:

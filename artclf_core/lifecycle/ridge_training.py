@@ -7,10 +7,9 @@ ImageNet EfficientNet-Lite (Lite1 by default) with texture statistics
 includes its own honest evaluation:
 
 1. features of every image (train and validation) in one pass of the backbone; with
-   ``views`` > 1, also of ``views - 1`` augmented copies of each training image
-   (:mod:`artclf_core.lifecycle.augment`: greyscale, sepia, halftone, mats, crops...), which
-   add training rows with the image's label (measured, not the default:
-   :data:`.ridge_head.DEFAULT_VIEWS`);
+   ``views`` > 1 (the default, :data:`.ridge_head.DEFAULT_VIEWS`), also of ``views - 1``
+   augmented copies of each training image (:data:`.ridge_head.VIEW_TRANSFORMS`: greyscale,
+   sepia or a halftone screen), which add training rows with the image's label;
 2. leave-one-source-family-out cross-validation on the *training* images
    (:mod:`.source_cv`): out-of-fold logits, from which the calibration temperature
    and the review threshold are fitted (:mod:`artclf_core.model.calibration`) and the per-source
@@ -40,6 +39,7 @@ from artclf_core.lifecycle.dataset import (
     ValMode,
     describe_split,
     load_images,
+    load_view,
     scan_labelled_folder,
     split_by_source,
 )
@@ -53,15 +53,36 @@ CHUNK = 256
 
 
 def backbone_features(
-    samples: Sequence[Sample], backbone: Any, size: int, *, view: int = 0, verbose: int = 0
+    samples: Sequence[Sample],
+    backbone: Any,
+    size: int,
+    *,
+    view: int = 0,
+    pictures: np.ndarray | None = None,
+    groups: tuple[str, ...] = ridge_head.VIEW_TRANSFORMS,
+    verbose: int = 0,
 ) -> np.ndarray:
-    """(N, D) float32 features of ``samples`` (``view`` > 0: of an augmented view of each,
-    :func:`artclf_core.lifecycle.dataset.load_images`) through ``backbone``, in chunks."""
+    """(N, D) float32 features of ``samples`` through ``backbone``, in chunks.
+
+    ``view`` > 0: of an augmented copy of each (:func:`.dataset.load_view`, with the recipe's
+    :data:`.ridge_head.VIEW_TRANSFORMS` unless ``groups`` says otherwise); ``pictures``, the
+    (N, D) features of view 0, stand in for the copies that come out unchanged, so only the
+    changed ones go through the backbone."""
+    if view and pictures is None:
+        raise ValueError("an augmented view needs the pictures' own features (pictures=)")
     parts = []
     started = time.perf_counter()
     for i in range(0, len(samples), CHUNK):
-        x = load_images(samples[i : i + CHUNK], size=size, view=view)
-        parts.append(backbone.predict(x.astype(np.float32), batch_size=64, verbose=0))
+        chunk = samples[i : i + CHUNK]
+        if view:
+            changed, x = load_view(chunk, view=view, groups=groups, size=size)
+            part = np.array(pictures[i : i + CHUNK], dtype=np.float32)
+            if len(x):
+                part[changed] = backbone.predict(x.astype(np.float32), batch_size=64, verbose=0)
+        else:
+            x = load_images(chunk, size=size)
+            part = backbone.predict(x.astype(np.float32), batch_size=64, verbose=0)
+        parts.append(part)
         log.info(
             "backbone features %d/%d (view %d, %.0f s)",
             min(i + CHUNK, len(samples)),
@@ -125,7 +146,12 @@ def train(
     # (views, N, D): the training images as ingestion sees them, then their augmented views
     f_tr = np.stack(
         [feats[: len(tr)]]
-        + [backbone_features(tr, backbone, size, view=v, verbose=verbose) for v in range(1, views)]
+        + [
+            backbone_features(
+                tr, backbone, size, view=v, pictures=feats[: len(tr)], verbose=verbose
+            )
+            for v in range(1, views)
+        ]
     )
     f_va = feats[len(tr) :]
     feature_seconds = time.perf_counter() - started
@@ -215,6 +241,7 @@ def train(
         "lam": lam,
         "source_power": source_power,
         "views": views,
+        "view_transforms": list(ridge_head.VIEW_TRANSFORMS),
         "temperature": temperature,
         "seed": seed,
         "feature_seconds": round(feature_seconds, 1),
