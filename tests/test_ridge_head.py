@@ -118,10 +118,11 @@ def test_boost_moves_weight_within_a_class_and_keeps_classes_equal():
         assert np.isclose(w[y == c].sum(), len(y) / 3)
 
 
-def test_the_scikit_learn_fit_is_the_closed_form() -> None:
-    """``Ridge`` (Cholesky, sample weights, no intercept) gives the normal equations'
-    solution ``(X'WX + lam n I)^-1 X'W T`` that the head was first written as, within 1e-6,
-    views and curator boosts included (issue 31; the default's own training: model card)."""
+def test_the_fit_is_the_closed_form() -> None:
+    """The fit gives the normal equations' solution ``(X'WX + lam n I)^-1 X'W T`` that the
+    head was first written as, within 1e-6, views and curator boosts included (the oracle of
+    issue 31, when the fit was scikit-learn's ``Ridge``; the default's own training: model
+    card)."""
     rng = np.random.default_rng(7)
     views, n, d, c = 2, 300, 160, len(CLASSES)
     feats = rng.normal(size=(views, n, d)) * rng.uniform(0.1, 5.0, size=d)
@@ -143,3 +144,45 @@ def test_the_scikit_learn_fit_is_the_closed_form() -> None:
     gram = (x * w[:, None]).T @ x
     expected = np.linalg.solve(gram + 3.0 * len(x) * np.eye(d), (x * w[:, None]).T @ target)
     assert np.abs(head.coef - expected).max() < 1e-6
+
+
+def test_fold_heads_from_sums_are_the_fitted_heads() -> None:
+    """RidgeStats (the cross-validation's and the k-shot curve's fits: the whole set's sums
+    less a held-out group's, plus shots) gives ridge_head.fit's head on the same rows, views
+    and boosts included, and refuses a held-out set that splits a source."""
+    from artclf_core.lifecycle.ridge_stats import RidgeStats
+
+    rng = np.random.default_rng(3)
+    views, n, d, c = 2, 240, 60, len(CLASSES)
+    feats = rng.normal(size=(views, n, d)) * rng.uniform(0.1, 5.0, size=d) + 20.0
+    y = rng.integers(0, c, n)
+    sources = rng.integers(0, 8, n).astype(str)
+    boost = np.where(rng.random(n) < 0.1, 4.0, 1.0)
+    stats = RidgeStats(feats, y, sources, n_classes=c, boost=boost)
+    held = np.flatnonzero(sources == "2")
+    rest = np.flatnonzero(sources != "2")
+    fitted = ridge_head.fit(
+        feats[:, rest], y[rest], sources[rest], n_classes=c, dim=16, boost=boost[rest]
+    )
+    summed = stats.head(held, dim=16)
+    np.testing.assert_allclose(summed.coef, fitted.coef, rtol=1e-7, atol=1e-9)
+    emb_a, emb_b = fitted.embed(feats[0, held]), summed.embed(feats[0, held])
+    np.testing.assert_allclose(emb_a @ emb_a.T, emb_b @ emb_b.T, rtol=1e-6, atol=1e-6)
+
+    shots = held[:6]  # a k-shot fit: six of the held-out images back, as their own source
+    train = np.concatenate([rest, shots])
+    shot_sources = np.concatenate([sources[rest], np.full(6, "kshot:2")])
+    shot_boost = np.concatenate([boost[rest], np.full(6, 4.0)])
+    fitted = ridge_head.fit(
+        feats[:, train], y[train], shot_sources, n_classes=c, boost=shot_boost, with_basis=False
+    )
+    summed = stats.head(
+        held,
+        with_basis=False,
+        extra=shots,
+        extra_sources=np.full(6, "kshot:2"),
+        extra_boost=np.full(6, 4.0),
+    )
+    np.testing.assert_allclose(summed.coef, fitted.coef, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="whole sources"):
+        stats.head(held[:3])

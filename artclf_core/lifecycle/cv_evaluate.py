@@ -30,6 +30,7 @@ import numpy as np
 from artclf_core import CLASSES
 from artclf_core.lifecycle import ridge_head, source_cv
 from artclf_core.lifecycle.metrics import classification_report
+from artclf_core.lifecycle.ridge_stats import RidgeStats
 from artclf_core.model import calibration
 
 log = logging.getLogger("artclf.evaluate")
@@ -56,7 +57,7 @@ def cached_features(
 ) -> np.ndarray:
     """:func:`features`, kept in ``cache`` (an ``.npz``) for the same images and settings."""
     # augmented views seeded by file name (dataset.view_seed) since 2026-12-07, with the
-    # recipe's transforms since 2026-12-08
+    # recipe's transforms since the sixth session of 2026-12-07
     seeding = f"named/{'+'.join(ridge_head.VIEW_TRANSFORMS)}/" if views > 1 else ""
     key = f"{variant}/{size}/{views}/{seeding}{'gram/' if gram else ''}" + "|".join(
         str(s.path) for s in samples
@@ -90,16 +91,10 @@ def cross_validate(
     y = np.array([CLASSES.index(c) for c in labels])
     scores = np.zeros((len(y), len(CLASSES)))
     hits = total = 0
+    # every fold's head from the whole set's sums less its held-out group's (exact)
+    stats = RidgeStats(feats, y, sources, n_classes=len(CLASSES), source_power=power, boost=boost)
     for _, train, test in source_cv.plan(groups, k):
-        head = ridge_head.fit(
-            feats[:, train],
-            y[train],
-            sources[train],
-            n_classes=len(CLASSES),
-            lam=lam,
-            source_power=power,
-            boost=None if boost is None else boost[train],
-        )
+        head = stats.head(test, lam=lam)
         scores[test] = head.logits(feats[0, test])
         h, n = source_cv.fold_precision_at_k(
             head.embed(feats[0, test]), labels[test], head.embed(feats[0, train]), labels[train]

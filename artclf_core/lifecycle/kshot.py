@@ -13,9 +13,10 @@ normal image of its source size (what :mod:`artclf_core.lifecycle.retrain` gives
 collection); the rest of ``g`` (the same images for every ``k``) is scored. ``k = 0`` is plain
 leave-one-group-out. The result is averaged over ``draws`` shuffles and then over groups.
 
-The head is the product's ridge head (:func:`artclf_core.lifecycle.ridge_head.fit`, logits only), so
-the whole curve costs ridge fits on features computed once: about a second each on 2 cores
-for the 3,932 shared images.
+The head is the product's ridge head (:func:`artclf_core.lifecycle.ridge_head.fit`, logits
+only), computed from the sums of :class:`artclf_core.lifecycle.ridge_stats.RidgeStats` (the
+whole set's less the held-out group's, plus the shots'), so the whole curve costs one pass
+over the features and a D x D solve per fit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from artclf_core.lifecycle import ridge_head
+from artclf_core.lifecycle.ridge_stats import RidgeStats
 
 #: Ks of the model card's curve.
 KS: tuple[int, ...] = (0, 5, 10, 20)
@@ -89,11 +91,12 @@ def kshot_curve(
     keys = np.asarray(copy_keys)
     ks = sorted(set(int(k) for k in ks))
     most = max(ks)
+    # each fit from the sums of all images less the held-out group's plus its shots (exact)
+    stats = RidgeStats(feats, y, src.astype(str), n_classes=n_classes, source_power=source_power)
     out: dict[str, Any] = {}
     skipped = []
     for g in sorted(set(groups)):
         in_g = np.flatnonzero(grp == g)
-        rest_all = np.flatnonzero(grp != g)
         classes = [c for c in np.unique(y[in_g]) if (y[in_g] == c).sum() >= most + MIN_REST]
         if not classes:
             skipped.append(g)
@@ -110,20 +113,13 @@ def kshot_curve(
                 if k == 0 and d > 0:
                     continue  # nothing drawn: the same fit every time
                 added = np.array([i for c in classes for i in shots[c][:k]], dtype=int)
-                train = np.concatenate([rest_all, added])
-                s = src[train].copy()
-                s[len(rest_all) :] = "kshot:" + g  # the collection is its own source
-                boosts = np.ones(len(train))
-                boosts[len(rest_all) :] = boost
-                head = ridge_head.fit(
-                    feats[:, train],
-                    y[train],
-                    s,
-                    n_classes=n_classes,
+                head = stats.head(
+                    in_g,
                     lam=lam,
-                    source_power=source_power,
-                    boost=boosts,
                     with_basis=False,
+                    extra=added,
+                    extra_sources=np.full(len(added), "kshot:" + g),  # its own source
+                    extra_boost=np.full(len(added), boost),
                 )
                 pred = head.logits(feats[0, test]).argmax(1)
                 scores[k].append(_balanced_accuracy(y[test], pred))

@@ -138,18 +138,46 @@ def fit(
     xw = x * w[:, None]
     gram, rhs = xw.T @ x, xw.T @ target
     del xw
-    coef = linalg.solve(gram + lam * len(x) * np.eye(d), rhs, assume_a="pos")
+    return head_from_gram(
+        gram, rhs, mean, std, lam * len(x), n_classes, dim, with_basis, x, standardised=True
+    )
+
+
+def head_from_gram(
+    gram: np.ndarray,
+    rhs: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    alpha: float,
+    n_classes: int,
+    dim: int,
+    with_basis: bool,
+    rows: np.ndarray,
+    *,
+    standardised: bool = False,
+) -> RidgeHead:
+    """The head from the standardised weighted Gram matrix ``gram`` (Z'WZ), ``rhs`` (Z'WT) and
+    the penalty ``alpha``: :func:`fit`'s solve, shared with
+    :mod:`artclf_core.lifecycle.ridge_stats` (its per-fold sums give the same two matrices).
+    ``rows``: the training rows (raw, or ``Z`` if ``standardised``), for the scale of the
+    class part of the embedding."""
+    d = gram.shape[0]
+    coef = linalg.solve(gram + alpha * np.eye(d), rhs, assume_a="pos")
     if not with_basis:
         return RidgeHead(mean, std, coef, np.zeros((d, 0)), 1.0)
-    # Principal directions of the weighted features: the top eigenvectors of X'WX (only those
+    # Principal directions of the weighted features: the top eigenvectors of Z'WZ (only those
     # are computed: a third of the time of the full decomposition at 3,352 features).
     top = dim - n_classes
     _, vecs = linalg.eigh(gram, subset_by_index=[d - top, d - 1], driver="evr")
     basis = vecs[:, ::-1]
-    scores = x @ coef
-    spread = np.linalg.norm(x @ basis, axis=1).mean()
-    alpha = float(spread / (np.linalg.norm(scores, axis=1).mean() + 1e-12))
-    return RidgeHead(mean, std, coef, basis, alpha)
+    proj = np.hstack([coef, basis])
+    if standardised:
+        out = rows @ proj
+    else:  # Z @ proj without materialising Z
+        out = rows @ (proj / std[:, None]) - (mean / std) @ proj
+    scores, spread = out[:, :n_classes], np.linalg.norm(out[:, n_classes:], axis=1).mean()
+    alpha_e = float(spread / (np.linalg.norm(scores, axis=1).mean() + 1e-12))
+    return RidgeHead(mean, std, coef, basis, alpha_e)
 
 
 def layer_weights(
