@@ -349,8 +349,8 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--views",
         type=int,
-        help="closed-form archs: views of each training image, the picture and augmented "
-        "copies (default: the recipe's, ridge_head.DEFAULT_VIEWS)",
+        help="closed-form archs: views of each training image, the picture and tone copies "
+        "of it (greyscale, sepia, halftone; default: ridge_head.DEFAULT_VIEWS; 1: the picture)",
     )
     p.add_argument(
         "--kshot",
@@ -374,7 +374,8 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--views",
         type=int,
-        help="--cv: views per training image (default: the recipe's, ridge_head.DEFAULT_VIEWS)",
+        help="--cv: views per training image, the picture and tone copies (default: the "
+        "recipe's, ridge_head.DEFAULT_VIEWS)",
     )
     p.add_argument(
         "--backbone",
