@@ -35,7 +35,7 @@ from _feature_cv import Folds, score  # noqa: E402
 from artclf_core import CLASSES  # noqa: E402
 from artclf_core.lifecycle import curator_labels, cv_evaluate, kshot  # noqa: E402
 from artclf_core.lifecycle.dataset import scan_labelled_folder  # noqa: E402
-from artclf_core.lifecycle.ridge_training import backbone_features  # noqa: E402
+from artclf_core.lifecycle.features import backbone_features  # noqa: E402
 from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone  # noqa: E402
 
 SIZE = 160

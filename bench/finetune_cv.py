@@ -106,7 +106,7 @@ def main() -> int:
             )
             model = ArtModel.load(result["model_path"], runtime="keras")
             tuned = evaluate_samples([samples[i] for i in te], model)
-            from artclf_core.lifecycle.ridge_training import backbone_features
+            from artclf_core.lifecycle.features import backbone_features
 
             tuned_feats = backbone_features(
                 samples, model.model.get_layer("backbone"), model.image_size

@@ -138,7 +138,7 @@ def test_unchanged_copies_reuse_the_pictures_features(tmp_path) -> None:
     with only the changed ones computed."""
     from artclf_core.lifecycle import ridge_head
     from artclf_core.lifecycle.dataset import load_images
-    from artclf_core.lifecycle.ridge_training import backbone_features
+    from artclf_core.lifecycle.features import backbone_features
 
     class MeanColour:
         """A stand-in backbone: each input's mean colour; counts the rows it sees."""

@@ -41,7 +41,7 @@ def features(
 ) -> np.ndarray:
     """The frozen features of the shipped recipe (``gram``: with the channel correlations of
     :data:`artclf_core.model.texture.GRAM_TAPS`, as ``efficientnet_lite1_gram``)."""
-    from artclf_core.lifecycle.ridge_training import backbone_features
+    from artclf_core.lifecycle.features import backbone_features
     from artclf_core.model.texture import GRAM_TAPS, build_texture_backbone
 
     net = build_texture_backbone(size, variant=variant, gram_taps=GRAM_TAPS if gram else ())
