@@ -56,10 +56,17 @@ def as_views(features: np.ndarray) -> np.ndarray:
     return feats[None] if feats.ndim == 2 else feats
 
 
+def source_keys(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """``"<label>/<source>"`` per image: what a source weight counts images by."""
+    return np.char.add(
+        np.char.add(np.asarray(labels).astype(str), "/"), np.asarray(sources).astype(str)
+    )
+
+
 def source_weights(labels: np.ndarray, sources: np.ndarray, power: float) -> np.ndarray:
     """Per-image weights: ``1 / n_source ** power`` within a class, classes equal, mean 1."""
     labels, sources = np.asarray(labels), np.asarray(sources)
-    keys = np.char.add(np.char.add(labels.astype(str), "/"), sources.astype(str))
+    keys = source_keys(labels, sources)
     _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
     w = 1.0 / counts[inv].astype(np.float64) ** power
     for c in np.unique(labels):
@@ -152,7 +159,7 @@ def head_from_gram(
     n_classes: int,
     dim: int,
     with_basis: bool,
-    rows: np.ndarray,
+    rows: np.ndarray | None,
     *,
     standardised: bool = False,
 ) -> RidgeHead:
@@ -160,13 +167,15 @@ def head_from_gram(
     the penalty ``alpha``: :func:`fit`'s solve, shared with
     :mod:`artclf_core.lifecycle.ridge_stats` (its per-fold sums give the same two matrices).
     ``rows``: the training rows (raw, or ``Z`` if ``standardised``), for the scale of the
-    class part of the embedding."""
+    class part of the embedding (None without the basis)."""
     d = gram.shape[0]
     coef = linalg.solve(gram + alpha * np.eye(d), rhs, assume_a="pos")
     if not with_basis:
         return RidgeHead(mean, std, coef, np.zeros((d, 0)), 1.0)
     # Principal directions of the weighted features: the top eigenvectors of Z'WZ (only those
     # are computed: a third of the time of the full decomposition at 3,352 features).
+    if rows is None:
+        raise ValueError("the embedding basis needs the training rows")
     top = dim - n_classes
     _, vecs = linalg.eigh(gram, subset_by_index=[d - top, d - 1], driver="evr")
     basis = vecs[:, ::-1]

@@ -58,7 +58,8 @@ class _Sums:
             out.s2 += np.einsum("ij,ij->j", rows, rows)
         return out
 
-    def minus(self, other: _Sums, sign: float = -1.0) -> _Sums:
+    def plus(self, other: _Sums, sign: float = 1.0) -> _Sums:
+        """These sums with ``other``'s added (``sign`` -1: taken away)."""
         return _Sums(
             self.gram + sign * other.gram,
             self.weighted + sign * other.weighted,
@@ -88,7 +89,7 @@ class RidgeStats:
         self.y = np.asarray(y, dtype=np.int64)
         self.n_classes = n_classes
         self.power = source_power
-        keys = _keys(self.y, np.asarray(sources))
+        keys = ridge_head.source_keys(self.y, sources)
         _, self.key_id, counts = np.unique(keys, return_inverse=True, return_counts=True)
         self.key_count = counts
         self.u = 1.0 / counts[self.key_id].astype(np.float64) ** source_power
@@ -118,32 +119,37 @@ class RidgeStats:
         if self._rest is None or not np.array_equal(self._rest[0], exclude):
             # kept for the next call: the k-shot curve fits several times without one group
             held = _Sums.of(self.x[:, exclude], self.y[exclude], self.u[exclude], self.n_classes)
-            self._rest = (exclude, self.total.minus(held))
+            self._rest = (exclude, self.total.plus(held, -1.0))
         sums = self._rest[1]
         train = np.setdiff1d(np.arange(self.x.shape[1]), exclude)
         if extra is not None and len(extra):
             extra = np.asarray(extra, dtype=np.int64)
-            keys = _keys(self.y[extra], np.asarray(extra_sources))
+            keys = ridge_head.source_keys(self.y[extra], extra_sources)
             _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
             u = 1.0 / counts[inv].astype(np.float64) ** self.power
             if extra_boost is not None:
                 u = u * np.asarray(extra_boost, dtype=np.float64)
-            sums = sums.minus(_Sums.of(self.x[:, extra], self.y[extra], u, self.n_classes), 1.0)
+            sums = sums.plus(_Sums.of(self.x[:, extra], self.y[extra], u, self.n_classes))
             train = np.concatenate([train, extra])
-        return _solve(sums, self.x[:, train], self.n_classes, lam, dim, with_basis)
-
-
-def _keys(y: np.ndarray, sources: np.ndarray) -> np.ndarray:
-    return np.char.add(np.char.add(y.astype(str), "/"), sources.astype(str))
+        # the rows themselves only set the embedding's scale: copied only when it is wanted
+        rows = self.x[:, train] if with_basis else None
+        return _solve(sums, self.x.shape[0], rows, self.n_classes, lam, dim, with_basis)
 
 
 def _solve(
-    s: _Sums, x: np.ndarray, n_classes: int, lam: float, dim: int, with_basis: bool
+    s: _Sums,
+    views: int,
+    x: np.ndarray | None,
+    n_classes: int,
+    lam: float,
+    dim: int,
+    with_basis: bool,
 ) -> ridge_head.RidgeHead:
-    """The head from the sums ``s`` of the training rows ``x`` (views, n, D): the same algebra
-    as :func:`.ridge_head.fit`, with ``Z = (X - mean) / std`` expanded."""
-    views, n, d = x.shape
-    rows = views * n
+    """The head from the sums ``s`` of the training images' ``views`` rows each: the same
+    algebra as :func:`.ridge_head.fit`, with ``Z = (X - mean) / std`` expanded. ``x``: those
+    rows (views, n, D), needed only ``with_basis``."""
+    d = s.s1.shape[0]
+    rows = views * int(round(s.images.sum()))
     mean = s.s1 / rows
     std = np.sqrt(np.maximum(s.s2 / rows - mean**2, 0.0)) + 1e-6
     present = s.images > 0.5
@@ -158,5 +164,13 @@ def _solve(
     per_class = a[:, None] * (s.weighted - views * s.weight[:, None] * mean) / std  # (C, D)
     zwt = per_class.T @ (np.eye(n_classes) - 1.0 / n_classes)
     return ridge_head.head_from_gram(
-        zwz, zwt, mean, std, lam * rows, n_classes, dim, with_basis, x.reshape(-1, d)
+        zwz,
+        zwt,
+        mean,
+        std,
+        lam * rows,
+        n_classes,
+        dim,
+        with_basis,
+        None if x is None else x.reshape(-1, d),
     )
