@@ -248,7 +248,8 @@ def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
 ):
     """Labelled drops plus a museum's curator labels: the nightly retrain trains on the
     collection as its own source and the gate weighs the labels the active model never saw
-    (out of fold for the candidate) beside the held-out families, and records both."""
+    (out of fold for the candidate) beside the held-out families, and records both; a second
+    collection nobody labelled is learnt from its own images (self-training) and recorded."""
     settings = clean
     client = s3lib.client(settings)
     for label in CLASSES:
@@ -260,6 +261,8 @@ def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
             )
     for i in range(10):
         _put(settings, f"incoming/museumx/m{i:02d}.jpg", 500 + i)
+    for i in range(6):
+        _put(settings, f"incoming/museumz/z{i:02d}.jpg", 600 + i)
     with Ingestor(settings, model=model) as ing:
         ing.ingest_prefix("training/")
         ing.ingest_prefix("incoming/")
@@ -287,3 +290,15 @@ def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
             (out["version"],),
         ).fetchone()
     assert metrics["museumx"]["n"] == 10 and metrics["museumx"]["folds"] == 5
+    # museumz, catalogued but never labelled: exported beside the labelled set and self-trained
+    # on (its labels never asked for); its images are not labelled data.
+    assert out["dataset"]["unlabelled"] == {"n": 6, "per_collection": {"museumz": 6}}
+    assert "museumz" not in out["dataset"]["per_source"]
+    with db.connect(settings.db_url) as conn:
+        (adapted,) = conn.execute(
+            "SELECT metrics->'self_training' FROM artclf.model_versions WHERE version = %s",
+            (out["version"],),
+        ).fetchone()
+    assert adapted["collections"]["museumz"]["images"] == 6
+    assert len(adapted["pseudo_labels_per_round"]) >= 1
+    assert adapted["cross_validation"]["folds"] >= 2

@@ -179,9 +179,7 @@ def test_fold_heads_from_sums_are_the_fitted_heads() -> None:
     summed = stats.head(
         held,
         with_basis=False,
-        extra=shots,
-        extra_sources=np.full(6, "kshot:2"),
-        extra_boost=np.full(6, 4.0),
+        added=stats.images(shots, np.full(6, "kshot:2"), boost=4.0),
     )
     np.testing.assert_allclose(summed.coef, fitted.coef, rtol=1e-7, atol=1e-9)
     with pytest.raises(ValueError, match="whole sources"):

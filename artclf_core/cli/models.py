@@ -282,6 +282,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     kwargs = {"val": args.val, "seed": args.seed, "arch": args.arch}
     if args.kshot:
         kwargs["kshot"] = True
+    if args.unlabelled:
+        kwargs["unlabelled"] = args.unlabelled
     for name in (
         "epochs",
         "patience",
@@ -357,6 +359,13 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="closed-form archs: also measure the k-shot curve and store it in the model "
         "(the Models page plots it; a few minutes more)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        metavar="UDIR",
+        help="closed-form archs: UDIR/<collection>/ images without labels; the head "
+        "self-trains on each collection's confident predictions (what the nightly retrain "
+        "does with the catalogue's uncurated artworks)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -82,6 +82,26 @@ def scan_labelled_folder(data_dir: str | os.PathLike[str]) -> list[Sample]:
     return samples
 
 
+def scan_unlabelled_folder(folder: str | os.PathLike[str]) -> list[Sample]:
+    """List the images of ``DIR/<collection>/**`` as :class:`Sample`\\ s without a label
+    (``label`` ""), their collection as their ``source``, sorted by path: what self-training
+    (:mod:`.self_training`) learns a collection's look from. Images directly in ``DIR`` are
+    one collection named after it; hidden entries and non-image files are skipped."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"unlabelled folder {root} does not exist")
+    samples: list[Sample] = []
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        collection = rel.parts[0] if len(rel.parts) > 1 else root.name
+        samples.append(Sample(f, "", collection))
+    return samples
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes (used to keep exact duplicates on one side of a split)."""
     h = hashlib.sha256()

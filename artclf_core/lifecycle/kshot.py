@@ -117,9 +117,8 @@ def kshot_curve(
                     in_g,
                     lam=lam,
                     with_basis=False,
-                    extra=added,
-                    extra_sources=np.full(len(added), "kshot:" + g),  # its own source
-                    extra_boost=np.full(len(added), boost),
+                    # the shots as their own source
+                    added=stats.images(added, np.full(len(added), "kshot:" + g), boost),
                 )
                 pred = head.logits(feats[0, test]).argmax(1)
                 scores[k].append(_balanced_accuracy(y[test], pred))

@@ -52,6 +52,10 @@ log = logging.getLogger("artclf.retrain")
 
 #: Fewest labelled images per class to train at all (a class needs some to validate on).
 MIN_PER_CLASS = 4
+#: Most uncurated artworks per collection the closed-form recipe self-trains on
+#: (:mod:`artclf_core.lifecycle.self_training`): a fixed sample (by SHA-256) bounds the nightly
+#: run's downloads and forward passes however large a collection grows.
+UNLABELLED_PER_COLLECTION = 1000
 MODELS_PREFIX = "models/"
 
 
@@ -188,6 +192,53 @@ def export_training_set(
     }
 
 
+def unlabelled_artworks(conn, per_collection: int = UNLABELLED_PER_COLLECTION) -> list[dict]:
+    """Catalogued artworks no one has labelled, at most ``per_collection`` of each collection
+    (the same ones from night to night: the first by SHA-256), oldest first."""
+    return db.fetch_dicts(
+        conn,
+        "SELECT id, bucket, key, source_key, sha256, collection FROM ("
+        " SELECT id, bucket, key, source_key, sha256, collection, row_number() OVER"
+        " (PARTITION BY collection ORDER BY sha256) AS n"
+        " FROM artclf.artworks WHERE curated_label IS NULL) AS a"
+        " WHERE n <= %s ORDER BY id",
+        (per_collection,),
+    )
+
+
+def export_unlabelled(settings: Settings, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Download the catalogue's uncurated artworks to ``out_dir/<collection>/<id>.<ext>``
+    (:func:`unlabelled_artworks`; artworks without a collection under ``uncollected``), the
+    folder :func:`artclf_core.lifecycle.dataset.scan_unlabelled_folder` reads. Returns ``{"n",
+    "per_collection", "sha256" (sorted), "dir"}``."""
+    out = Path(out_dir)
+    with db.connect(settings.db_url) as conn:
+        rows = unlabelled_artworks(conn)
+    if out.exists():
+        shutil.rmtree(out)
+    jobs = []
+    for r in rows:
+        folder = out / _safe_collection(r["collection"] or "uncollected")
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = Path(s3lib.basename(r["key"])).suffix or ".img"
+        jobs.append((r, folder / f"{r['id']}{ext}"))
+    client = s3lib.client(settings, max_pool=20)
+
+    def fetch(job: tuple[dict[str, Any], Path]) -> None:
+        r, path = job
+        client.download_file(r["bucket"], r["key"], str(path))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(fetch, jobs))
+    log.info("exported %d uncurated artwork(s) for self-training", len(jobs))
+    return {
+        "n": len(rows),
+        "per_collection": dict(sorted(Counter(p.parent.name for _, p in jobs).items())),
+        "sha256": sorted(r["sha256"] for r in rows),
+        "dir": str(out),
+    }
+
+
 def _waiting_labelled(conn) -> int:
     """Objects under ``training/`` queued but not catalogued yet (pending, being processed or
     failed with attempts left): labelled images this run cannot see yet."""
@@ -239,7 +290,7 @@ def retrain(
     from artclf_core.lifecycle.dataset import scan_labelled_folder, split_by_source
 
     # Without a caller's or an active model's architecture: model.DEFAULT_ARCH (the shipped one).
-    from artclf_core.model.archs import ARCHS, DEFAULT_ARCH
+    from artclf_core.model.archs import ARCHS, DEFAULT_ARCH, TEXTURE_ARCHS
     from artclf_core.model.artmodel import ArtModel
 
     policy = policy or promotion.GatePolicy.from_env()
@@ -256,6 +307,16 @@ def retrain(
         arch = os.environ.get("ARTCLF_TRAIN_ARCH") or (
             active["arch"] if active and active["arch"] in ARCHS else DEFAULT_ARCH
         )
+    unlabelled = None
+    if arch in TEXTURE_ARCHS:
+        # the closed-form recipe also learns each collection's look from its own images
+        unlabelled = export_unlabelled(settings, work / "unlabelled")
+        dataset["unlabelled"] = {k: unlabelled[k] for k in ("n", "per_collection")}
+        if unlabelled["n"]:  # new uncurated artworks are new data for it
+            dataset["fingerprint"] = data_fingerprint(
+                [(dataset["fingerprint"], "labelled")]
+                + [(sha, "unlabelled") for sha in unlabelled["sha256"]]
+            )
     summary: dict[str, Any] = {
         "dataset": {k: v for k, v in dataset.items() if k != "dir"},
         "waiting_under_training": waiting,
@@ -288,6 +349,8 @@ def retrain(
         kwargs["epochs"] = epochs
     if patience is not None:
         kwargs["patience"] = patience
+    if unlabelled and unlabelled["n"]:
+        kwargs["unlabelled"] = unlabelled["dir"]
     result = training.train(dataset["dir"], work / "candidate.keras", **kwargs)
     version = result["version"]
     log.info(
@@ -341,6 +404,7 @@ def retrain(
         "candidate": result["report"],
         "candidate_on_gate_images": candidate_report,
         "collections": result.get("collections"),
+        "self_training": result.get("self_training"),
         "active": active_report,
         "split": split,
         "dataset": summary["dataset"],
@@ -378,6 +442,7 @@ def retrain(
                 "cross_validation": result.get("cross_validation"),
                 "review_threshold": result.get("review_threshold"),
                 "collections": result.get("collections"),
+                "self_training": result.get("self_training"),
             },
             status=status,
         )
@@ -388,7 +453,7 @@ def retrain(
             decision=decision.as_dict(),
             plots={n: f"s3://{settings.bucket}/{prefix}{n}" for n in objects if n.endswith(".png")},
             data_fingerprint=dataset["fingerprint"],
-            params={k: v for k, v in kwargs.items() if k != "verbose"},
+            params={k: v for k, v in kwargs.items() if k not in ("verbose", "unlabelled")},
         )
         conn.commit()
     outcome = {

@@ -105,13 +105,11 @@ class RidgeStats:
         lam: float = ridge_head.DEFAULT_LAMBDA,
         dim: int = 128,
         with_basis: bool = True,
-        extra: np.ndarray | None = None,
-        extra_sources: np.ndarray | None = None,
-        extra_boost: np.ndarray | None = None,
+        added: Added | None = None,
     ) -> ridge_head.RidgeHead:
         """The head :func:`.ridge_head.fit` gives on every image but ``exclude`` (indices that
-        take whole sources), plus the images ``extra`` (indices, typically some of the
-        excluded ones) under their own ``extra_sources`` and ``extra_boost``."""
+        take whole sources), plus the ``added`` images (a held-out group's k-shot shots, or
+        pseudo-labelled images of a collection: :mod:`.self_training`)."""
         exclude = np.asarray(exclude, dtype=np.int64)
         partial = np.bincount(self.key_id[exclude], minlength=len(self.key_count))
         if np.any((partial > 0) & (partial < self.key_count)):
@@ -122,18 +120,39 @@ class RidgeStats:
             self._rest = (exclude, self.total.plus(held, -1.0))
         sums = self._rest[1]
         train = np.setdiff1d(np.arange(self.x.shape[1]), exclude)
-        if extra is not None and len(extra):
-            extra = np.asarray(extra, dtype=np.int64)
-            keys = ridge_head.source_keys(self.y[extra], extra_sources)
-            _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
-            u = 1.0 / counts[inv].astype(np.float64) ** self.power
-            if extra_boost is not None:
-                u = u * np.asarray(extra_boost, dtype=np.float64)
-            sums = sums.plus(_Sums.of(self.x[:, extra], self.y[extra], u, self.n_classes))
-            train = np.concatenate([train, extra])
         # the rows themselves only set the embedding's scale: copied only when it is wanted
         rows = self.x[:, train] if with_basis else None
+        if added is not None and len(added.y):
+            sums = sums.plus(added.sums(self.power, self.n_classes))
+            if rows is not None:
+                rows = np.concatenate([rows, added.rows.astype(np.float64)], axis=1)
         return _solve(sums, self.x.shape[0], rows, self.n_classes, lam, dim, with_basis)
+
+    def images(self, idx: np.ndarray, sources: np.ndarray, boost: float = 1.0) -> Added:
+        """Some of this set's images (all their views), with their own labels, to add back
+        to a fit under ``sources`` (the k-shot curve's shots)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return Added(self.x[:, idx], self.y[idx], np.asarray(sources), np.full(len(idx), boost))
+
+
+@dataclass
+class Added:
+    """Images added to a fit under their own sources: ``rows`` (views, n, D) as the set's
+    features, ``y`` their labels (true, or pseudo-labels), ``boost`` their weight
+    multipliers (``1 / n_source ** power`` is applied as to every image)."""
+
+    rows: np.ndarray
+    y: np.ndarray
+    sources: np.ndarray
+    boost: np.ndarray | None = None
+
+    def sums(self, power: float, n_classes: int) -> _Sums:
+        keys = ridge_head.source_keys(self.y, self.sources)
+        _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        u = 1.0 / counts[inv].astype(np.float64) ** power
+        if self.boost is not None:
+            u = u * np.asarray(self.boost, dtype=np.float64)
+        return _Sums.of(np.asarray(self.rows, dtype=np.float64), np.asarray(self.y), u, n_classes)
 
 
 def _solve(

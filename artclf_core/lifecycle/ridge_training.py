@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 
 from artclf_core import CLASSES
-from artclf_core.lifecycle import curator_labels, ridge_head
+from artclf_core.lifecycle import curator_labels, ridge_head, self_training
 from artclf_core.lifecycle.dataset import (
+    Sample,
     ValMode,
     describe_split,
     scan_labelled_folder,
+    scan_unlabelled_folder,
     split_by_source,
 )
 from artclf_core.lifecycle.evaluation import full_report
@@ -59,6 +61,7 @@ def train(
     source_power: float = ridge_head.DEFAULT_SOURCE_POWER,
     views: int = ridge_head.DEFAULT_VIEWS,
     kshot: bool = False,
+    unlabelled: str | os.PathLike[str] | None = None,
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train, calibrate and save; the same return value as
@@ -70,7 +73,14 @@ def train(
     Curator-labelled images (the export's sidecar) stay in training whatever the split, are
     weighed :data:`artclf_core.lifecycle.curator_labels.BOOST` times, and are cross-validated within
     their collection. ``kshot``: also measure the k-shot curve (:mod:`artclf_core.lifecycle.kshot`,
-    a few minutes more), stored as ``metrics["kshot"]``."""
+    a few minutes more), stored as ``metrics["kshot"]``.
+
+    ``unlabelled``: a folder of ``<collection>/`` sub-folders of images without labels
+    (:func:`artclf_core.lifecycle.dataset.scan_unlabelled_folder`; the nightly retrain exports
+    the catalogue's uncurated artworks there): the head self-trains on them
+    (:mod:`artclf_core.lifecycle.self_training`), and ``metrics["self_training"]`` records the
+    pseudo-labels per collection and the self-trained cross-validation of the training images
+    (each held-out family playing an unlabelled collection)."""
     from artclf_core.model.archs import DEFAULT_ARCH, DEFAULT_IMAGE_SIZES, TEXTURE_ARCHS
     from artclf_core.model.artmodel import (
         build_model,
@@ -86,6 +96,7 @@ def train(
     started = time.perf_counter()
     size = int(image_size or DEFAULT_IMAGE_SIZES[arch])
     samples = scan_labelled_folder(data_dir)
+    unl = scan_unlabelled_folder(unlabelled) if unlabelled is not None else []
     curated = curator_labels.read(data_dir)
     curator_sources = {s.source for s in samples if curator_labels.relative(s) in curated}
     if val == "none":
@@ -95,7 +106,7 @@ def train(
     log.info("%d training and %d validation images at %dpx", len(tr), len(va), size)
     base = build_model(len(CLASSES), arch=arch, image_size=size)
     backbone = base.get_layer("backbone")
-    feats = backbone_features(list(tr) + list(va), backbone, size, verbose=verbose)
+    feats = backbone_features(list(tr) + list(va) + unl, backbone, size, verbose=verbose)
     # (views, N, D): the training images as ingestion sees them, then their augmented views
     f_tr = np.stack(
         [feats[: len(tr)]]
@@ -106,7 +117,8 @@ def train(
             for v in range(1, views)
         ]
     )
-    f_va = feats[len(tr) :]
+    f_va = feats[len(tr) : len(tr) + len(va)]
+    f_un = feats[len(tr) + len(va) :]
     feature_seconds = time.perf_counter() - started
 
     from artclf_core.lifecycle.cv_evaluate import calibrated_cv, grouping
@@ -135,6 +147,11 @@ def train(
     head = ridge_head.fit(
         f_tr, y_tr, src_tr, n_classes=len(CLASSES), lam=lam, source_power=source_power, boost=boost
     )
+    adapted = None
+    if unl:
+        head, adapted = _self_train(
+            f_tr, y_tr, src_tr, boost, f_un, unl, head, groups, temperature, lam, source_power
+        )
     is_curated = np.array([curator_labels.relative(s) in curated for s in tr], dtype=bool)
     collections, oof = curator_labels.collection_cv(
         f_tr,
@@ -194,6 +211,7 @@ def train(
         "lam": lam,
         "source_power": source_power,
         "views": views,
+        "unlabelled": len(unl),
         "view_transforms": list(ridge_head.VIEW_TRANSFORMS),
         "temperature": temperature,
         "seed": seed,
@@ -210,6 +228,7 @@ def train(
         "collections": collections,
         "kshot": curve,
         "curator_boost": curator_labels.BOOST,
+        "self_training": adapted,
     }
     path = save_model(base, out_path, version=version, classes=CLASSES, arch=arch, metrics=metrics)
     log.info("saved %s (%s) after %.0f s", path, version, train_seconds)
@@ -226,4 +245,85 @@ def train(
         "review_threshold": threshold,
         "collections": collections,
         "collection_oof": {str(tr[i].path): p for i, p in oof.items()},
+        "self_training": adapted,
     }
+
+
+def _self_train(
+    f_tr: np.ndarray,
+    y_tr: np.ndarray,
+    src_tr: np.ndarray,
+    boost: np.ndarray,
+    f_un: np.ndarray,
+    unl: list[Sample],
+    head: ridge_head.RidgeHead,
+    groups: list[str],
+    temperature: float,
+    lam: float,
+    source_power: float,
+) -> tuple[ridge_head.RidgeHead, dict[str, Any]]:
+    """The final head self-trained on the unlabelled images (:mod:`.self_training`), and
+    what to record of it: pseudo-labels per collection, and the self-trained
+    cross-validation of the training images (each held-out family playing a collection)."""
+    from artclf_core.lifecycle.ridge_stats import RidgeStats
+
+    def fit(added: Any) -> ridge_head.RidgeHead:
+        return ridge_head.fit(
+            np.concatenate([f_tr, added.rows], axis=1),
+            np.concatenate([y_tr, added.y]),
+            np.concatenate([src_tr, added.sources]),
+            n_classes=len(CLASSES),
+            lam=lam,
+            source_power=source_power,
+            boost=np.concatenate([boost, np.ones(len(added.y))]),
+        )
+
+    collections = np.array([s.source for s in unl])
+    adapted, scores, used = self_training.adapt(
+        fit,
+        f_un,
+        collections,
+        head.logits(f_un),
+        views=f_tr.shape[0],
+        temperature=temperature,
+    )
+    kept, labels = self_training.pseudo_labels(scores, temperature)
+    per_collection: dict[str, Any] = {}
+    for coll in sorted(set(collections)):
+        mine = collections == coll
+        per_collection[coll] = {
+            "images": int(mine.sum()),
+            "pseudo_labelled": int((kept & mine).sum()),
+            "per_class": {c: int(np.sum(labels[mine[kept]] == i)) for i, c in enumerate(CLASSES)},
+        }
+    cv = None
+    if len(set(groups)) > 1:
+        stats = RidgeStats(
+            f_tr, y_tr, src_tr, n_classes=len(CLASSES), source_power=source_power, boost=boost
+        )
+        pred = self_training.cross_validate(stats, groups, temperature, lam=lam).argmax(1)
+        recall = {c: float(np.mean(pred[y_tr == i] == i)) for i, c in enumerate(CLASSES)}
+        cv = {
+            "folds": len(set(groups)),
+            "balanced_accuracy": float(np.mean(list(recall.values()))),
+            "recall": recall,
+        }
+        log.info(
+            "self-trained source-family CV (each held-out family an unlabelled collection): "
+            "balanced accuracy %.3f",
+            cv["balanced_accuracy"],
+        )
+    log.info(
+        "self-training on %d unlabelled image(s) of %d collection(s): %s pseudo-labels per round",
+        len(unl),
+        len(per_collection),
+        used,
+    )
+    info = {
+        "rounds": self_training.ROUNDS,
+        "threshold": self_training.THRESHOLD,
+        "pseudo_labels_per_round": used,
+        "collections": per_collection,
+        "cross_validation": cv,
+    }
+    return adapted or head, info

@@ -313,6 +313,7 @@ def train(
     source_balanced: bool = False,
     views: int | None = None,
     kshot: bool = False,
+    unlabelled: str | os.PathLike[str] | None = None,
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train a model on ``data_dir`` and save it, with its metadata, to ``out_path``.
@@ -323,6 +324,8 @@ def train(
     :func:`artclf_core.lifecycle.ridge_head.source_weights`) instead of by class only.
     ``views`` (closed-form architectures only): views of each training image, the picture
     and augmented copies (default :data:`artclf_core.lifecycle.ridge_head.DEFAULT_VIEWS`).
+    ``unlabelled`` (closed-form architectures only): a folder of ``<collection>/`` images
+    without labels that the head self-trains on (:mod:`artclf_core.lifecycle.self_training`).
 
     * ``arch="cnn"``: the prototype's recipe: augmentation layers in front of the model, class
       weights, Adam, learning-rate halving on plateaus and early stopping on the
@@ -350,6 +353,10 @@ def train(
 
     if views is not None and arch not in TEXTURE_ARCHS:
         raise ValueError(f"views: only the closed-form architectures take them, not {arch!r}")
+    if unlabelled is not None and arch not in TEXTURE_ARCHS:
+        raise ValueError(
+            f"unlabelled images: only the closed-form architectures self-train, not {arch!r}"
+        )
     if arch in TEXTURE_ARCHS:
         from artclf_core.lifecycle import ridge_training
 
@@ -363,6 +370,7 @@ def train(
             image_size=image_size,
             **({} if views is None else {"views": views}),
             kshot=kshot,
+            unlabelled=unlabelled,
             verbose=verbose,
         )
     if arch not in RECIPES:

@@ -1,0 +1,103 @@
+"""Self-training on each held-out collection, against the plain recipe, on the same folds.
+
+    python bench/self_training.py [--data ../shared/data/artworks] [--folds 5]
+        [--features-cache F3.npz] [--rounds 1,2] [--thresholds 0.5,0.7,0.889]
+
+Each held-out set of the model card's grouped 5-fold plan (``--folds 0``: each source family,
+leave one out) plays one unlabelled collection: the recipe's head scores it, its confident
+images lend their predicted class, the head refits (:mod:`artclf_core.lifecycle.self_training`).
+Its labels are never used but to score. Prints the pooled balanced accuracy and recall per
+class of the plain recipe and of each variant beside it (same run, same folds), and the
+sources that move most. ``F3.npz``: the three-view cache of ``bench/source_cv.py
+--features-cache`` (the recipe's features). Results: docs/model-card.md, "Self-training on a
+collection's own images".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from artclf_core import CLASSES  # noqa: E402
+from artclf_core.lifecycle import cv_evaluate, ridge_head, self_training, source_cv  # noqa: E402
+from artclf_core.lifecycle.dataset import scan_labelled_folder  # noqa: E402
+from artclf_core.lifecycle.ridge_stats import RidgeStats  # noqa: E402
+from artclf_core.model import calibration  # noqa: E402
+
+
+def _recalls(y: np.ndarray, pred: np.ndarray) -> list[float]:
+    return [float(np.mean(pred[y == c] == c)) for c in range(len(CLASSES))]
+
+
+def _per_source(keys: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    return {k: float(np.mean(pred[keys == k] == y[keys == k])) for k in sorted(set(keys))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
+    ap.add_argument("--folds", type=int, default=5, help="0: leave one family out")
+    ap.add_argument("--features-cache", help=".npz keeping the recipe's features between runs")
+    ap.add_argument("--rounds", default="1,2")
+    ap.add_argument("--thresholds", default="0.5,0.7,0.889")
+    args = ap.parse_args()
+    samples = scan_labelled_folder(args.data)
+    views = ridge_head.DEFAULT_VIEWS
+    feats = cv_evaluate.cached_features(samples, 160, views, "lite1", args.features_cache)
+    _, groups = cv_evaluate.grouping(samples)
+    y = np.array([CLASSES.index(s.label) for s in samples])
+    sources = np.array([s.source for s in samples])
+    keys = ridge_head.source_keys(y, sources)
+    k = args.folds or None
+    stats = RidgeStats(feats, y, sources, n_classes=len(CLASSES))
+    started = time.perf_counter()
+    plain = np.zeros((len(y), len(CLASSES)))
+    for _, _, test in source_cv.plan(groups, k):
+        plain[test] = stats.head(test, with_basis=False).logits(feats[0, test])
+    temperature = calibration.calibration_summary(plain, y)["temperature"]
+    base = plain.argmax(1)
+    plan = cv_evaluate.plan_name(k, len(set(groups)))
+    print(f"{plan}; temperature of the plain out-of-fold logits {temperature:.3f}")
+    print("variant | balanced accuracy | recall " + " / ".join(CLASSES) + " | s")
+    recalls = _recalls(y, base)
+    print(
+        f"plain recipe | {np.mean(recalls):.4f} | "
+        + " / ".join(f"{r:.2f}" for r in recalls)
+        + f" | {time.perf_counter() - started:.0f}"
+    )
+    before = _per_source(keys, y, base)
+    for rounds in [int(r) for r in args.rounds.split(",")]:
+        for threshold in [float(t) for t in args.thresholds.split(",")]:
+            started = time.perf_counter()
+            pred = self_training.cross_validate(
+                stats, groups, temperature, k=k, rounds=rounds, threshold=threshold
+            ).argmax(1)
+            recalls = _recalls(y, pred)
+            after = _per_source(keys, y, pred)
+            moved = sorted((after[s] - before[s], s) for s in before)
+            print(
+                f"{rounds} round(s) at {threshold} | {np.mean(recalls):.4f} | "
+                + " / ".join(f"{r:.2f}" for r in recalls)
+                + f" | {time.perf_counter() - started:.0f}"
+            )
+            print(
+                f"  mean per-source accuracy {np.mean(list(before.values())):.3f} -> "
+                f"{np.mean(list(after.values())):.3f}; sources up / down by more than 0.05: "
+                f"{sum(d > 0.05 for d, _ in moved)} / {sum(d < -0.05 for d, _ in moved)}"
+            )
+            for _, s in moved[:4] + moved[-4:]:
+                print(f"    {s}: {before[s]:.2f} -> {after[s]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
