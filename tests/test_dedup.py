@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import imagehash
 import numpy as np
@@ -56,16 +55,6 @@ def test_phash_is_bit_identical_to_imagehash_and_signed() -> None:
         got = phash(img)
         assert -(2**63) <= got < 2**63
         assert to_unsigned64(got) == expected
-
-
-def test_phash_is_cheap() -> None:
-    images = [decode_image(encode(make_artwork(s))).image for s in range(40)]
-    phash(images[0])
-    t0 = time.perf_counter()
-    for img in images:
-        phash(img)
-    # < 1 ms on an idle core for 320 x 240; generous bound for a shared CI machine.
-    assert (time.perf_counter() - t0) / len(images) < 0.005
 
 
 def test_signed_unsigned_roundtrip() -> None:

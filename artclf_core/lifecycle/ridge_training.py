@@ -47,6 +47,10 @@ from artclf_core.model import calibration
 
 log = logging.getLogger("artclf.training")
 
+#: Collection name prefix of the validation sources when the head self-trains (their
+#: pictures join the unlabelled images; their labels only score the result).
+VALIDATION_COLLECTION = "validation:"
+
 
 def train(
     data_dir: str | os.PathLike[str],
@@ -77,10 +81,12 @@ def train(
 
     ``unlabelled``: a folder of ``<collection>/`` sub-folders of images without labels
     (:func:`artclf_core.lifecycle.dataset.scan_unlabelled_folder`; the nightly retrain exports
-    the catalogue's uncurated artworks there): the head self-trains on them
-    (:mod:`artclf_core.lifecycle.self_training`), and ``metrics["self_training"]`` records the
-    pseudo-labels per collection and the self-trained cross-validation of the training images
-    (each held-out family playing an unlabelled collection)."""
+    the catalogue's uncurated artworks there): the head self-trains on them and on the
+    validation images' pictures, each validation source a collection of its own (their
+    labels only score it, so the validation report and the gate measure a self-trained
+    collection; :mod:`artclf_core.lifecycle.self_training`). ``metrics["self_training"]``
+    records the pseudo-labels per collection and the self-trained cross-validation of the
+    training images (each held-out family playing an unlabelled collection)."""
     from artclf_core.model.archs import DEFAULT_ARCH, DEFAULT_IMAGE_SIZES, TEXTURE_ARCHS
     from artclf_core.model.artmodel import (
         build_model,
@@ -149,8 +155,22 @@ def train(
     )
     adapted = None
     if unl:
+        # The validation families are collections whose labels the head never sees: it learns
+        # their look from their pictures as it does an uncurated collection's, so the gate
+        # (which scores the candidate on them) measures what self-training gives a collection.
+        held = [Sample(s.path, "", VALIDATION_COLLECTION + s.source) for s in va]
         head, adapted = _self_train(
-            f_tr, y_tr, src_tr, boost, f_un, unl, head, groups, temperature, lam, source_power
+            f_tr,
+            y_tr,
+            src_tr,
+            boost,
+            np.concatenate([f_va, f_un]) if va else f_un,
+            held + unl,
+            head,
+            groups,
+            temperature,
+            lam,
+            source_power,
         )
     is_curated = np.array([curator_labels.relative(s) in curated for s in tr], dtype=bool)
     collections, oof = curator_labels.collection_cv(
