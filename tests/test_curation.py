@@ -294,6 +294,7 @@ def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
     # on (its labels never asked for); its images are not labelled data.
     assert out["dataset"]["unlabelled"] == {"n": 6, "per_collection": {"museumz": 6}}
     assert "museumz" not in out["dataset"]["per_source"]
+    assert "**Uncurated artworks self-trained on**: 6 of 1 collection(s)" in out["report_md"]
     with db.connect(settings.db_url) as conn:
         (adapted,) = conn.execute(
             "SELECT metrics->'self_training' FROM artclf.model_versions WHERE version = %s",

@@ -51,9 +51,7 @@ def test_self_training_learns_a_shifted_collection_without_its_labels() -> None:
         )
 
     start = head.logits(new_x)
-    adapted, scores, used = self_training.adapt(
-        fit, new_x, np.full(len(new_x), "museum"), start, views=1, temperature=0.2
-    )
+    adapted, scores, used = self_training.adapt(fit, new_x, start, views=1, temperature=0.2)
     before = np.mean(start.argmax(1) == new_y)
     after = np.mean(scores.argmax(1) == new_y)
     assert adapted is not None and len(used) == self_training.ROUNDS and 0 < used[0] < len(new_x)
@@ -62,7 +60,7 @@ def test_self_training_learns_a_shifted_collection_without_its_labels() -> None:
 
     # Nothing confident enough: nothing is added and the logits are the labelled head's.
     none, same, used = self_training.adapt(
-        fit, new_x, np.full(len(new_x), "museum"), start, views=1, temperature=0.2, threshold=1.1
+        fit, new_x, start, views=1, temperature=0.2, threshold=1.1
     )
     assert none is None and used == [0] and np.array_equal(same, start)
 

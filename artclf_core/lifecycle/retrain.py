@@ -8,10 +8,11 @@ One call, :func:`retrain`, is what the nightly DAG runs (and ``artclf retrain``)
    copies were turned away at ingestion), and the split again groups copies by SHA-256 and
    pHash/dHash (:func:`artclf_core.lifecycle.dataset.duplicate_groups`) and holds out whole sources
    (the file-name prefix before ``__`` of the key the image was dropped under), so the same
-   artwork never sits on both sides.
-2. **Training** with :func:`artclf_core.lifecycle.training.train` (augmentation, class weights,
-early
-   stopping on validation loss).
+   artwork never sits on both sides. For the closed-form recipe, also each collection's
+   uncurated artworks (:func:`export_unlabelled`).
+2. **Training** with :func:`artclf_core.lifecycle.training.train` (the closed-form recipe
+   self-trains on the uncurated artworks: :mod:`artclf_core.lifecycle.self_training`; the
+   others by epochs, with augmentation, class weights and early stopping).
 3. **The gate** (:mod:`artclf_core.lifecycle.promotion`): the active model is scored on the *same*
    validation images as the candidate, and the candidate is promoted only if it is better.
 4. **Publishing**: the ``.keras`` file, ``report.json`` (both reports, the decision, the
@@ -577,6 +578,12 @@ def report_markdown(summary: dict[str, Any]) -> str:
     if len(top) > REPORT_SOURCES:
         rest = top[REPORT_SOURCES:]
         lines.append(f"| {len(rest)} more | {sum(n for _, n in rest)} |")
+    if (unl := ds.get("unlabelled")) and unl["n"]:
+        lines.append(
+            f"\n**Uncurated artworks self-trained on**: {unl['n']} of "
+            f"{len(unl['per_collection'])} collection(s) (no labels: the model learns each "
+            "collection's look from its confident predictions)"
+        )
     lines.append(f"\nTook {summary['seconds']:.0f} s.")
     return "\n".join(lines)
 

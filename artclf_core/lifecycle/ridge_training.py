@@ -302,7 +302,6 @@ def _self_train(
     adapted, scores, used = self_training.adapt(
         fit,
         f_un,
-        collections,
         head.logits(f_un),
         views=f_tr.shape[0],
         temperature=temperature,
