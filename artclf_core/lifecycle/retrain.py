@@ -150,7 +150,6 @@ def export_training_set(
         shutil.rmtree(out)
     for label in CLASSES:
         (out / label).mkdir(parents=True, exist_ok=True)
-    client = s3lib.client(settings, max_pool=20)
 
     # The drop's file name is kept (its prefix before ``__`` is the source the split holds
     # out, as in a local training folder); a second artwork of the same name gets its id.
@@ -163,15 +162,7 @@ def export_training_set(
             name = f"{stem}-{r['id']}.{ext}" if dot else f"{name}-{r['id']}"
         names[(r["label"], name)] += 1
         jobs.append((r, out / r["label"] / name))
-
-    def fetch(job: tuple[dict[str, Any], Path]) -> None:
-        r, path = job
-        client.download_file(r["bucket"], r["key"], str(path))
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for done, _ in enumerate(pool.map(fetch, jobs), 1):
-            if done % 500 == 0:
-                log.info("downloaded %d/%d", done, len(jobs))
+    _download(settings, jobs)
     log.info("downloaded %d image(s) in %.1f s", len(jobs), time.perf_counter() - started)
     since = active["created_at"] if active else None
     curator_labels.write(
@@ -191,6 +182,20 @@ def export_training_set(
         **describe_training_set(rows, [path.name for _, path in jobs], active),
         "dir": str(out),
     }
+
+
+def _download(settings: Settings, jobs: Sequence[tuple[dict[str, Any], Path]]) -> None:
+    """Download each ``(artwork row, path)`` of ``jobs``, eight at a time."""
+    client = s3lib.client(settings, max_pool=20)
+
+    def fetch(job: tuple[dict[str, Any], Path]) -> None:
+        r, path = job
+        client.download_file(r["bucket"], r["key"], str(path))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for done, _ in enumerate(pool.map(fetch, jobs), 1):
+            if done % 500 == 0:
+                log.info("downloaded %d/%d", done, len(jobs))
 
 
 def unlabelled_artworks(conn, per_collection: int = UNLABELLED_PER_COLLECTION) -> list[dict]:
@@ -223,14 +228,7 @@ def export_unlabelled(settings: Settings, out_dir: str | os.PathLike[str]) -> di
         folder.mkdir(parents=True, exist_ok=True)
         ext = Path(s3lib.basename(r["key"])).suffix or ".img"
         jobs.append((r, folder / f"{r['id']}{ext}"))
-    client = s3lib.client(settings, max_pool=20)
-
-    def fetch(job: tuple[dict[str, Any], Path]) -> None:
-        r, path = job
-        client.download_file(r["bucket"], r["key"], str(path))
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(fetch, jobs))
+    _download(settings, jobs)
     log.info("exported %d uncurated artwork(s) for self-training", len(jobs))
     return {
         "n": len(rows),
