@@ -49,6 +49,13 @@ def main() -> int:
     ap.add_argument("--features-cache", help=".npz keeping the recipe's features between runs")
     ap.add_argument("--rounds", default="1,2")
     ap.add_argument("--thresholds", default="0.5,0.7,0.889")
+    ap.add_argument(
+        "--collections",
+        choices=["family", "fold"],
+        default="family",
+        help="what a collection (whose class priors reweight its pseudo-labels) is: each source "
+        "family, or (with --folds k) each fold's whole test set, eight families mixed",
+    )
     args = ap.parse_args()
     samples = scan_labelled_folder(args.data)
     views = ridge_head.DEFAULT_VIEWS
@@ -75,27 +82,44 @@ def main() -> int:
         + f" | {time.perf_counter() - started:.0f}"
     )
     before = _per_source(keys, y, base)
-    for rounds in [int(r) for r in args.rounds.split(",")]:
-        for threshold in [float(t) for t in args.thresholds.split(",")]:
-            started = time.perf_counter()
-            pred = self_training.cross_validate(
-                stats, groups, temperature, k=k, rounds=rounds, threshold=threshold
-            ).argmax(1)
-            recalls = _recalls(y, pred)
-            after = _per_source(keys, y, pred)
-            moved = sorted((after[s] - before[s], s) for s in before)
-            print(
-                f"{rounds} round(s) at {threshold} | {np.mean(recalls):.4f} | "
-                + " / ".join(f"{r:.2f}" for r in recalls)
-                + f" | {time.perf_counter() - started:.0f}"
-            )
-            print(
-                f"  mean per-source accuracy {np.mean(list(before.values())):.3f} -> "
-                f"{np.mean(list(after.values())):.3f}; sources up / down by more than 0.05: "
-                f"{sum(d > 0.05 for d, _ in moved)} / {sum(d < -0.05 for d, _ in moved)}"
-            )
-            for _, s in moved[:4] + moved[-4:]:
-                print(f"    {s}: {before[s]:.2f} -> {after[s]:.2f}")
+    collections = list(groups)
+    if args.collections == "fold" and k:
+        for i, (_, _, test) in enumerate(source_cv.plan(groups, k)):
+            for j in test:
+                collections[j] = f"fold{i}"
+    variants = [
+        (rounds, threshold, priors)
+        for rounds in [int(r) for r in args.rounds.split(",")]
+        for threshold in [float(t) for t in args.thresholds.split(",")]
+        for priors in (False, True)
+    ]
+    for rounds, threshold, priors in variants:
+        started = time.perf_counter()
+        pred = self_training.cross_validate(
+            stats,
+            groups,
+            temperature,
+            k=k,
+            rounds=rounds,
+            threshold=threshold,
+            collections=collections if priors else None,
+        ).argmax(1)
+        recalls = _recalls(y, pred)
+        after = _per_source(keys, y, pred)
+        moved = sorted((after[s] - before[s], s) for s in before)
+        name = f"priors per {args.collections}" if priors else "no priors"
+        print(
+            f"{rounds} round(s) at {threshold}, {name} | {np.mean(recalls):.4f} | "
+            + " / ".join(f"{r:.2f}" for r in recalls)
+            + f" | {time.perf_counter() - started:.0f}"
+        )
+        print(
+            f"  mean per-source accuracy {np.mean(list(before.values())):.3f} -> "
+            f"{np.mean(list(after.values())):.3f}; sources up / down by more than 0.05: "
+            f"{sum(d > 0.05 for d, _ in moved)} / {sum(d < -0.05 for d, _ in moved)}"
+        )
+        for _, s in moved[:4] + moved[-4:]:
+            print(f"    {s}: {before[s]:.2f} -> {after[s]:.2f}")
     return 0
 
 

@@ -295,11 +295,16 @@ def test_retraining_learns_a_curator_collection_and_the_gate_records_both_sides(
     assert out["dataset"]["unlabelled"] == {"n": 6, "per_collection": {"museumz": 6}}
     assert "museumz" not in out["dataset"]["per_source"]
     assert "**Uncurated artworks self-trained on**: 6 of 1 collection(s)" in out["report_md"]
+    assert "| museumz | 6 |" in out["report_md"]  # with its make-up as the candidate reads it
+    assert "validation:" not in out["report_md"]
     with db.connect(settings.db_url) as conn:
         (adapted,) = conn.execute(
             "SELECT metrics->'self_training' FROM artclf.model_versions WHERE version = %s",
             (out["version"],),
         ).fetchone()
     assert adapted["collections"]["museumz"]["images"] == 6
+    # its class make-up as the candidate reads it (label_shift's EM priors), shown to owners
+    assert abs(sum(adapted["collections"]["museumz"]["priors"].values()) - 1) < 1e-3
+    assert adapted["label_shift"] is True
     assert len(adapted["pseudo_labels_per_round"]) >= 1
     assert adapted["cross_validation"]["folds"] >= 2

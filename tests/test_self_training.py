@@ -101,7 +101,7 @@ def test_cross_validation_self_trains_each_held_out_set_as_a_collection() -> Non
     sources = np.concatenate([src, np.full(len(new_y), "museum")])
     groups = [str(s) for s in sources]
     stats = RidgeStats(feats, labels, sources, n_classes=C)
-    out = self_training.cross_validate(stats, groups, 0.2, lam=1.0)
+    out = self_training.cross_validate(stats, groups, 0.2, lam=1.0, collections=groups)
     museum = sources == "museum"
     plain = stats.head(np.flatnonzero(museum), lam=1.0, with_basis=False).logits(new_x)
     assert np.mean(out[museum].argmax(1) == new_y) > np.mean(plain.argmax(1) == new_y)
@@ -109,7 +109,7 @@ def test_cross_validation_self_trains_each_held_out_set_as_a_collection() -> Non
     scrambled = labels.copy()
     scrambled[museum] = np.roll(new_y, 7)  # other labels on the held-out collection only
     again = self_training.cross_validate(
-        RidgeStats(feats, scrambled, sources, n_classes=C), groups, 0.2, lam=1.0
+        RidgeStats(feats, scrambled, sources, n_classes=C), groups, 0.2, lam=1.0, collections=groups
     )
     np.testing.assert_allclose(again[museum], out[museum], rtol=1e-6, atol=1e-6)
 

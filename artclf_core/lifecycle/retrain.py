@@ -46,7 +46,7 @@ from artclf_core import CLASSES
 from artclf_core.catalogue import db, registry
 from artclf_core.config import TRAINING_PREFIX, Settings
 from artclf_core.lake import s3 as s3lib
-from artclf_core.lifecycle import curator_labels, promotion
+from artclf_core.lifecycle import curator_labels, promotion, self_training
 from artclf_core.model import plots
 
 log = logging.getLogger("artclf.retrain")
@@ -358,9 +358,7 @@ def retrain(
     # The active model on exactly the candidate's validation images.
     samples = scan_labelled_folder(dataset["dir"])
     split = result["split"]
-    _, val = split_by_source(
-        samples, split["val_fraction"], split["seed"], mode=split["mode"]
-    )
+    _, val = split_by_source(samples, split["val_fraction"], split["seed"], mode=split["mode"])
     active_report = None
     candidate_report = result["report"]
     candidate_model = ArtModel.load(result["model_path"])
@@ -463,6 +461,7 @@ def retrain(
         "reasons": decision.reasons,
         "artifact": artifact,
         "report": f"s3://{settings.bucket}/{prefix}report.json",
+        "self_training": result.get("self_training"),
     }
     return _record(settings, outcome, started, started_at, run_by)
 
@@ -582,6 +581,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
             f"{len(unl['per_collection'])} collection(s) (no labels: the model learns each "
             "collection's look from its confident predictions)"
         )
+        if summary.get("self_training"):
+            lines += ["", *self_training.report_rows(summary["self_training"], CLASSES)]
     lines.append(f"\nTook {summary['seconds']:.0f} s.")
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from artclf_core import CLASSES
-from artclf_core.lifecycle import curator_labels, ridge_head, self_training
+from artclf_core.lifecycle import curator_labels, label_shift, ridge_head, self_training
 from artclf_core.lifecycle.dataset import (
     Sample,
     ValMode,
@@ -46,10 +46,6 @@ from artclf_core.lifecycle.features import backbone_features
 from artclf_core.model import calibration
 
 log = logging.getLogger("artclf.training")
-
-#: Collection name prefix of the validation sources when the head self-trains (their
-#: pictures join the unlabelled images; their labels only score the result).
-VALIDATION_COLLECTION = "validation:"
 
 
 def train(
@@ -158,7 +154,7 @@ def train(
         # The validation families are collections whose labels the head never sees: it learns
         # their look from their pictures as it does an uncurated collection's, so the gate
         # (which scores the candidate on them) measures what self-training gives a collection.
-        held = [Sample(s.path, "", VALIDATION_COLLECTION + s.source) for s in va]
+        held = [Sample(s.path, "", self_training.VALIDATION_COLLECTION + s.source) for s in va]
         head, adapted = _self_train(
             f_tr,
             y_tr,
@@ -305,8 +301,10 @@ def _self_train(
         head.logits(f_un),
         views=f_tr.shape[0],
         temperature=temperature,
+        collections=collections,
     )
-    kept, labels = self_training.pseudo_labels(scores, temperature)
+    kept, labels = self_training.pseudo_labels(scores, temperature, collections=collections)
+    _, priors = label_shift.adjust(calibration.softmax(scores, temperature), collections)
     per_collection: dict[str, Any] = {}
     for coll in sorted(set(collections)):
         mine = collections == coll
@@ -314,13 +312,16 @@ def _self_train(
             "images": int(mine.sum()),
             "pseudo_labelled": int((kept & mine).sum()),
             "per_class": {c: int(np.sum(labels[mine[kept]] == i)) for i, c in enumerate(CLASSES)},
+            "priors": {c: round(float(p), 4) for c, p in zip(CLASSES, priors[coll], strict=True)},
         }
     cv = None
     if len(set(groups)) > 1:
         stats = RidgeStats(
             f_tr, y_tr, src_tr, n_classes=len(CLASSES), source_power=source_power, boost=boost
         )
-        pred = self_training.cross_validate(stats, groups, temperature, lam=lam).argmax(1)
+        pred = self_training.cross_validate(
+            stats, groups, temperature, lam=lam, collections=groups
+        ).argmax(1)
         recall = {c: float(np.mean(pred[y_tr == i] == i)) for i, c in enumerate(CLASSES)}
         cv = {
             "folds": len(set(groups)),
@@ -341,6 +342,7 @@ def _self_train(
     info = {
         "rounds": self_training.ROUNDS,
         "threshold": self_training.THRESHOLD,
+        "label_shift": True,
         "pseudo_labels_per_round": used,
         "collections": per_collection,
         "cross_validation": cv,
