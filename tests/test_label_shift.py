@@ -25,8 +25,13 @@ def _collection(priors: list[float], n: int, seed: int) -> tuple[np.ndarray, np.
 def test_em_recovers_a_skewed_collections_priors_and_its_labels_gain() -> None:
     true = [0.7, 0.15, 0.05, 0.05, 0.05]
     probs, y = _collection(true, 4000, seed=1)
-    priors = label_shift.estimate_priors(probs)
+    priors = label_shift.estimate_priors(probs, pseudo_count=0)
     assert np.abs(priors - true).max() < 0.05, priors
+    # the pseudo-counts pull towards equal priors, the less the more images there are
+    shrunk = label_shift.estimate_priors(probs)
+    assert 0.2 < shrunk[0] < priors[0]
+    few = label_shift.estimate_priors(probs[:40])
+    assert abs(few[0] - 0.2) < abs(shrunk[0] - 0.2)
     assert abs(priors.sum() - 1) < 1e-9
     before = np.mean(probs.argmax(1) == y)
     after = np.mean(label_shift.reweight(probs, priors).argmax(1) == y)

@@ -26,9 +26,9 @@ source families of every class) playing one unlabelled collection: balanced accu
 0.645 -> 0.712 with two rounds at 0.5 without the priors (0.694 with one; 0.657 at the review
 threshold 0.889, which keeps too few), 19 sources gaining more than 0.05 and 3 losing more
 (Reynolds' plates 0.71 -> 0.57, WikiArt Cubism 0.32 -> 0.25: a collection the model reads
-wrongly with confidence is read more wrongly); **0.741** with each collection's priors, and
-**0.767** when each source family is a collection of its own (what a lake's drop folders
-are). ``bench/self_training.py`` prints it; docs/model-card.md, "Self-training on a
+wrongly with confidence is read more wrongly); **0.736** with the test set's class priors
+(4 sources down), and **0.756** when each source family is a collection with priors of its
+own (what a lake's drop folders are; 3 down). ``bench/self_training.py`` prints it; docs/model-card.md, "Self-training on a
 collection's own images".
 
 The product does this in the nightly retrain (:mod:`.retrain` exports each collection's
