@@ -56,6 +56,12 @@ def main() -> int:
         help="what a collection (whose class priors reweight its pseudo-labels) is: each source "
         "family, or (with --folds k) each fold's whole test set, eight families mixed",
     )
+    ap.add_argument(
+        "--precision",
+        action="store_true",
+        help="also the label precision@5 of each fold's final head (held-out images searched "
+        "among its training images) and the ECE at the plain temperature (slower: a basis per fit)",
+    )
     args = ap.parse_args()
     samples = scan_labelled_folder(args.data)
     views = ridge_head.DEFAULT_VIEWS
@@ -120,7 +126,41 @@ def main() -> int:
         )
         for _, s in moved[:4] + moved[-4:]:
             print(f"    {s}: {before[s]:.2f} -> {after[s]:.2f}")
+    if args.precision:
+        labels = np.array([s.label for s in samples])
+        for priors in (None, False, True):
+            print(_precision(stats, feats, labels, y, groups, k, temperature, priors, collections))
     return 0
+
+
+def _precision(stats, feats, labels, y, groups, k, temperature, priors, collections) -> str:
+    """Label precision@5 and ECE of the plain heads (``priors`` None) or the self-trained ones
+    (without or with each collection's priors), as :func:`cv_evaluate.cross_validate` measures
+    the shipped embedding: each held-out image's 5 nearest training images."""
+    hits = total = 0
+    scores = np.zeros((len(y), len(CLASSES)))
+    for _, train, test in source_cv.plan(groups, k):
+        pictures = feats[0, test]
+        head = stats.head(test)
+        if priors is not None:
+            adapted, _, _ = self_training.adapt(
+                lambda added, test=test: stats.head(test, added=added),
+                pictures,
+                head.logits(pictures),
+                views=feats.shape[0],
+                temperature=temperature,
+                collections=np.asarray(collections)[test] if priors else None,
+            )
+            head = adapted or head
+        scores[test] = head.logits(pictures)
+        h, n = source_cv.fold_precision_at_k(
+            head.embed(pictures), labels[test], head.embed(feats[0, train]), labels[train]
+        )
+        hits, total = hits + h, total + n
+    probs = calibration.softmax(scores, temperature)
+    ece = calibration.expected_calibration_error(probs, y)
+    name = {None: "plain", False: "self-trained, no priors", True: "self-trained, priors"}
+    return f"{name[priors]}: label precision@5 {hits / total:.3f}, ECE {ece:.3f}"
 
 
 if __name__ == "__main__":
