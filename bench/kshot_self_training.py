@@ -98,6 +98,9 @@ def main() -> int:
     ap.add_argument("--ks", default="0,5,10,20")
     ap.add_argument("--draws", type=int, default=2)
     ap.add_argument(
+        "--worst", type=int, default=0, help="list the N collections self-training hurts most"
+    )
+    ap.add_argument(
         "--shots",
         choices=["per-class", "random", "queue"],
         default="per-class",
@@ -125,6 +128,7 @@ def main() -> int:
     most = max(ks)
     per_collection = {(v, kk): [] for v in VARIANTS for kk in ks}
     pooled = {(v, kk): ([], []) for v in VARIANTS for kk in ks}
+    by_name: dict[tuple[str, str, int], list[float]] = {}
     started = time.perf_counter()
     print(f"{cv_evaluate.plan_name(k, len(set(groups)))}; temperature {temperature:.3f}")
     for name, _, held in plan:
@@ -178,7 +182,9 @@ def main() -> int:
                     # a labelled image is catalogued under its curator's label
                     pred = y.copy()
                     pred[unlabelled] = scores.argmax(1)
-                    per_collection[(v, kk)].append(kshot._balanced_accuracy(y[test], pred[test]))
+                    got = kshot._balanced_accuracy(y[test], pred[test])
+                    per_collection[(v, kk)].append(got)
+                    by_name.setdefault((name, v, kk), []).append(got)
                     pooled[(v, kk)][0].extend(y[test])
                     pooled[(v, kk)][1].extend(pred[test])
             if most == 0:
@@ -193,6 +199,24 @@ def main() -> int:
                 f"{np.mean(per_collection[(v, kk)]):.3f} / {kshot._balanced_accuracy(t, p):.3f}"
             )
         print(f"{v} | " + " | ".join(cells))
+    if args.worst:
+        # the collections self-training reads worst without a label, and what labels do there
+        def mean(name: str, v: str, kk: int) -> float:
+            return float(np.mean(by_name[(name, v, kk)]))
+
+        names = sorted({n for n, _, _ in by_name})
+        lost = sorted(
+            names, key=lambda n: mean(n, VARIANTS[1], ks[0]) - mean(n, VARIANTS[0], ks[0])
+        )
+        print(f"collections self-training costs most at k={ks[0]} (labels / + self-training):")
+        for n in lost[: args.worst]:
+            print(
+                f"  {n}: "
+                + "; ".join(
+                    f"k={kk} {mean(n, VARIANTS[0], kk):.2f} / {mean(n, VARIANTS[1], kk):.2f}"
+                    for kk in ks
+                )
+            )
     return 0
 
 
