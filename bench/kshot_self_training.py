@@ -153,7 +153,7 @@ def main() -> int:
                 order = (
                     held[np.argsort(top, kind="stable")]
                     if args.shots == "queue"
-                    else (rng.permutation(held))
+                    else rng.permutation(held)
                 )
                 test = held
             for kk in ks:
