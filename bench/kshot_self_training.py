@@ -70,22 +70,30 @@ def _join(a: Added, b: Added) -> Added:
 
 
 def _self_train(stats, held, shots_added, pictures, start, temperature, known):
-    """Self-training as :func:`self_training.adapt`, the priors estimated with ``known``
-    one-hot rows beside the pictures' probabilities (None: from the pictures alone)."""
+    """The collection's head after self-training on its unlabelled ``pictures``, the shots
+    kept in every fit: :func:`self_training.adapt` itself (``known`` None), or the same loop
+    with the priors estimated with ``known`` one-hot rows (the shots' labels) beside the
+    pictures' probabilities."""
+
+    def fit(added: Added) -> ridge_head.RidgeHead:
+        return stats.head(held, with_basis=False, added=_join(shots_added, added))
+
+    views = stats.x.shape[0]
+    if known is None:
+        collection = np.zeros(len(pictures))  # the whole held-out set is one collection
+        return self_training.adapt(
+            fit, pictures, start, views=views, temperature=temperature, collections=collection
+        )[1]
     scores = start
     for _ in range(self_training.ROUNDS):
         probs = calibration.softmax(scores, temperature)
-        if known is None:
-            probs, _ = label_shift.adjust(probs, np.zeros(len(probs)))
-        else:
-            priors = label_shift.estimate_priors(np.concatenate([probs, known]))
-            probs = label_shift.reweight(probs, priors)
+        priors = label_shift.estimate_priors(np.concatenate([probs, known]))
+        probs = label_shift.reweight(probs, priors)
         kept = probs.max(1) >= self_training.THRESHOLD
         if not kept.any():
             break
-        rows = np.repeat(pictures[None, kept], stats.x.shape[0], axis=0)
-        pseudo = Added(rows, probs.argmax(1)[kept], np.full(kept.sum(), self_training.SOURCE))
-        head = stats.head(held, with_basis=False, added=_join(shots_added, pseudo))
+        rows = np.repeat(pictures[None, kept], views, axis=0)
+        head = fit(Added(rows, probs.argmax(1)[kept], np.full(kept.sum(), self_training.SOURCE)))
         scores = head.logits(pictures)
     return scores
 
