@@ -68,8 +68,21 @@ def _colour(ink_mask: np.ndarray, rng, paper=None, ink=None) -> Image.Image:
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
 
 
+def _blurred(g: np.ndarray, radius: float) -> np.ndarray:
+    """The grey picture ``g`` (0-1) through a Gaussian blur of ``radius`` pixels."""
+    img = Image.fromarray((g * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius))
+    return np.asarray(img, np.float32) / 255
+
+
+def _lines(shape: tuple[int, ...], angle: float, period: float) -> np.ndarray:
+    """Distance to the nearest of parallel lines at ``angle``, ``period`` pixels apart:
+    0 on a line, 1 half-way between two."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    return np.abs((((xx * np.cos(angle) + yy * np.sin(angle)) / period) % 1.0) - 0.5) * 2
+
+
 def _plate(img: Image.Image, rng) -> Image.Image:
-    """Paper margin around the printed area, sometimes with a plate mark."""
+    """A paper margin around the printed area, half of the time."""
     if rng.random() < 0.5:
         return img
     w, h = img.size
@@ -84,14 +97,7 @@ def _plate(img: Image.Image, rng) -> Image.Image:
 def hatching(img: Image.Image, rng) -> Image.Image:
     """Line engraving / etching: parallel lines whose width follows the darkness, crossed in
     the darker tones; etching wobble sometimes."""
-    g = _work(img, rng)
-    g = (
-        np.asarray(
-            Image.fromarray((g * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.0)),
-            np.float32,
-        )
-        / 255
-    )
+    g = _blurred(_work(img, rng), 1.0)
     h, w = g.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     period = float(rng.uniform(3.0, 7.0))
@@ -127,18 +133,13 @@ def stipple(img: Image.Image, rng) -> Image.Image:
 
 def woodcut(img: Image.Image, rng) -> Image.Image:
     """Woodcut or wood engraving: a hard threshold of the tones with contours, black on paper."""
-    g = _work(img, rng, 300, 520)
-    gi = Image.fromarray((g * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5))
-    g = np.asarray(gi, np.float32) / 255
+    g = _blurred(_work(img, rng, 300, 520), 1.5)
     levels = np.floor(g * int(rng.integers(3, 6)))
     edges = np.zeros_like(g)
     edges[:, 1:] += levels[:, 1:] != levels[:, :-1]
     edges[1:, :] += levels[1:, :] != levels[:-1, :]
-    h, w = g.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = float(rng.uniform(0, np.pi))
-    period = float(rng.uniform(3, 6))
-    phase = np.abs((((xx * np.cos(a) + yy * np.sin(a)) / period) % 1.0) - 0.5) * 2
+    phase = _lines(g.shape, a, float(rng.uniform(3, 6)))
     ink = np.maximum((phase < (1 - g) * 1.1).astype(np.float32), np.clip(edges, 0, 1))
     ink[g < float(rng.uniform(0.12, 0.25))] = 1
     return _plate(_colour(ink, rng), rng)
@@ -170,17 +171,13 @@ def pen(img: Image.Image, rng) -> Image.Image:
     """Pen and ink: contours from the gradient with loose hatching in the darkest tones, or
     pen and wash (a light grey wash under the lines)."""
     g = _work(img, rng, 300, 560)
-    gi = Image.fromarray((g * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
-    gs = np.asarray(gi, np.float32) / 255
+    gs = _blurred(g, 1.2)
     gy, gx = np.gradient(gs)
     mag = np.hypot(gx, gy)
     thr = np.quantile(mag, float(rng.uniform(0.82, 0.93)))
     lines = (mag > thr).astype(np.float32)
-    h, w = g.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = float(rng.uniform(0, np.pi))
-    period = float(rng.uniform(4, 8))
-    phase = np.abs((((xx * np.cos(a) + yy * np.sin(a)) / period) % 1.0) - 0.5) * 2
+    phase = _lines(g.shape, a, float(rng.uniform(4, 8)))
     hatch = ((phase < 0.3) & (gs < float(rng.uniform(0.25, 0.45)))).astype(np.float32)
     ink = np.maximum(lines, hatch)
     if rng.random() < 0.4:
@@ -194,11 +191,10 @@ DRAWINGS = (pencil, pen)
 
 
 def render(img: Image.Image, target: str, rng) -> Image.Image:
-    fns = ENGRAVING if target == "engraving" else DRAWINGS
     if target == "engraving":
-        fn = fns[int(rng.choice(3, p=[0.6, 0.15, 0.25]))]
+        fn = ENGRAVING[int(rng.choice(3, p=[0.6, 0.15, 0.25]))]
     else:
-        fn = fns[int(rng.choice(2, p=[0.55, 0.45]))]
+        fn = DRAWINGS[int(rng.choice(2, p=[0.55, 0.45]))]
     return fn(img.convert("RGB"), rng)
 
 
