@@ -56,8 +56,8 @@ def yield_cpu() -> int:
     On a machine with as many busy batch threads as cores, the triggerer's event loop and the
     scheduler otherwise wait for a core: the triggerer then logs "async thread was blocked
     ... likely caused by a badly-written trigger" (19 times in a 40-image run, up to 1.9 s)
-    although the trigger itself never blocks (tests/test_trigger.py measures it with
-    asyncio's debug mode and the triggerer's own watchdog). Batch work loses nothing that
+    although the trigger itself never blocks (tests/test_trigger.py; bench/trigger_loop.py
+    times the loop beside busy processes at either priority). Batch work loses nothing that
     matters: it gets every cycle the latency-sensitive components leave.
     """
     wanted = int(os.environ.get("ARTCLF_TASK_NICE") or DEFAULT_TASK_NICE)
