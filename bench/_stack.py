@@ -309,6 +309,8 @@ _DEFAULTED = {
     "curated_at",
     "created_at",
     "updated_at",
+    "collection",  # the insert trigger takes it from source_key (sql/011_collections.sql)
+    "fingerprint_version",  # default: the scheme ingestion writes (sql/012)
 }
 
 

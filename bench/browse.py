@@ -42,6 +42,11 @@ def fill(db_url: str, n: int) -> None:
             f"UPDATE artclf.{_stack.EMBEDDINGS_TABLE}"
             " SET probability = 0.2 + 0.8 * ((artwork_id * 7919) % 1000) / 1000.0"
         )
+        # 20 collections of n/20 and a small one of n/2000 (a museum's drop in a large lake).
+        conn.execute(
+            "UPDATE artclf.artworks SET collection = CASE WHEN id % 2000 = 0 THEN 'small'"
+            " ELSE 'museum-' || (id % 20) END"
+        )
         conn.execute(
             "INSERT INTO artclf.ingest_log (bucket, key, etag, size, state, artwork_id,"
             " final_key, finalized, handled_by)"
@@ -57,6 +62,7 @@ def fill(db_url: str, n: int) -> None:
             " FROM generate_series(1, %s) AS g",
             (max(1, n // 50),),
         )
+        conn.execute("VACUUM ANALYZE artclf.artworks")
         conn.execute("VACUUM ANALYZE artclf.ingest_log")
         conn.execute(f"VACUUM ANALYZE artclf.{_stack.EMBEDDINGS_TABLE}")
 
@@ -72,7 +78,12 @@ def requests(n: int) -> dict[str, str]:
         "grid: label + confidence, deep": f"/api/artworks?label=sculpture&max_probability=0.5"
         f"&before_id={mid}",
         "artwork page (2 x top-5, duplicates)": f"/api/artworks/{mid}",
+        "grid: one collection (of 20)": "/api/artworks?collection=museum-3",
+        "grid: a small collection (n/2000)": "/api/artworks?collection=small",
         "review queue (60 + count)": "/api/review",
+        "review queue of one collection (of 20)": "/api/review?collection=museum-3",
+        "review queue of a small collection": "/api/review?collection=small",
+        "collections (menus)": "/api/collections",
         "lake health": "/api/lake",
         "models": "/api/models",
     }

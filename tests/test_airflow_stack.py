@@ -374,6 +374,10 @@ def check_artworks_page(url: str, admin: str) -> None:
             ("models", "#plot-kshot figcaption", "k=10"),
             ("review", "h1", "Review"),
             ("review", "#review-count", "reviewed"),
+            # One collection at a time: the drop prefix incoming/up/ is collection "up".
+            ("artworks?collection=up", "#collection", f"up ({N_UP})"),
+            ("review?collection=up", "h1", "Review: up"),
+            ("review?collection=up", "#collection", f"up ({N_UP})"),
         ):
             page.goto(f"{url}/artclf/#/{view}")
             page.wait_for_selector(selector)

@@ -240,6 +240,58 @@ def test_review_needs_the_edit_role_and_records_the_curator(catalogue):
     assert client.get("/api/whoami", headers=EDITOR).json() == {"user": "carla", "can_edit": True}
 
 
+def test_a_curator_takes_one_collection_at_a_time(catalogue):
+    """The grid, the review queue and its progress narrowed to one collection (the drop
+    prefix, ``artworks.collection``); ``/api/collections`` lists them for the page's menus
+    and the view ``artclf.collections`` counts each one's curated and to-review artworks."""
+    client, settings, _ = catalogue
+    with db.connect(settings.db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM artclf.artworks ORDER BY id")]
+        moved = ids[:3]
+        conn.execute("SELECT artclf.set_collection(%s, 'museum a')", (moved,))
+        conn.commit()
+        try:
+            listed = client.get("/api/collections", headers=VIEWER).json()
+            assert listed == [
+                {"collection": "web", "artworks": N - 3},
+                {"collection": "museum a", "artworks": 3},
+            ]
+            grid = client.get(
+                "/api/artworks", params={"collection": "museum a"}, headers=VIEWER
+            ).json()
+            assert [a["id"] for a in grid["items"]] == moved[::-1]
+            assert {a["collection"] for a in grid["items"]} == {"museum a"}
+            whole = client.get("/api/review", headers=VIEWER).json()
+            view = db.fetch_dicts(conn, "SELECT * FROM artclf.collections")
+            conn.commit()
+            assert [(c["collection"], c["artworks"]) for c in view] == [
+                (c["collection"], c["artworks"]) for c in listed
+            ]
+            totals = 0
+            for c in view:
+                mine = client.get(
+                    "/api/review", params={"collection": c["collection"]}, headers=VIEWER
+                ).json()
+                assert mine["collection"] == c["collection"]
+                assert mine["total"] == c["to_review"] == len(mine["items"])
+                assert {r["collection"] for r in mine["items"]} <= {c["collection"]}
+                assert mine["reviewed"] <= c["curated"]
+                totals += mine["total"]
+            assert totals == whole["total"]
+            # The SQL function itself: every uncurated artwork of the collection is queued.
+            queued = conn.execute(
+                "SELECT artwork_id, collection FROM artclf.review_queue(1.01, 'museum a')"
+            ).fetchall()
+            assert sorted(queued) == [(i, "museum a") for i in moved]
+            none = client.get("/api/review", params={"collection": "nowhere"}, headers=VIEWER)
+            assert none.json()["items"] == [] and none.json()["total"] == 0
+            empty = client.get("/api/artworks", params={"collection": "nowhere"}, headers=VIEWER)
+            assert empty.json()["items"] == []
+        finally:
+            conn.execute("SELECT artclf.set_collection(%s, 'web')", (moved,))
+            conn.commit()
+
+
 def test_lake_models_schema_and_page(catalogue, tmp_path):
     client, settings, _ = catalogue
     lake = client.get("/api/lake", headers=VIEWER).json()

@@ -39,6 +39,7 @@ class ArtworkFilter:
     max_probability: float | None = None
     dropped_after: datetime | None = None
     dropped_before: datetime | None = None
+    collection: str | None = None  # the collection it came from (``artworks.collection``)
 
     def check(self) -> None:
         if self.label is not None and self.label not in CLASSES:
@@ -72,6 +73,7 @@ def list_artworks(
         "   AND (%(pmax)s::real IS NULL OR probability <= %(pmax)s)"
         "   AND (%(after_t)s::timestamptz IS NULL OR created_at >= %(after_t)s)"
         "   AND (%(before_t)s::timestamptz IS NULL OR created_at < %(before_t)s)"
+        "   AND (%(collection)s::text IS NULL OR collection = %(collection)s)"
         " ORDER BY id DESC LIMIT %(limit)s",
         {
             "before": before_id,
@@ -81,6 +83,7 @@ def list_artworks(
             "pmax": where.max_probability,
             "after_t": where.dropped_after,
             "before_t": where.dropped_before,
+            "collection": where.collection,
             "limit": limit + 1,
         },
     )
@@ -135,24 +138,24 @@ def artwork_object(conn: Any, artwork_id: int) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def review_queue(conn: Any, *, limit: int = 60) -> dict[str, Any]:
+def review_queue(conn: Any, *, limit: int = 60, collection: str | None = None) -> dict[str, Any]:
     """The least confident unconfirmed predictions of the active model (least sure first),
-    the threshold, the queue's length (``total``, at most ``COUNT_CAP``; ``total_capped``
-    when longer) and ``reviewed``: how many of the model's predictions under the threshold
-    a curator has labelled already."""
+    of one ``collection`` or of all, the threshold, the queue's length (``total``, at most
+    ``COUNT_CAP``; ``total_capped`` when longer) and ``reviewed``: how many of the model's
+    predictions under the threshold a curator has labelled already."""
     limit = max(1, min(limit, MAX_PAGE))
     items = db.fetch_dicts(
         conn,
-        "SELECT artwork_id, location, label, probability, probabilities, model_version"
-        " FROM artclf.review_queue() LIMIT %s",
-        (limit,),
+        "SELECT artwork_id, location, label, probability, probabilities, model_version,"
+        " collection FROM artclf.review_queue(NULL, %s::text) LIMIT %s",
+        (collection, limit),
     )
     # Counted up to COUNT_CAP: an exact count of a queue of 90,000 costs a scan of it on
     # every page view, and "10,000+" says as much to a curator.
     threshold, total = conn.execute(
         "SELECT artclf.review_threshold(),"
-        " (SELECT count(*) FROM (SELECT 1 FROM artclf.review_queue() LIMIT %s) AS q)",
-        (COUNT_CAP + 1,),
+        " (SELECT count(*) FROM (SELECT 1 FROM artclf.review_queue(NULL, %s::text) LIMIT %s) AS q)",
+        (collection, COUNT_CAP + 1),
     ).fetchone()
     # Progress: the active model's predictions under the threshold that a curator has
     # labelled since (they left the queue), out of those plus the queue ("12 of 57 reviewed").
@@ -160,15 +163,33 @@ def review_queue(conn: Any, *, limit: int = 60) -> dict[str, Any]:
         "SELECT count(*) FROM artclf.embeddings AS e JOIN artclf.artworks AS a"
         " ON a.id = e.artwork_id WHERE e.model_version = artclf.active_version()"
         " AND a.curated_by IS NOT NULL AND e.probability < artclf.review_threshold()"
+        " AND (%(c)s::text IS NULL OR a.collection = %(c)s)",
+        {"c": collection},
     ).fetchone()
     conn.commit()
     return {
         "threshold": threshold,
+        "collection": collection,
         "total": min(total, COUNT_CAP),
         "total_capped": total > COUNT_CAP,
         "reviewed": reviewed,
         "items": items,
     }
+
+
+def collections(conn: Any) -> list[dict[str, Any]]:
+    """Each collection and its number of artworks, largest first: what the page's collection
+    menus list. Read from the ``(collection, id)`` index (21 ms at 100,000 artworks,
+    bench/browse.py); the view ``artclf.collections`` adds the curated and to-review counts,
+    which cost a pass over the active model's embeddings (193 ms), too slow for every view
+    of the page. The queue of the collection picked gives its own figures."""
+    rows = db.fetch_dicts(
+        conn,
+        "SELECT collection, count(*) AS artworks FROM artclf.artworks"
+        " WHERE collection IS NOT NULL GROUP BY collection ORDER BY count(*) DESC, collection",
+    )
+    conn.commit()
+    return rows
 
 
 def confirm_label(conn: Any, artwork_id: int, label: str, curator: str) -> dict[str, Any]:

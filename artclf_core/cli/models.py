@@ -5,7 +5,7 @@ artclf retrain [--arch A] [--force]       train on the lake's labelled images, g
 artclf atlas [--version V] [--out F]      interactive HTML projection of a version's embeddings
 artclf label ID LABEL [--by NAME]          confirm or correct an artwork's label
 artclf label DIR [--collection C]          label a folder of <class>/ sub-folders in one go
-artclf review [--threshold P]              low-confidence predictions awaiting a curator
+artclf review [--threshold P] [--collection C] low-confidence predictions awaiting a curator
 """
 
 from __future__ import annotations
@@ -207,8 +207,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     with db.connect(common.settings().db_url) as conn:
         rows = db.fetch_dicts(
             conn,
-            "SELECT artwork_id, location, label, probability FROM artclf.review_queue(%s) LIMIT %s",
-            (args.threshold, args.limit),
+            "SELECT artwork_id, location, label, probability"
+            " FROM artclf.review_queue(%s, %s::text) LIMIT %s",
+            (args.threshold, args.collection, args.limit),
         )
     if args.json:
         print(json.dumps(rows, default=str))
@@ -271,6 +272,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("review", help="low-confidence predictions awaiting a curator")
     p.add_argument("--threshold", type=float, help="default: the review_threshold setting")
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--collection", help="only this collection's artworks (artworks.collection)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_review)
 

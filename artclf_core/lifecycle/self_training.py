@@ -28,8 +28,8 @@ threshold 0.889, which keeps too few), 19 sources gaining more than 0.05 and 3 l
 (Reynolds' plates 0.71 -> 0.57, WikiArt Cubism 0.32 -> 0.25: a collection the model reads
 wrongly with confidence is read more wrongly); **0.736** with the test set's class priors
 (4 sources down), and **0.756** when each source family is a collection with priors of its
-own (what a lake's drop folders are; 3 down). ``bench/self_training.py`` prints it; docs/model-card.md, "Self-training on a
-collection's own images".
+own (what a lake's drop folders are; 3 down). ``bench/self_training.py`` prints it;
+docs/model-card.md, "Self-training on a collection's own images".
 
 The product does this in the nightly retrain (:mod:`.retrain` exports each collection's
 uncurated artworks beside the labelled ones), so a dropped collection is read by the active

@@ -19,8 +19,9 @@ Routes (under the mount prefix):
 ``GET  /api/artworks/{id}``            row, probabilities, duplicates, neighbours  read
 ``GET  /api/artworks/{id}/thumbnail``  WebP, made once and kept under thumbnails/  read
 ``GET  /api/artworks/{id}/image``      the lake object itself                      read
-``GET  /api/review``                   the review queue                            read
+``GET  /api/review``                   the review queue (of one ``collection``)    read
 ``POST /api/review/{id}``              confirm or correct a label                  edit
+``GET  /api/collections``              each collection and its artworks            read
 ``GET  /api/lake``                     objects by state and reason, problems       read
 ``GET  /api/models``                   versions, active, gate decisions            read
 ``GET  /api/models/{v}/plots/{name}``  a plot or atlas the version recorded        read
@@ -203,11 +204,18 @@ def create_app(
         max_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
         dropped_after: datetime | None = None,
         dropped_before: datetime | None = None,
+        collection: str | None = None,
         before_id: int | None = None,
         limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 60,
     ) -> dict:
         where = browse.ArtworkFilter(
-            label, model_version, min_probability, max_probability, dropped_after, dropped_before
+            label,
+            model_version,
+            min_probability,
+            max_probability,
+            dropped_after,
+            dropped_before,
+            collection,
         )
         with backend.connect() as conn:
             try:
@@ -244,9 +252,18 @@ def create_app(
         )
 
     @app.get("/api/review", summary="Predictions below the review threshold, least sure first")
-    def review(_user: Reader, limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 60) -> dict:
+    def review(
+        _user: Reader,
+        limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 60,
+        collection: str | None = None,
+    ) -> dict:
         with backend.connect() as conn:
-            return browse.review_queue(conn, limit=limit)
+            return browse.review_queue(conn, limit=limit, collection=collection)
+
+    @app.get("/api/collections", summary="Each collection and its artworks, largest first")
+    def collections(_user: Reader) -> list[dict]:
+        with backend.connect() as conn:
+            return browse.collections(conn)
 
     @app.post("/api/review/{artwork_id}", summary="Confirm or correct a label (edit role)")
     def confirm(artwork_id: int, change: LabelChange, user: Editor) -> dict:

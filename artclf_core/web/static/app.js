@@ -79,8 +79,18 @@ function labelButtons(id, predicted, onDone) {
     }, c === predicted ? `confirm ${c}` : c)));
 }
 
+// The collections (the drop prefix each artwork came from, with its number of artworks) as a
+// <select name="collection">. Artworks dropped straight under incoming/ have none: "all".
+function collectionSelect(collections, selected, onchange = null) {
+  return el("select", { name: "collection", id: "collection", onchange },
+    el("option", { value: "" }, "all"),
+    collections.map((c) => el("option", { value: c.collection, selected: c.collection === selected },
+      `${c.collection} (${c.artworks.toLocaleString()})`)));
+}
+
 // ------------------------------------------------------------------ views
 async function showArtworks(params) {
+  const collections = await api("collections");
   const form = el("form", { class: "filters", onsubmit: (ev) => {
     ev.preventDefault();
     const q = new URLSearchParams();
@@ -92,6 +102,7 @@ async function showArtworks(params) {
   el("label", {}, "confidence ≥ ", el("input", { name: "min_probability", type: "number", min: 0, max: 1, step: 0.05, value: params.get("min_probability") })),
   el("label", {}, "≤ ", el("input", { name: "max_probability", type: "number", min: 0, max: 1, step: 0.05, value: params.get("max_probability") })),
   el("label", {}, "dropped after ", el("input", { name: "dropped_after", type: "date", value: params.get("dropped_after") })),
+  el("label", {}, "collection ", collectionSelect(collections, params.get("collection"))),
   el("button", { type: "submit" }, "Filter"));
   const grid = el("div", { class: "grid", id: "grid" });
   const more = el("button", { type: "button", hidden: true }, "More");
@@ -132,7 +143,8 @@ async function showArtwork(id) {
         el("dl", {},
           el("dt", {}, "in the lake"), el("dd", {}, el("code", {}, a.location)),
           el("dt", {}, "dropped as"), el("dd", {}, el("code", {}, a.source_key)),
-          el("dt", {}, "collection"), el("dd", {}, a.collection ?? "–"),
+          el("dt", {}, "collection"), el("dd", {}, a.collection
+            ? el("a", { href: "#/artworks?" + new URLSearchParams({ collection: a.collection }) }, a.collection) : "–"),
           el("dt", {}, "dropped"), el("dd", {}, when(a.created_at)),
           el("dt", {}, "size"), el("dd", {}, `${a.width}×${a.height} ${a.format}, ${a.byte_size} bytes`),
           el("dt", {}, "model"), el("dd", {}, `${a.model_version} (filed by ${a.filed_by} as ${a.filed_label})`)),
@@ -178,8 +190,12 @@ async function showSearch() {
     zone, result);
 }
 
-async function showReview() {
-  const data = await api("review?limit=60");
+async function showReview(params) {
+  const collection = params.get("collection") || null;
+  const q = new URLSearchParams({ limit: 60, ...(collection ? { collection } : {}) });
+  const [data, collections] = await Promise.all([api("review?" + q), api("collections")]);
+  const pick = collectionSelect(collections, collection,
+    (ev) => { location.hash = "#/review" + (ev.target.value ? "?" + new URLSearchParams({ collection: ev.target.value }) : ""); });
   let reviewed = data.reviewed;
   const all = data.reviewed + data.total;
   const bar = el("progress", { id: "review-progress", max: all || 1, value: reviewed });
@@ -200,7 +216,8 @@ async function showReview() {
       })));
     list.append(row);
   }
-  show(view, el("h1", {}, "Review"),
+  show(view, el("h1", {}, collection ? `Review: ${collection}` : "Review"),
+    el("form", { class: "filters" }, el("label", {}, "collection ", pick)),
     el("p", { class: "progress" }, bar, " ", count),
     el("p", {}, `${data.total.toLocaleString()}${data.total_capped ? "+" : ""} prediction(s) below ${pct(data.threshold)} confidence await a curator, least sure first`),
     data.items.length ? list : el("p", {}, "Nothing to review."));
@@ -275,7 +292,7 @@ async function route() {
   try {
     if (parts[0] === "artwork" && parts[1]) await showArtwork(Number(parts[1]));
     else if (parts[0] === "search") await showSearch();
-    else if (parts[0] === "review") await showReview();
+    else if (parts[0] === "review") await showReview(new URLSearchParams(query || ""));
     else if (parts[0] === "lake") await showLake();
     else if (parts[0] === "models") await showModels();
     else await showArtworks(new URLSearchParams(query || ""));
