@@ -2,10 +2,15 @@
 figures on the same source-disjoint validation images, and the time it takes.
 
     python bench/retrain.py [--data ../shared/data/artworks] [--arch cnn] [--epochs N]
+                            [--uncurated N [--collections C]]
 
 1. Starts a throw-away embedded stack; the shipped default model is the active version.
 2. Drops the shared images under ``training/<label>/`` (the lake's labelled images) and
-   ingests them (they are catalogued in place, with their folder's label).
+   ingests them (they are catalogued in place, with their folder's label). With
+   ``--uncurated N``, also N uncurated artworks in C collections (``incoming/museum-XX/``,
+   default one per 1,000), the nightly run's self-training input at lake scale: the shared
+   pictures mirrored and turned by 90 or 270 degrees (four variants each, none a near copy
+   of another), catalogued by the active model like any drop.
 3. Runs :func:`artclf_core.lifecycle.retrain.retrain` exactly as the ``artclf_retrain`` DAG does:
    dataset export, source-disjoint split (copies grouped), training, the active model scored
    on the same validation images, the gate, publishing to ``models/<version>/``.
@@ -20,6 +25,7 @@ which flatters it (the gate is then conservative).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -27,6 +33,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -50,12 +58,38 @@ def _row(name: str, report: dict | None) -> str:
     return f"| {name} | {report['accuracy']:.3f} | {report['balanced_accuracy']:.3f} | {f1} |"
 
 
+#: Four uncurated variants of each shared picture: far apart in pHash from the picture and
+#: from each other, so that ingestion catalogues them instead of turning them away.
+VARIANTS = (
+    ("m", (Image.Transpose.FLIP_LEFT_RIGHT,)),
+    ("r90", (Image.Transpose.ROTATE_90,)),
+    ("r270", (Image.Transpose.ROTATE_270,)),
+    ("mr90", (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_90)),
+)
+
+
+def _put_variant(client, bucket: str, files: list[Path], j: int, collections: int) -> None:
+    """PUT the ``j``-th uncurated variant under ``incoming/museum-XX/``."""
+    tag, ops = VARIANTS[(j // len(files)) % len(VARIANTS)]
+    path = files[j % len(files)]
+    with Image.open(path) as img:
+        out = img.convert("RGB")
+    for op in ops:
+        out = out.transpose(op)
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=90)
+    key = f"incoming/museum-{j % collections:02d}/{tag}-{path.stem}.jpg"
+    client.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/artworks")
     parser.add_argument("--arch", help="default: the active (shipped) model's architecture")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--uncurated", type=int, default=0, help="uncurated artworks to add")
+    parser.add_argument("--collections", type=int, help="default: one per 1,000 uncurated")
     args = parser.parse_args()
 
     from artclf_core.ingest.ingestor import Ingestor
@@ -76,6 +110,23 @@ def main() -> None:
             f"lake: {summary.catalogued} labelled artworks catalogued, "
             f"{summary.duplicates} duplicates turned away, {summary.quarantined} quarantined"
         )
+        if args.uncurated:
+            collections = args.collections or max(1, round(args.uncurated / 1000))
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(4) as pool:
+                list(
+                    pool.map(
+                        lambda j: _put_variant(client, settings.bucket, files, j, collections),
+                        range(args.uncurated),
+                    )
+                )
+            with Ingestor(settings) as ing:
+                more = ing.ingest_prefix()
+            _stack.log(
+                f"lake: {more.catalogued} uncurated artworks in {collections} collections "
+                f"catalogued ({more.duplicates} duplicates, {more.quarantined} quarantined) "
+                f"in {time.perf_counter() - t0:.0f} s"
+            )
         t0 = time.perf_counter()
         result = retrain.retrain(
             settings,

@@ -16,7 +16,7 @@ from artclf_core.catalogue import db
 from artclf_core.ingest import labelling
 from artclf_core.ingest.ingestor import Ingestor
 from artclf_core.lake import s3 as s3lib
-from artclf_core.lifecycle import curator_labels, promotion, retrain
+from artclf_core.lifecycle import curator_labels, lake_dataset, promotion, retrain
 from artclf_core.lifecycle.source_cv import source_family
 
 
@@ -161,7 +161,7 @@ def test_curator_labels_reach_the_retrain_as_their_own_family(clean, model, tmp_
         for aid in ids:
             conn.execute("SELECT artclf.confirm_label(%s, 'painting', 'alice')", (aid,))
         conn.commit()
-    out = retrain.export_training_set(settings, tmp_path / "ds")
+    out = lake_dataset.export_training_set(settings, tmp_path / "ds")
     names = sorted(p.name for p in (tmp_path / "ds" / "painting").iterdir())
     assert names == ["museumx__p0.jpg", "museumx__p1.jpg", "museumx__p2.jpg", "shelf__p.png"]
     assert out["per_source"] == {"museumx": 3, "shelf": 1}

@@ -4,12 +4,11 @@ A curator who confirms or corrects labels (the review page, ``artclf.confirm_lab
 ``artclf label DIR``) is teaching the model *their collection*. Two things follow:
 
 * **Grouping and weight.** The export names every labelled artwork ``<collection>__<name>``
-  (:func:`artclf_core.lifecycle.retrain.export_name`), so a collection is one *source*: held out
-  whole
-  by the validation split and the cross-validation, weighed as one source by the ridge head.
-  Its curator-labelled images are weighed :data:`BOOST` times an ordinary image of a source
-  that size: a few dozen labels of a museum otherwise vanish under 4,000 others (the k-shot
-  curve of the model card measures the choice).
+  (:func:`artclf_core.lifecycle.lake_dataset.export_name`), so a collection is one *source*:
+  held out whole by the validation split and the cross-validation, weighed as one source by
+  the ridge head. Its curator-labelled images are weighed :data:`BOOST` times an ordinary
+  image of a source that size: a few dozen labels of a museum otherwise vanish under 4,000
+  others (the k-shot curve of the model card measures the choice).
 * **Evidence for the gate.** :func:`collection_cv` cross-validates *within* each collection:
   every curator-labelled image is predicted by a head trained on everything except its fold
   of that collection (the other folds included: what the next night's model would have

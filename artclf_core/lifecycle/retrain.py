@@ -2,14 +2,14 @@
 
 One call, :func:`retrain`, is what the nightly DAG runs (and ``artclf retrain``):
 
-1. **Dataset from the lake** (:func:`export_training_set`): every catalogued artwork whose
-   label is known, i.e. ``curated_label`` set by a ``training/<label>/`` drop or a curator's
-   ``artclf.confirm_label``. The catalogue holds one row per distinct artwork (exact and near
-   copies were turned away at ingestion), and the split again groups copies by SHA-256 and
-   pHash/dHash (:func:`artclf_core.lifecycle.dataset.duplicate_groups`) and holds out whole sources
-   (the file-name prefix before ``__`` of the key the image was dropped under), so the same
-   artwork never sits on both sides. For the closed-form recipe, also each collection's
-   uncurated artworks (:func:`export_unlabelled`).
+1. **Dataset from the lake** (:mod:`artclf_core.lifecycle.lake_dataset`): every catalogued
+   artwork whose label is known, i.e. ``curated_label`` set by a ``training/<label>/`` drop or
+   a curator's ``artclf.confirm_label``. The catalogue holds one row per distinct artwork
+   (exact and near copies were turned away at ingestion), and the split again groups copies
+   by SHA-256 and pHash/dHash (:func:`artclf_core.lifecycle.dataset.duplicate_groups`) and
+   holds out whole sources (an artwork's collection; without one, its name's prefix before
+   ``__``), so the same artwork never sits on both sides. For the closed-form recipe, also
+   each collection's uncurated artworks.
 2. **Training** with :func:`artclf_core.lifecycle.training.train` (the closed-form recipe
    self-trains on the uncurated artworks: :mod:`artclf_core.lifecycle.self_training`; the
    others by epochs, with augmentation, class weights and early stopping).
@@ -28,16 +28,12 @@ nothing is trained: a nightly run on an unchanged lake costs a query, not 20 min
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import time
-from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,196 +42,14 @@ from artclf_core import CLASSES
 from artclf_core.catalogue import db, registry
 from artclf_core.config import TRAINING_PREFIX, Settings
 from artclf_core.lake import s3 as s3lib
-from artclf_core.lifecycle import curator_labels, promotion, self_training
+from artclf_core.lifecycle import curator_labels, lake_dataset, promotion, retrain_report
 from artclf_core.model import plots
 
 log = logging.getLogger("artclf.retrain")
 
 #: Fewest labelled images per class to train at all (a class needs some to validate on).
 MIN_PER_CLASS = 4
-#: Most uncurated artworks per collection the closed-form recipe self-trains on
-#: (:mod:`artclf_core.lifecycle.self_training`): a fixed sample (by SHA-256) bounds the nightly
-#: run's downloads and forward passes however large a collection grows.
-UNLABELLED_PER_COLLECTION = 1000
 MODELS_PREFIX = "models/"
-
-
-def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
-    """SHA-256 over the sorted ``(sha256, label)`` pairs of a training set: two runs with the
-    same fingerprint trained on the same images with the same labels."""
-    h = hashlib.sha256()
-    for sha, label in sorted(pairs):
-        h.update(f"{sha} {label}\n".encode())
-    return h.hexdigest()
-
-
-def labelled_artworks(conn) -> list[dict[str, Any]]:
-    """Catalogued artworks with a known label (folder or curator), oldest first;
-    ``labelled_at`` is when the label became known (the curator's confirmation, else the
-    artwork's cataloguing)."""
-    return db.fetch_dicts(
-        conn,
-        "SELECT id, bucket, key, curated_label AS label, source_key, sha256, collection,"
-        " curated_by, coalesce(curated_at, created_at) AS labelled_at"
-        " FROM artclf.artworks WHERE curated_label IS NOT NULL ORDER BY id",
-    )
-
-
-def _source(name: str, label: str) -> str:
-    """The source the split holds out: the name's prefix before ``__``, else the class
-    (the rule of :func:`artclf_core.lifecycle.dataset.scan_labelled_folder`)."""
-    return name.split("__", 1)[0] if "__" in name else label
-
-
-def _safe_collection(collection: str) -> str:
-    """A collection name usable as a file-name source prefix: no ``/``, no ``__`` (the
-    separator), no control characters, at most 100 bytes."""
-    out = "".join(c if c.isprintable() and c != "/" else "_" for c in collection)
-    while "__" in out:
-        out = out.replace("__", "_")
-    return out.encode()[:100].decode(errors="ignore").strip("_") or "collection"
-
-
-def export_name(row: dict[str, Any]) -> str:
-    """The file name an artwork is exported under: the name it was dropped with, prefixed
-    with its collection (``<collection>__<name>``) so the collection is its *source*, held
-    out, grouped and weighed as one in training, cross-validation and the gate. Without a
-    collection the name is kept as dropped (its ``__`` prefix, else its class, is the
-    source)."""
-    name = s3lib.basename(row["source_key"]) or s3lib.basename(row["key"])
-    coll = row.get("collection")
-    if not coll:
-        return name
-    prefix = _safe_collection(coll)
-    if name.startswith(prefix + "__"):
-        return name
-    return f"{prefix}__{name.replace('__', '_')}"
-
-
-def describe_training_set(
-    rows: Sequence[dict[str, Any]], names: Sequence[str], active: dict[str, Any] | None
-) -> dict[str, Any]:
-    """What a retraining would learn from: counts per class and per source, and what is new
-    since the active model was registered (labels that became known after it)."""
-    since = active["created_at"] if active else None
-    new = [r for r in rows if since is None or r["labelled_at"] > since]
-    labels = [r["label"] for r in rows]
-    return {
-        "n": len(rows),
-        "per_class": {c: n for c in CLASSES if (n := sum(r["label"] == c for r in rows))},
-        "per_source": dict(sorted(Counter(map(_source, names, labels)).items())),
-        "new_since_active": {
-            "since": since.isoformat() if since else None,
-            "n": len(new),
-            "per_class": dict(Counter(r["label"] for r in new)),
-        },
-        "fingerprint": data_fingerprint([(r["sha256"], r["label"]) for r in rows]),
-    }
-
-
-def export_training_set(
-    settings: Settings, out_dir: str | os.PathLike[str], active: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Download the lake's labelled artworks to ``out_dir/<label>/<name as dropped>``.
-
-    The folder layout is the one ``artclf train`` reads, so training from the lake and from a
-    local folder are the same code. Returns :func:`describe_training_set` plus ``"dir"``.
-    """
-    out = Path(out_dir)
-    started = time.perf_counter()
-    with db.connect(settings.db_url) as conn:
-        rows = labelled_artworks(conn)
-    log.info("exporting %d labelled artwork(s) from the lake to %s", len(rows), out)
-    if out.exists():
-        shutil.rmtree(out)
-    for label in CLASSES:
-        (out / label).mkdir(parents=True, exist_ok=True)
-
-    # The drop's file name is kept (its prefix before ``__`` is the source the split holds
-    # out, as in a local training folder); a second artwork of the same name gets its id.
-    names: dict[tuple[str, str], int] = Counter()
-    jobs = []
-    for r in rows:
-        name = export_name(r)
-        if names[(r["label"], name)]:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}-{r['id']}.{ext}" if dot else f"{name}-{r['id']}"
-        names[(r["label"], name)] += 1
-        jobs.append((r, out / r["label"] / name))
-    _download(settings, jobs)
-    log.info("downloaded %d image(s) in %.1f s", len(jobs), time.perf_counter() - started)
-    since = active["created_at"] if active else None
-    curator_labels.write(
-        out,
-        [
-            curator_labels.Label(
-                path=f"{r['label']}/{path.name}",
-                collection=r["collection"],
-                curator=r["curated_by"],
-                new=since is None or r["labelled_at"] > since,
-            )
-            for r, path in jobs
-            if r["curated_by"]
-        ],
-    )
-    return {
-        **describe_training_set(rows, [path.name for _, path in jobs], active),
-        "dir": str(out),
-    }
-
-
-def _download(settings: Settings, jobs: Sequence[tuple[dict[str, Any], Path]]) -> None:
-    """Download each ``(artwork row, path)`` of ``jobs``, eight at a time."""
-    client = s3lib.client(settings, max_pool=20)
-
-    def fetch(job: tuple[dict[str, Any], Path]) -> None:
-        r, path = job
-        client.download_file(r["bucket"], r["key"], str(path))
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for done, _ in enumerate(pool.map(fetch, jobs), 1):
-            if done % 500 == 0:
-                log.info("downloaded %d/%d", done, len(jobs))
-
-
-def unlabelled_artworks(conn, per_collection: int = UNLABELLED_PER_COLLECTION) -> list[dict]:
-    """Catalogued artworks no one has labelled, at most ``per_collection`` of each collection
-    (the same ones from night to night: the first by SHA-256), oldest first."""
-    return db.fetch_dicts(
-        conn,
-        "SELECT id, bucket, key, source_key, sha256, collection FROM ("
-        " SELECT id, bucket, key, source_key, sha256, collection, row_number() OVER"
-        " (PARTITION BY collection ORDER BY sha256) AS n"
-        " FROM artclf.artworks WHERE curated_label IS NULL) AS a"
-        " WHERE n <= %s ORDER BY id",
-        (per_collection,),
-    )
-
-
-def export_unlabelled(settings: Settings, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Download the catalogue's uncurated artworks to ``out_dir/<collection>/<id>.<ext>``
-    (:func:`unlabelled_artworks`; artworks without a collection under ``uncollected``), the
-    folder :func:`artclf_core.lifecycle.dataset.scan_unlabelled_folder` reads. Returns ``{"n",
-    "per_collection", "sha256" (sorted), "dir"}``."""
-    out = Path(out_dir)
-    with db.connect(settings.db_url) as conn:
-        rows = unlabelled_artworks(conn)
-    if out.exists():
-        shutil.rmtree(out)
-    jobs = []
-    for r in rows:
-        folder = out / _safe_collection(r["collection"] or "uncollected")
-        folder.mkdir(parents=True, exist_ok=True)
-        ext = Path(s3lib.basename(r["key"])).suffix or ".img"
-        jobs.append((r, folder / f"{r['id']}{ext}"))
-    _download(settings, jobs)
-    log.info("exported %d uncurated artwork(s) for self-training", len(jobs))
-    return {
-        "n": len(rows),
-        "per_collection": dict(sorted(Counter(p.parent.name for _, p in jobs).items())),
-        "sha256": sorted(r["sha256"] for r in rows),
-        "dir": str(out),
-    }
 
 
 def _waiting_labelled(conn) -> int:
@@ -279,8 +93,8 @@ def retrain(
 
     ``summary["status"]`` is ``"skipped"`` (with ``reason``), ``"promoted"`` or
     ``"rejected"``; the last two carry ``version``, ``decision`` and ``artifact``. Every
-    summary carries ``dataset`` (:func:`describe_training_set`), ``report_md`` (the same as
-    Markdown) and is recorded in ``artclf.retrain_runs`` under ``run_by`` (default
+    summary carries ``dataset`` (``lake_dataset.describe_training_set``), ``report_md`` (the
+    same as Markdown) and is recorded in ``artclf.retrain_runs`` under ``run_by`` (default
     ``cli:<user>@<host>``). Progress (download, features or epochs, evaluation, the gate) is
     logged at INFO on the ``artclf.*`` loggers.
     """
@@ -301,7 +115,7 @@ def retrain(
     with db.connect(settings.db_url) as conn:
         active = _active(conn)
         waiting = _waiting_labelled(conn)
-    dataset = export_training_set(settings, work / "dataset", active)
+    dataset = lake_dataset.export_training_set(settings, work / "dataset", active)
     if arch is None:
         arch = os.environ.get("ARTCLF_TRAIN_ARCH") or (
             active["arch"] if active and active["arch"] in ARCHS else DEFAULT_ARCH
@@ -309,10 +123,10 @@ def retrain(
     unlabelled = None
     if arch in TEXTURE_ARCHS:
         # the closed-form recipe also learns each collection's look from its own images
-        unlabelled = export_unlabelled(settings, work / "unlabelled")
+        unlabelled = lake_dataset.export_unlabelled(settings, work / "unlabelled")
         dataset["unlabelled"] = {k: unlabelled[k] for k in ("n", "per_collection")}
         if unlabelled["n"]:  # new uncurated artworks are new data for it
-            dataset["fingerprint"] = data_fingerprint(
+            dataset["fingerprint"] = lake_dataset.data_fingerprint(
                 [(dataset["fingerprint"], "labelled")]
                 + [(sha, "unlabelled") for sha in unlabelled["sha256"]]
             )
@@ -505,7 +319,7 @@ def _record(
     """Add ``seconds`` and ``report_md`` to the summary and record the run in
     ``artclf.retrain_runs`` (skipped runs too: "why was nothing trained?" is a question)."""
     summary = {**summary, "seconds": round(time.perf_counter() - started, 1)}
-    summary["report_md"] = report_markdown(summary)
+    summary["report_md"] = retrain_report.report_markdown(summary)
     with db.connect(settings.db_url) as conn:
         conn.execute(
             "INSERT INTO artclf.retrain_runs (started_at, run_by, status, reason, version,"
@@ -525,67 +339,3 @@ def _record(
         )
         conn.commit()
     return summary
-
-
-#: Sources listed by name in the markdown report (the rest are added up in one line).
-REPORT_SOURCES = 15
-
-
-def report_markdown(summary: dict[str, Any]) -> str:
-    """The run's summary as Markdown: verdict and reasons, then what it trained on."""
-    ds = summary["dataset"]
-    status = summary["status"]
-    if status == "skipped":
-        lines = [f"**Nothing trained**: {summary['reason']}."]
-    else:
-        lines = [
-            f"**{status.upper()}**: candidate `{summary['version']}` against "
-            f"`{summary.get('compared_with') or 'no active model'}`."
-        ]
-        lines += [f"- {r}" for r in summary.get("reasons") or []]
-        lines.append(f"\nReport, model and plots: `{summary['report'].rsplit('/', 1)[0]}/`")
-    new = ds["new_since_active"]
-    lines += [
-        "",
-        f"**Labelled images in the lake**: {ds['n']} "
-        f"({new['n']} new since the active model"
-        + (f", {_counts(new['per_class'])}" if new["n"] else "")
-        + ")",
-        "",
-        *(
-            [
-                f"{summary['waiting_under_training']} object(s) under `training/` are still "
-                "waiting to be catalogued; the next run will see them.",
-                "",
-            ]
-            if summary.get("waiting_under_training")
-            else []
-        ),
-        "| class | images |",
-        "|---|---:|",
-        *(f"| {c} | {ds['per_class'].get(c, 0)} |" for c in CLASSES),
-        "",
-        f"**Sources**: {len(ds['per_source'])}",
-        "",
-        "| source | images |",
-        "|---|---:|",
-    ]
-    top = sorted(ds["per_source"].items(), key=lambda kv: (-kv[1], kv[0]))
-    lines += [f"| {name} | {n} |" for name, n in top[:REPORT_SOURCES]]
-    if len(top) > REPORT_SOURCES:
-        rest = top[REPORT_SOURCES:]
-        lines.append(f"| {len(rest)} more | {sum(n for _, n in rest)} |")
-    if (unl := ds.get("unlabelled")) and unl["n"]:
-        lines.append(
-            f"\n**Uncurated artworks self-trained on**: {unl['n']} of "
-            f"{len(unl['per_collection'])} collection(s) (no labels: the model learns each "
-            "collection's look from its confident predictions)"
-        )
-        if summary.get("self_training"):
-            lines += ["", *self_training.report_rows(summary["self_training"], CLASSES)]
-    lines.append(f"\nTook {summary['seconds']:.0f} s.")
-    return "\n".join(lines)
-
-
-def _counts(per_class: dict[str, int]) -> str:
-    return ", ".join(f"{c} {per_class[c]}" for c in CLASSES if per_class.get(c))
