@@ -179,10 +179,11 @@ def review_queue(conn: Any, *, limit: int = 60, collection: str | None = None) -
 
 def collections(conn: Any) -> list[dict[str, Any]]:
     """Each collection and its number of artworks, largest first: what the page's collection
-    menus list. Read from the ``(collection, id)`` index (21 ms at 100,000 artworks,
-    bench/browse.py); the view ``artclf.collections`` adds the curated and to-review counts,
-    which cost a pass over the active model's embeddings (193 ms), too slow for every view
-    of the page. The queue of the collection picked gives its own figures."""
+    menus list. Read from the ``(collection, id)`` index (the query 21 ms at 100,000
+    artworks, the request 47 ms: bench/browse.py); the view ``artclf.collections`` adds the
+    curated and to-review counts, which cost a pass over the active model's embeddings (the
+    query 193 ms), too slow for every view of the page. The queue of the collection picked
+    gives its own figures."""
     rows = db.fetch_dicts(
         conn,
         "SELECT collection, count(*) AS artworks FROM artclf.artworks"
