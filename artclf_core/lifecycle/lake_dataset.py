@@ -41,6 +41,27 @@ log = logging.getLogger("artclf.retrain")
 #: (:mod:`artclf_core.lifecycle.self_training`): a fixed sample (by SHA-256) bounds the nightly
 #: run's downloads and forward passes however large a collection grows.
 UNLABELLED_PER_COLLECTION = 1000
+#: ... and in all: many collections share this budget equally (:func:`unlabelled_quota`),
+#: so that the nightly run stays well inside its 30 minutes on 2 cores however many
+#: collections the lake holds. Measured (``bench/retrain.py``, 3,847 labelled images): 6.0
+#: minutes, 11.8 with 9,831 uncurated artworks in 10 collections, i.e. about 0.6 minutes per
+#: 1,000; 20,000 comes to about 18 minutes.
+UNLABELLED_TOTAL = 20_000
+#: ... but never fewer than this many per collection: the families of the model card's
+#: self-training figures hold 4 to 526 pictures, so a collection's priors and pseudo-labels
+#: are measured from about this size up (above 200 collections the total grows past
+#: ``UNLABELLED_TOTAL``, by 0.6 minutes per 1,000).
+UNLABELLED_MIN_PER_COLLECTION = 100
+
+
+def unlabelled_quota(collections: int) -> int:
+    """How many uncurated artworks of each collection a night self-trains on, when
+    ``collections`` collections have some: an equal share of :data:`UNLABELLED_TOTAL`, at
+    most :data:`UNLABELLED_PER_COLLECTION`, at least :data:`UNLABELLED_MIN_PER_COLLECTION`.
+    A share is a prefix of the collection's SHA-256 order, so a smaller share is a subset of
+    a larger one: a new collection shrinks the others' samples without changing them."""
+    share = UNLABELLED_TOTAL // max(1, collections)
+    return max(UNLABELLED_MIN_PER_COLLECTION, min(UNLABELLED_PER_COLLECTION, share))
 
 
 def data_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
@@ -181,9 +202,17 @@ def _download(settings: Settings, jobs: Sequence[tuple[dict[str, Any], Path]]) -
                 log.info("downloaded %d/%d", done, len(jobs))
 
 
-def unlabelled_artworks(conn, per_collection: int = UNLABELLED_PER_COLLECTION) -> list[dict]:
+def unlabelled_artworks(conn, per_collection: int | None = None) -> list[dict]:
     """Catalogued artworks no one has labelled, at most ``per_collection`` of each collection
-    (the same ones from night to night: the first by SHA-256), oldest first."""
+    (default: :func:`unlabelled_quota` of the collections that have some; the same ones from
+    night to night: the first by SHA-256), oldest first. Artworks without a collection count
+    as one."""
+    if per_collection is None:
+        (collections,) = conn.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT collection FROM artclf.artworks"
+            " WHERE curated_label IS NULL) AS c"
+        ).fetchone()
+        per_collection = unlabelled_quota(collections)
     return db.fetch_dicts(
         conn,
         "SELECT id, bucket, key, source_key, sha256, collection FROM ("
