@@ -10,7 +10,8 @@ figures on the same source-disjoint validation images, and the time it takes.
    ``--uncurated N``, also N uncurated artworks in C collections (``incoming/museum-XX/``,
    default one per 1,000), the nightly run's self-training input at lake scale: the shared
    pictures mirrored and turned by 90 or 270 degrees (four variants each, none a near copy
-   of another), catalogued by the active model like any drop.
+   of another), catalogued by the active model like any drop. This measures time only: the
+   variants are copies of the labelled pictures, validation families included.
 3. Runs :func:`artclf_core.lifecycle.retrain.retrain` exactly as the ``artclf_retrain`` DAG does:
    dataset export, source-disjoint split (copies grouped), training, the active model scored
    on the same validation images, the gate, publishing to ``models/<version>/``.
